@@ -1,0 +1,103 @@
+"""The encoder contract every backbone honours, and the poolings built on it.
+
+An encoder takes a batch of spectrogram crops ``x`` of shape ``(batch, bins, frames)`` exactly as
+they are stored in the feature store (any normalisation the model needs lives inside it, as a
+buffer, so a checkpoint is self-contained) and returns an :class:`EncoderOutput`.
+
+Layer numbering: ``0`` is the token sequence entering the first block, ``1..depth`` the output of
+each block, and ``-1`` the last block's output after the final norm (what the papers embed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+POOLINGS = ("mean", "cls", "cls2", "cls-mean", "seq-mean")
+
+
+@dataclass
+class EncoderOutput:
+    """Hidden states of selected layers.
+
+    hidden[layer]: ``(batch, n_cls + n_seq, dim)``; the first ``n_cls`` tokens are class tokens.
+    Sequence tokens are ordered row-major over a ``(rows, cols)`` grid whose ``cols`` run along
+    time (``rows == 1`` for one-token-per-frame models); each column covers ``frames_per_col``
+    input frames. ``attentions[layer]``: ``(batch, heads, tokens, tokens)`` when requested and the
+    block has attention (SummaryMixing blocks have none).
+    """
+
+    hidden: dict[int, Tensor]
+    n_cls: int = 0
+    grid: tuple[int, int] = (1, 0)
+    frames_per_col: float = 1.0
+    attentions: dict[int, Tensor] = field(default_factory=dict)
+
+    def cls_tokens(self, layer: int) -> Tensor:
+        return self.hidden[layer][:, : self.n_cls]
+
+    def seq_tokens(self, layer: int) -> Tensor:
+        return self.hidden[layer][:, self.n_cls:]
+
+    def time_tokens(self, layer: int) -> Tensor:
+        """Per-time-step tokens ``(batch, cols, dim)``: sequence tokens averaged over grid rows."""
+        seq = self.seq_tokens(layer)
+        rows, cols = self.grid
+        rows = max(rows, 1)
+        cols = cols or seq.shape[1] // rows
+        return seq.reshape(seq.shape[0], rows, cols, seq.shape[-1]).mean(dim=1)
+
+
+def pool(out: EncoderOutput, layer: int, pooling: str) -> Tensor:
+    """One vector per input crop.
+
+    ``mean``: mean of all tokens (SimpleViT, Myna); ``cls``/``cls2``: class token 1/2;
+    ``cls-mean``: mean of the class tokens (MT2); ``seq-mean``: mean of the sequence tokens
+    (the "temporal average" of the Emergent paper; the frame mean of MuSE-LQ).
+    """
+    h = out.hidden[layer]
+    if pooling == "mean":
+        return h.mean(dim=1)
+    if pooling == "seq-mean":
+        return out.seq_tokens(layer).mean(dim=1)
+    if pooling in ("cls", "cls2", "cls-mean"):
+        need = 2 if pooling == "cls2" else 1
+        if out.n_cls < need:
+            raise ValueError(f"pooling '{pooling}' needs {need} class token(s); this model has {out.n_cls}")
+        if pooling == "cls":
+            return h[:, 0]
+        if pooling == "cls2":
+            return h[:, 1]
+        return out.cls_tokens(layer).mean(dim=1)
+    raise ValueError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
+
+
+class Encoder(nn.Module):
+    """Base class for backbones. Subclasses implement :meth:`encode` and set the attributes."""
+
+    #: number of transformer/conformer blocks (valid layers are 0..depth and -1)
+    depth: int
+    #: width of the hidden states
+    dim: int
+    #: which poolings make sense for this model (the first is its default)
+    poolings: tuple[str, ...] = ("mean",)
+
+    def encode(self, x: Tensor, layers: Sequence[int] = (-1,), attention: bool = False) -> EncoderOutput:
+        raise NotImplementedError
+
+    def embed(self, x: Tensor, layer: int = -1, pooling: str | None = None) -> Tensor:
+        """``(batch, dim')`` embedding of each crop (hybrid models may concatenate passes)."""
+        pooling = pooling or self.poolings[0]
+        return pool(self.encode(x, layers=(layer,)), layer, pooling)
+
+    def embed_frames(self, x: Tensor, layer: int = -1) -> tuple[Tensor, float]:
+        """``(batch, cols, dim')`` per-time-step embeddings and the input frames each covers."""
+        out = self.encode(x, layers=(layer,))
+        return out.time_tokens(layer), out.frames_per_col
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,56 @@
+"""Shared rich/Typer conventions: one console, progress bars, summary tables, resolved params."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from mirkit.params import ParamsError, parse_override
+
+console = Console(stderr=True)   # logs and tables go to stderr; stdout stays clean for piping
+out_console = Console()
+
+
+def progress(transient: bool = False) -> Progress:
+    """The progress bar every long stage uses (disabled automatically when not a terminal)."""
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=transient)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(str(c))
+    for r in rows:
+        t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+    return t
+
+
+def print_params(stage: str, params: Any) -> None:
+    """Show the resolved parameters of a stage (they are also written beside its outputs)."""
+    import dataclasses
+    data = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+    console.print(f"[dim]{stage} parameters: {json.dumps(data, default=str)}[/dim]")
+
+
+def overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` options into a dict (values parsed as YAML)."""
+    return dict(parse_override(p) for p in pairs or [])
+
+
+@contextmanager
+def stage_errors() -> Iterator[None]:
+    """Turn parameter errors into one red line and exit code 2, before any work is done."""
+    try:
+        yield
+    except ParamsError as exc:
+        console.print(f"[red]parameter error:[/red] {exc}")
+        raise typer.Exit(2) from None
