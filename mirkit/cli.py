@@ -21,6 +21,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """mirkit: features -> tokens -> pretraining -> embeddings -> probes."""
+
+
 COMMANDS = ("synth", "mels", "tokens", "pretrain", "models", "extract", "probe",
             "benchmark_manifest", "inspect")
 

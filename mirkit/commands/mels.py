@@ -1,0 +1,57 @@
+"""``mirkit mels``: precompute spectrogram feature sets into a Zarr store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mirkit import params as P
+from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
+
+HELP = """Decode audio once and compute named feature sets (mel / CQT, nnAudio) into a Zarr v3 store.
+
+Presets follow the four recipes: mel16k (Myna), mel16k-db (ViT-1D), cqt22k (MT2/STONE), mel24k (MuSE-LQ);
+define more under `mels.custom` in params.yaml. Re-runs skip tracks already stored, add new ones, and replace
+a set whose parameters changed. Bad files get one line (file + reason) in the summary and in the failures
+file; the rest is processed. Exit code 1 only when nothing succeeded (or on any failure with --strict).
+
+Example: mirkit mels --set input=my_audio/ --set 'feature_sets=[mel16k, mel24k]'
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mels", help=HELP)
+    def mels(
+        params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `mels` is read"),
+        input: Optional[str] = typer.Option(None, help="manifest CSV or audio folder (overrides mels.input)"),
+        store_url: Optional[str] = typer.Option(None, "--store", help="store path or fsspec URL (overrides mels.store)"),
+        strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+    ) -> None:
+        from mirkit.mels import MelsParams, report_rows, run
+        from mirkit.manifest import ManifestError
+        with stage_errors():
+            ov = overrides(set_)
+            ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict}.items() if v is not None})
+            p = P.load(MelsParams, "mels", params, ov)
+        print_params("mels", p)
+        try:
+            with progress() as bar:
+                task = bar.add_task("features", total=None, info="")
+                report = run(p, lambda done, total: bar.update(task, completed=done, total=total,
+                                                               info=f"{done}/{total} files"))
+        except ManifestError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        console.print(table("mels: feature sets", ["set", "status", "added", "skipped", "tracks", "frames", "minutes"],
+                            report_rows(report, p.store)))
+        if report.failures:
+            console.print(table(f"mels: {len(report.failures)} file(s) rejected (also in {p.failures})",
+                                ["file", "reason"], report.failures[:50]))
+        if report.n_tracks and report.succeeded == 0:
+            console.print("[red]no file could be processed[/red]")
+            raise typer.Exit(1)
+        if p.strict and report.failures:
+            raise typer.Exit(1)

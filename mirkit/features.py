@@ -1,0 +1,140 @@
+"""Named spectrogram feature sets computed with nnAudio, and the presets of the four recipes.
+
+| preset      | recipe       | what                                                                 |
+|-------------|--------------|----------------------------------------------------------------------|
+| mel16k      | myna         | 16 kHz, n_fft 2048, hop 512, 128 Slaney mels, mel POWER (Myna feeds raw power; its patch LayerNorm scales) |
+| mel16k-db   | contrastive  | 16 kHz, n_fft 1024, hop 512, 128 mels, dB with top_db 100 (Deezer multi-view SSL front end) |
+| cqt22k      | mt2          | 22.05 kHz CQT (nnAudio VQT, gamma 0), fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512, dB top_db 80 then /80+1 (STONE) |
+| mel24k      | muse-lq      | 24 kHz, n_fft 2048, hop 240 (100 Hz), 128 mels, dB without top_db (MusicFM) |
+
+Frames are returned as ``(n_frames, n_bins)`` (time-major, the store's layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mirkit.params import ParamsError, param
+
+#: bump when the computation changes so stored sets are recomputed rather than mixed
+FEATURES_VERSION = 1
+
+
+@dataclass
+class FeatureSpec:
+    """Exact parameters of one feature set (stored with the data as its ``spec``)."""
+
+    kind: str = param("mel", choices=("mel", "cqt"))
+    sample_rate: int = param(16000, ge=4000, le=192000)
+    hop_length: int = param(512, ge=1)
+    n_fft: int = param(2048, ge=16, help="mel only")
+    n_mels: int = param(128, ge=1, help="mel only")
+    fmin: float = param(0.0, ge=0.0)
+    fmax: float | None = param(None, help="mel only; null = Nyquist")
+    n_bins: int = param(99, ge=1, help="cqt only")
+    bins_per_octave: int = param(12, ge=1, help="cqt only")
+    scale: str = param("power", choices=("power", "log1p", "db", "db-stone"))
+    top_db: float | None = param(None, gt=0.0, help="dB floor below each track's maximum")
+    dtype: str = param("float32", choices=("float16", "float32"))
+
+    def check(self) -> None:
+        nyquist = self.sample_rate / 2
+        if self.kind == "mel":
+            if self.fmax is not None and not self.fmin < self.fmax <= nyquist:
+                raise ParamsError(f"fmax={self.fmax}: must be in (fmin, {nyquist:g}] for sample_rate {self.sample_rate}")
+        else:
+            top = self.fmin * 2 ** ((self.n_bins - 1) / self.bins_per_octave)
+            if self.fmin <= 0 or top >= nyquist:
+                raise ParamsError(f"n_bins={self.n_bins}: the top CQT bin ({top:.0f} Hz) must lie below Nyquist "
+                                  f"({nyquist:g} Hz) and fmin must be > 0")
+
+    @property
+    def bins(self) -> int:
+        return self.n_mels if self.kind == "mel" else self.n_bins
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames for a signal of ``n_samples`` (centred frames: 1 + n // hop)."""
+        return 1 + n_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["features_version"] = FEATURES_VERSION
+        return d
+
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+PRESETS: dict[str, FeatureSpec] = {
+    "mel16k": FeatureSpec(kind="mel", sample_rate=16000, n_fft=2048, hop_length=512, n_mels=128, scale="power"),
+    "mel16k-db": FeatureSpec(kind="mel", sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128, scale="db",
+                             top_db=100.0, dtype="float16"),
+    "cqt22k": FeatureSpec(kind="cqt", sample_rate=22050, hop_length=512, fmin=27.5, n_bins=99, bins_per_octave=12,
+                          scale="db-stone", top_db=80.0, dtype="float16"),
+    "mel24k": FeatureSpec(kind="mel", sample_rate=24000, n_fft=2048, hop_length=240, n_mels=128, scale="db",
+                          dtype="float16"),
+}
+
+
+def spec_from_dict(d: dict) -> FeatureSpec:
+    from mirkit.params import resolve
+    d = {k: v for k, v in d.items() if k != "features_version"}
+    return resolve(FeatureSpec, d)
+
+
+class FrontEnd(nn.Module):
+    """Waveform ``(batch, samples)`` -> scaled features ``(batch, frames, bins)``."""
+
+    def __init__(self, spec: FeatureSpec):
+        super().__init__()
+        self.spec = spec
+        if spec.kind == "mel":
+            from nnAudio.features.mel import MelSpectrogram
+            self.transform = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
+                                            hop_length=spec.hop_length, fmin=spec.fmin,
+                                            fmax=spec.fmax or spec.sample_rate / 2, center=True,
+                                            pad_mode="reflect", power=2.0, verbose=False)
+        else:
+            from nnAudio.features.vqt import VQT
+            self.transform = VQT(sr=spec.sample_rate, hop_length=spec.hop_length, fmin=spec.fmin,
+                                 n_bins=spec.n_bins, bins_per_octave=spec.bins_per_octave, gamma=0,
+                                 pad_mode="reflect", output_format="Magnitude", verbose=False)
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.transform(wave.float())                       # (batch, bins, frames)
+        n = self.spec.n_frames(wave.shape[-1])
+        x = x[..., :n].clamp_min(0)
+        return scale(x, self.spec).transpose(1, 2)
+
+
+def scale(x: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
+    """Amplitude scaling of ``(batch, bins, frames)``; top_db is relative to each item's maximum."""
+    if spec.scale == "power":
+        return x
+    if spec.scale == "log1p":
+        return torch.log1p(x)
+    db = 10.0 * torch.log10(x.clamp_min(1e-10))
+    if spec.top_db is not None:
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        db = torch.maximum(db, peak - spec.top_db)
+    if spec.scale == "db-stone":
+        return db / spec.top_db + 1.0 if spec.top_db else db
+    return db
+
+
+def compute(front: FrontEnd, waves: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    """Features of several equal-length waveforms in one batch (frames, bins) each."""
+    batch = torch.from_numpy(np.stack(waves)).to(device)
+    return [f.cpu().numpy() for f in front(batch)]

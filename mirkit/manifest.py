@@ -1,0 +1,75 @@
+"""Manifests: the one way to name a dataset (design.md section 2).
+
+A CSV with ``path`` (relative to the manifest), optional ``split``, ``offset``/``duration``
+(seconds, for clips cut from longer files), an optional ``track_id`` and any label columns.
+A folder of audio files is read as a manifest without labels.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirkit.audio import find_audio
+
+RESERVED = ("path", "split", "offset", "duration", "track_id")
+
+
+class ManifestError(ValueError):
+    """The manifest itself is unusable (missing, no ``path`` column, duplicate ids, bad numbers)."""
+
+
+@dataclass(frozen=True)
+class Track:
+    track_id: str
+    path: Path
+    offset: float = 0.0
+    duration: float | None = None
+    split: str = ""
+    labels: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def _float(value: str, what: str, row: int, manifest: Path) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ManifestError(f"{manifest}: row {row}: {what}={value!r} is not a number") from None
+
+
+def read_manifest(manifest: str | Path) -> list[Track]:
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ManifestError(f"{manifest}: manifest not found")
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ManifestError(f"{manifest}: needs a 'path' column (has: {', '.join(reader.fieldnames or [])})")
+        rows = list(reader)
+    tracks, seen = [], set()
+    for i, row in enumerate(rows, start=2):
+        rel = (row.get("path") or "").strip()
+        if not rel:
+            raise ManifestError(f"{manifest}: row {i}: empty path")
+        offset = _float(row.get("offset"), "offset", i, manifest) or 0.0
+        duration = _float(row.get("duration"), "duration", i, manifest)
+        tid = (row.get("track_id") or "").strip() or (rel if not offset and duration is None
+                                                       else f"{rel}@{offset:g}+{duration if duration is not None else ''}")
+        if tid in seen:
+            raise ManifestError(f"{manifest}: row {i}: duplicate track id {tid!r}")
+        seen.add(tid)
+        labels = {k: v for k, v in row.items() if k not in RESERVED and k is not None}
+        tracks.append(Track(tid, (manifest.parent / rel).resolve(), offset, duration,
+                            (row.get("split") or "").strip(), labels))
+    return tracks
+
+
+def load_tracks(source: str | Path) -> list[Track]:
+    """Tracks of a manifest CSV, or of every audio file under a folder."""
+    source = Path(source)
+    if source.is_dir():
+        return [Track(p.relative_to(source).as_posix(), p.resolve()) for p in find_audio(source)]
+    return read_manifest(source)

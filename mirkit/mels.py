@@ -1,0 +1,220 @@
+"""The ``mels`` stage: decode audio once, compute every requested feature set, append to Zarr.
+
+Resumable and incremental: a track already stored with the same fingerprint is skipped; new tracks
+are appended; a feature set whose parameters changed is replaced (never mixed). Bad files are
+reported (file + reason) and skipped; the rest is processed. Work is committed in blocks, so a
+kill at any moment loses at most the uncommitted block and nothing already written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mirkit import store
+from mirkit.audio import AudioError, fingerprint, read_audio, resample
+from mirkit.device import DEVICES, pick
+from mirkit.files import atomic_write_text, write_json
+from mirkit.features import PRESETS, FeatureSpec, FrontEnd
+from mirkit.manifest import Track, load_tracks
+from mirkit.params import ParamsError, param, resolve
+
+
+@dataclass
+class MelsParams:
+    """Section ``mels`` of params.yaml."""
+
+    input: str = param("data/samples/manifest.csv", help="manifest CSV or folder of audio files")
+    store: str = param("data/features.zarr", help="feature store: path or fsspec URL")
+    feature_sets: list[str] = param(["mel16k"], help="names of presets or of entries in `custom`")
+    custom: dict = param({}, help="extra named feature sets: name -> FeatureSpec fields")
+    min_seconds: float = param(0.5, ge=0.0, help="shorter clips are rejected as too short")
+    batch_size: int = param(8, ge=1, help="equal-length clips computed together")
+    num_workers: int = param(1, ge=0, help="decoding processes")
+    commit_frames: int = param(65536, ge=1, help="frames buffered per set before a commit")
+    device: str = param("auto", choices=DEVICES)
+    strict: bool = param(False, help="fail the stage on any bad file")
+    failures: str = param("data/features.failures.tsv", help="one line per rejected file")
+    summary: str = param("data/features.summary.json", help="counts per set (a DVC metric)")
+
+    def specs(self) -> dict[str, FeatureSpec]:
+        out = {}
+        for name in self.feature_sets:
+            if name in self.custom:
+                out[name] = resolve(FeatureSpec, self.custom[name], section=f"mels.custom.{name}")
+            elif name in PRESETS:
+                out[name] = PRESETS[name]
+            else:
+                raise ParamsError(f"mels.feature_sets: unknown set '{name}' (presets: {', '.join(PRESETS)};"
+                                  f" or define it under mels.custom)")
+        if not out:
+            raise ParamsError("mels.feature_sets: at least one feature set is needed")
+        return out
+
+    def check(self) -> None:
+        self.specs()
+
+
+@dataclass
+class SetReport:
+    status: str
+    stored: int = 0
+    skipped: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class MelsReport:
+    sets: dict[str, SetReport] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    n_tracks: int = 0
+
+    @property
+    def succeeded(self) -> int:
+        return self.n_tracks - len(self.failures)
+
+
+class _Decoded(Dataset):
+    """Decodes one track per item and resamples it to each rate it still needs (runs in workers)."""
+
+    def __init__(self, tracks: list[Track], rates: list[list[int]], min_seconds: float):
+        self.tracks, self.rates, self.min_seconds = tracks, rates, min_seconds
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[int, np.ndarray] | str]:
+        t = self.tracks[i]
+        try:
+            wave, sr = read_audio(t.path, t.offset, t.duration)
+            seconds = wave.shape[0] / sr
+            if seconds < self.min_seconds:
+                raise AudioError(f"too short ({seconds:.3f} s < min_seconds {self.min_seconds:g} s)")
+            return i, {rate: resample(wave, sr, rate) for rate in self.rates[i]}
+        except AudioError as exc:
+            return i, str(exc)
+        except Exception as exc:  # an unexpected decoder failure must not stop the stage
+            return i, f"decoding failed ({exc.__class__.__name__}: {exc})"
+
+
+def _track_fingerprint(t: Track) -> str | None:
+    try:
+        return fingerprint(t.path, t.offset, t.duration)
+    except OSError:
+        return None
+
+
+def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) -> MelsReport:
+    """Compute all requested feature sets for all tracks of ``p.input`` into ``p.store``."""
+    specs = p.specs()
+    tracks = load_tracks(p.input)
+    report = MelsReport(n_tracks=len(tracks))
+    device = pick(p.device)
+    prints = [_track_fingerprint(t) for t in tracks]
+
+    sets: dict[str, store.FrameSet] = {}
+    todo: dict[str, set[int]] = {}
+    for name, spec in specs.items():
+        fs, status = store.create_or_open(p.store, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype)
+        stored = {r.track_id: r.fingerprint for r in fs.tracks}
+        changed = [t.track_id for t, fp in zip(tracks, prints) if t.track_id in stored and fp is not None
+                   and stored[t.track_id] != fp]
+        if changed:  # an append-only set cannot replace a track in place: rebuild it
+            store.open_root(p.store, "a").__delitem__(name)
+            fs, _ = store.create_or_open(p.store, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype)
+            status, stored = f"rebuilt ({len(changed)} changed)", {}
+        sets[name] = fs
+        todo[name] = {i for i, t in enumerate(tracks) if t.track_id not in stored}
+        report.sets[name] = SetReport(status=status, skipped=len(tracks) - len(todo[name]))
+
+    pending = sorted(set().union(*todo.values()))
+    fronts = {name: FrontEnd(spec).to(device) for name, spec in specs.items()}
+    rates = [sorted({specs[n].sample_rate for n in specs if i in todo[n]}) for i in range(len(tracks))]
+    loader = DataLoader(_Decoded(tracks, rates, p.min_seconds), batch_size=None, sampler=pending,
+                        num_workers=p.num_workers if pending else 0)
+    buffers: dict[str, list[tuple[str, str, str, np.ndarray]]] = {n: [] for n in specs}
+
+    def commit(name: str) -> None:
+        if buffers[name]:
+            sets[name].append(buffers[name])
+            buffers[name] = []
+
+    batch: list[tuple[int, dict[int, np.ndarray]]] = []
+
+    def compute_batch() -> None:
+        for name, spec in specs.items():
+            items = [(i, w[spec.sample_rate]) for i, w in batch if i in todo[name]]
+            by_len: dict[int, list[tuple[int, np.ndarray]]] = {}
+            for i, w in items:
+                by_len.setdefault(w.shape[0], []).append((i, w))
+            results: dict[int, np.ndarray] = {}
+            with torch.no_grad():
+                for group in by_len.values():
+                    waves = torch.from_numpy(np.stack([w for _, w in group])).to(device)
+                    for (i, _), feats in zip(group, fronts[name](waves).cpu().numpy()):
+                        results[i] = feats
+            for i, _ in items:  # commit in manifest order
+                feats = results[i]
+                if not np.isfinite(feats).all():
+                    report.failures.append((str(tracks[i].path), f"{name}: features contain NaN/inf"))
+                    continue
+                buffers[name].append((tracks[i].track_id, str(tracks[i].path), prints[i] or "", feats))
+                rep = report.sets[name]
+                rep.stored += 1
+                rep.frames += feats.shape[0]
+                rep.seconds += feats.shape[0] / spec.frame_rate
+            if sum(b[3].shape[0] for b in buffers[name]) >= p.commit_frames:
+                commit(name)
+        batch.clear()
+
+    done = 0
+    for i, result in loader:
+        done += 1
+        if isinstance(result, str):
+            report.failures.append((str(tracks[i].path), result))
+        else:
+            batch.append((i, result))
+            if len(batch) >= p.batch_size:
+                compute_batch()
+        if on_progress:
+            on_progress(done, len(pending))
+    compute_batch()
+    for name in specs:
+        commit(name)
+    write_failures(p.failures, report.failures)
+    write_summary(p, report)
+    return report
+
+
+def write_failures(path: str, failures: list[tuple[str, str]]) -> None:
+    """One ``file<TAB>reason`` line per rejected file (written atomically; empty when none)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["file", "reason"])
+    w.writerows(failures)
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_summary(p: MelsParams, report: MelsReport) -> None:
+    data = {"tracks": report.n_tracks, "failed": len(report.failures),
+            "sets": {n: {"stored_now": r.stored, "skipped": r.skipped, "status": r.status}
+                     for n, r in report.sets.items()},
+            "params": {k: v for k, v in p.__dict__.items()}}
+    write_json(p.summary, data)
+
+
+def report_rows(report: MelsReport, store_url: str) -> list[tuple[Any, ...]]:
+    rows = []
+    for name in report.sets:
+        fs = store.open_set(store_url, name)
+        r = report.sets[name]
+        rows.append((name, r.status, r.stored, r.skipped, len(fs), fs.total_frames,
+                     f"{fs.total_frames / fs.frame_rate / 60:.1f}"))
+    return rows
