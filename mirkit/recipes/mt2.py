@@ -1,0 +1,178 @@
+"""``mt2``: ViT-1D with two class tokens, CPSD on token 1 and NT-Xent on token 2 (Kong et al.,
+"Multi-Class-Token Transformer for Multitask Self-supervised MIR", WASPAA 2025).
+
+MT2's code is not public; where its abstract is silent this module follows STONE's public code
+(``shared/notes/anchors-mt2.md`` §1) and says so:
+
+* Input: the ``cqt22k`` feature set (22.05 kHz, fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512,
+  STONE's dB scaling ``AmplitudeToDB(top_db=80) / 80 + 1``), cropped to ``crop_bins`` = 84 bins
+  (STONE's ``CropCQT``). Segment length is not published: ``segment_frames`` defaults to 172
+  frames (4 s, the Emergent segment duration).
+* Views (STONE ``stone.py``): segments 1 and 2 are two positions of the track (chosen with the
+  contrastive recipe's silence rule), both cropped at bin offset ``o1``; view 3 is segment 1
+  cropped at ``o2``. Offsets lie in ``0..max_offset`` (99 - 84 = 15) and ``d = o2 - o1`` is never
+  0 mod 12 (STONE draws the shift from 1..11 semitones). A larger crop offset moves content DOWN
+  in bin index: view 3 is view 1 pitch-shifted down by ``d`` semitones (see
+  :mod:`mirkit.objectives.cpsd` for the matching sign).
+* Token 1 -> ``Linear(width, 12)`` -> softmax -> CPSD over the circle of fifths (``c`` = 7).
+* Token 2 -> projection head (as in ``contrastive``) -> NT-Xent between segments 1 and 2.
+* Total = CPSD + ``ntxent_weight`` * NT-Xent (equal weighting: the notes' simplest assumption).
+* ``objectives``: "both" (MT2), or "cpsd" / "ntxent" for the paper's single-class-token ablations;
+  a single-objective model has ONE class token (k = 1) that the chosen objective trains, as the
+  paper's "single-class-token ViT-1D models".
+* Inputs are not normalised further (STONE's scaling already maps to about [0, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mirkit.models.vit1d import PRESETS as VIT1D_SIZES, ViT1D
+from mirkit.objectives.contrastive import nt_xent
+from mirkit.objectives.cpsd import cpsd_terms
+from mirkit.params import ParamsError, param
+from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
+from mirkit.recipes.contrastive import (DEFAULT_PROJ_DIMS, ProjectionHead, check_proj_dims,
+                                        pick_two_segments, take_view)
+
+CQT_BINS = 99
+CROP_BINS = 84
+SEGMENT_FRAMES = 172   # 4 s at 22.05 kHz, hop 512
+N_PITCH_CLASSES = 12
+
+
+def cqt_power(frames: np.ndarray) -> np.ndarray:
+    """Per-frame mean power of STONE-scaled CQT frames (``v = dB / 80 + 1`` -> ``10^(dB/10)``)."""
+    return np.power(10.0, 8.0 * (frames.astype(np.float64) - 1.0)).mean(axis=1)
+
+
+def crop_bins(view: np.ndarray, offset: int, n_bins: int) -> np.ndarray:
+    """Bins ``[offset, offset + n_bins)`` of a ``(bins, frames)`` view (STONE's ``CropCQT``)."""
+    if offset < 0 or offset + n_bins > view.shape[0]:
+        raise ValueError(f"crop [{offset}, {offset + n_bins}) outside {view.shape[0]} bins")
+    return np.ascontiguousarray(view[offset:offset + n_bins])
+
+
+def draw_offsets(rng: np.random.Generator, max_offset: int) -> tuple[int, int]:
+    """Crop offsets ``(o1, o2)`` in ``0..max_offset`` with ``(o2 - o1) % 12 != 0``."""
+    while True:
+        o1, o2 = (int(v) for v in rng.integers(0, max_offset + 1, size=2))
+        if (o2 - o1) % N_PITCH_CLASSES:
+            return o1, o2
+
+
+class MT2Model(PretrainModel):
+    """ViT-1D + key head (token 1, CPSD) + projection head (token 2, NT-Xent)."""
+
+    def __init__(self, encoder: ViT1D, objectives: str, proj_dims: list[int], c: int,
+                 ntxent_weight: float, temperature: float):
+        super().__init__()
+        self.encoder, self.objectives = encoder, objectives
+        self.c, self.ntxent_weight, self.temperature = c, ntxent_weight, temperature
+        self.key_head = nn.Linear(encoder.dim, N_PITCH_CLASSES) if objectives != "ntxent" else None
+        self.head = ProjectionHead(encoder.dim, proj_dims) if objectives != "cpsd" else None
+        #: which class token each objective reads
+        self.key_token = 0
+        self.contrastive_token = 1 if objectives == "both" else 0
+
+    def key_profiles(self, cls_tokens: Tensor) -> Tensor:
+        """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens."""
+        return torch.softmax(self.key_head(cls_tokens[:, self.key_token]).float(), dim=-1)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        b = batch["view1"].shape[0]
+        use_cpsd = self.key_head is not None
+        views = [batch["view1"], batch["view2"]] + ([batch["view3"]] if use_cpsd else [])
+        cls = self.encoder.encode(torch.cat(views), layers=(-1,)).cls_tokens(-1)
+        out: dict[str, Tensor] = {}
+        loss = cls.new_zeros((), dtype=torch.float32)
+        if use_cpsd:
+            y1, y2, y3 = self.key_profiles(cls).split(b)
+            terms = cpsd_terms(y1, y2, y3, batch["shift"], self.c)
+            cpsd = sum(terms.values())
+            loss = loss + cpsd
+            out.update({"cpsd": cpsd.detach(), **{k: v.detach() for k, v in terms.items()}})
+        if self.head is not None:
+            p = self.head(cls[: 2 * b, self.contrastive_token])
+            ntx = nt_xent(p[:b], p[b:], self.temperature)
+            loss = loss + self.ntxent_weight * ntx
+            out["ntxent"] = ntx.detach()
+        out["loss"] = loss
+        return out
+
+
+@dataclass
+class MT2Params:
+    preset: str = param("vit1d-tiny", choices=tuple(VIT1D_SIZES), help="backbone size")
+    segment_frames: int = param(SEGMENT_FRAMES, ge=8, help="frames per view (172 = 4 s at 22.05 kHz, hop 512)")
+    crop_bins: int = param(CROP_BINS, ge=12, help="CQT bins the model sees (STONE: 84 = 7 octaves)")
+    max_offset: int = param(CQT_BINS - CROP_BINS, ge=1, help="largest crop offset (pitch shift range, semitones)")
+    objectives: str = param("both", choices=("both", "cpsd", "ntxent"),
+                            help="both = MT2; cpsd / ntxent = single-class-token ablations")
+    c: int = param(7, choices=(1, 5, 7, 11), help="CPSD frequency: 7 = circle of fifths, 1 = semitones")
+    ntxent_weight: float = param(1.0, ge=0, help="lambda in CPSD + lambda * NT-Xent")
+    temperature: float = param(0.1, gt=0, help="NT-Xent temperature")
+    silence_db: float = param(-7.5, le=0, help="segments this many dB (power) below the track are silent")
+    proj_dims: list[int] | None = param(None, help="projection head widths (default: per preset)")
+
+    def check(self) -> None:
+        check_proj_dims(self.proj_dims)
+
+
+class MT2Recipe(Recipe):
+    name = "mt2"
+    paper = "Kong et al., Multi-Class-Token Transformer for Multitask Self-supervised MIR (WASPAA 2025)"
+    Params = MT2Params
+    presets = {name: Preset(model={**size, "in_bins": CROP_BINS, "max_len": SEGMENT_FRAMES, "n_cls": 2},
+                            description=(f"ViT-1D {size['width']}/{size['depth']}/{size['heads']} (2 class tokens, CQT 84)"
+                                         + (", CPU-sized" if name != "vit1d-tiny" else ", the papers' ViT-Tiny (~5.4 M)")),
+                            cpu_sized=name != "vit1d-tiny")
+               for name, size in VIT1D_SIZES.items()}
+
+    @property
+    def feature_set(self) -> str:
+        return "cqt22k"
+
+    @property
+    def crop_frames(self) -> int:
+        return self.params.segment_frames
+
+    @property
+    def n_cls(self) -> int:
+        return 2 if self.params.objectives == "both" else 1
+
+    def prepare(self, sources: Sources) -> None:
+        n_bins = sources.features.n_bins
+        need = self.params.crop_bins + self.params.max_offset
+        if n_bins < need:
+            raise ParamsError(f"max_offset={self.params.max_offset}: crop_bins + max_offset = {need} exceeds the "
+                              f"{n_bins} bins of feature set '{self.feature_set}'")
+
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        p = self.params
+        frames = sources.features.read(track)   # whole track: the silence rule needs its level
+        s1, s2 = pick_two_segments(cqt_power(frames), p.segment_frames, rng, p.silence_db)
+        seg1, seg2 = take_view(frames, s1, p.segment_frames), take_view(frames, s2, p.segment_frames)
+        o1, o2 = draw_offsets(rng, p.max_offset)
+        out = {"view1": crop_bins(seg1, o1, p.crop_bins), "view2": crop_bins(seg2, o1, p.crop_bins)}
+        if p.objectives != "ntxent":
+            out["view3"] = crop_bins(seg1, o2, p.crop_bins)
+            out["shift"] = np.int64(o2 - o1)
+        return out
+
+    def build_encoder(self) -> ViT1D:
+        model = {**self.preset().model, "in_bins": self.params.crop_bins,
+                 "max_len": self.params.segment_frames, "n_cls": self.n_cls}
+        return ViT1D(**model)
+
+    def build_model(self) -> MT2Model:
+        p = self.params
+        return MT2Model(self.build_encoder(), p.objectives, p.proj_dims or DEFAULT_PROJ_DIMS[p.preset],
+                        p.c, p.ntxent_weight, p.temperature)
+
+
+RECIPE = MT2Recipe
