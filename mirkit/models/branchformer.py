@@ -1,0 +1,66 @@
+"""Branchformer block (Peng et al., ICML 2022), the backbone MuSE-LQ builds on (paper §3.1).
+
+Two parallel pre-norm branches read the same input: a global "mixer" (rotary multi-head
+self-attention or SummaryMixing) and a convolutional-gating MLP (cgMLP, Sakuma et al. 2022) for
+local context. Their outputs are concatenated and merged by one linear layer (the paper prefers
+concatenation to a weighted average), then added to the input. No feed-forward/macaron module.
+The encoder (``mirkit.models.muse``) ends the stack with a LayerNorm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def zero_padding(x: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """``(batch, time, dim)`` with padded frames set to 0 (so convolutions cannot see them)."""
+    return x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+
+class ConvolutionalGatingMLP(nn.Module):
+    """cgMLP: ``Linear(d->units) -> GELU -> CSGU -> Linear(units/2 -> d)``.
+
+    Convolutional spatial gating unit (CSGU): split the channels into halves ``(a, b)``; ``b`` goes
+    through LayerNorm and a depthwise convolution over time (kernel 31, "same" padding); the output
+    is ``a * b``. The convolution bias starts at 1 so the gate starts near identity (ESPnet /
+    SpeechBrain cgMLP initialisation).
+    """
+
+    def __init__(self, dim: int, units: int, kernel_size: int = 31, dropout: float = 0.0):
+        super().__init__()
+        if units % 2 or kernel_size % 2 == 0:
+            raise ValueError(f"cgMLP needs even units and an odd kernel, got {units} and {kernel_size}")
+        half = units // 2
+        self.up = nn.Sequential(nn.Linear(dim, units), nn.GELU())
+        self.gate_norm = nn.LayerNorm(half)
+        self.gate_conv = nn.Conv1d(half, half, kernel_size, padding=kernel_size // 2, groups=half)
+        nn.init.ones_(self.gate_conv.bias)
+        self.dropout = nn.Dropout(dropout)
+        self.down = nn.Linear(half, dim)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        a, b = self.up(x).chunk(2, dim=-1)
+        b = zero_padding(self.gate_norm(b), padding_mask)
+        b = self.gate_conv(b.transpose(1, 2)).transpose(1, 2)
+        return self.down(self.dropout(a * b))
+
+
+class BranchformerBlock(nn.Module):
+    """``x + merge([mixer(LN(x)); cgMLP(LN(x))])``; ``mixer`` follows the rotary/SummaryMixing interface."""
+
+    def __init__(self, dim: int, mixer: nn.Module, units: int, kernel_size: int = 31, dropout: float = 0.0):
+        super().__init__()
+        self.mixer_norm = nn.LayerNorm(dim)
+        self.mixer = mixer
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = ConvolutionalGatingMLP(dim, units, kernel_size, dropout)
+        self.merge = nn.Linear(2 * dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        global_branch, weights = self.mixer(self.mixer_norm(x), padding_mask, need_weights)
+        local_branch = self.mlp(self.mlp_norm(x), padding_mask)
+        merged = self.merge(torch.cat([self.dropout(global_branch), self.dropout(local_branch)], dim=-1))
+        return x + self.dropout(merged), weights
