@@ -1,0 +1,323 @@
+"""The one training loop, shared by every recipe.
+
+It knows nothing about papers: a recipe (``mirkit.recipes``) says which features to read, how to
+draw one example and what the loss is. The loop does devices, bf16 autocast on CUDA (fp32 on
+CPU), AdamW/Adam with cosine schedule and warm-up, gradient clipping, optional torch.compile,
+DDP under ``torchrun``, atomic checkpoints, exact resume, NaN guards and logs.
+
+Reproducibility: example ``k`` of the run (a global counter over steps × global batch) is drawn
+from ``numpy.random.default_rng([seed, k])`` and the torch RNG is re-seeded at every step from
+``(seed, step, rank)``; so a resumed run replays exactly what an uninterrupted one would do, and
+under DDP the global batch holds the same examples whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from mirkit import checkpoint, recipes, store
+from mirkit.device import DEVICES, pick
+from mirkit.files import write_json
+from mirkit.manifest import read_manifest
+from mirkit.params import ParamsError, param, resolve
+from mirkit.recipes.base import Recipe, Sources
+
+
+@dataclass
+class PretrainParams:
+    """Section ``pretrain`` of params.yaml."""
+
+    recipe: str = param("myna", help="myna | contrastive | mt2 | muse-lq")
+    preset: str | None = param(None, help="model preset; null = the recipe's own default")
+    recipe_params: dict = param({}, help="per-recipe parameters: {recipe name: {key: value}}")
+    features: str = param("data/features.zarr", help="feature store written by `mirkit mels`")
+    tokens: str = param("data/tokens.zarr", help="token store written by `mirkit tokens` (muse-lq)")
+    manifest: str | None = param(None, help="optional manifest to restrict training tracks by split")
+    splits: list[str] = param(["train"], help="splits of `manifest` used for pretraining")
+    out: str = param("models/pretrain", help="checkpoint directory")
+    log: str = param("results/pretrain/log.tsv", help="training curve (a DVC plot)")
+    summary: str = param("results/pretrain/summary.json", help="final numbers (a DVC metric)")
+    steps: int = param(200, ge=1)
+    batch_size: int = param(16, ge=2, help="GLOBAL batch (split over DDP ranks)")
+    optimizer: str = param("adamw", choices=("adamw", "adam"))
+    lr: float = param(3e-4, gt=0.0)
+    min_lr_ratio: float = param(0.01, ge=0.0, le=1.0, help="cosine floor as a fraction of lr")
+    warmup_steps: int = param(10, ge=0)
+    weight_decay: float = param(0.01, ge=0.0)
+    betas: list[float] = param([0.9, 0.98])
+    grad_clip: float = param(1.0, ge=0.0, help="max gradient norm; 0 disables")
+    seed: int = param(42)
+    num_workers: int = param(0, ge=0)
+    in_memory: bool = param(True, help="load the feature set into RAM (small corpora)")
+    compile: bool = param(False, help="torch.compile the model")
+    device: str = param("auto", choices=DEVICES)
+    precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
+    log_every: int = param(10, ge=1)
+    checkpoint_every: int = param(100, ge=1)
+
+    def check(self) -> None:
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ParamsError(f"pretrain.betas={self.betas}: expected two numbers in [0, 1)")
+        if self.warmup_steps >= self.steps and self.steps > 1:
+            raise ParamsError(f"pretrain.warmup_steps={self.warmup_steps}: must be < steps ({self.steps})")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+def make_recipe(p: PretrainParams) -> Recipe:
+    """The recipe named by ``p.recipe`` with its validated parameters (preset from ``p.preset``)."""
+    try:
+        cls = recipes.get(p.recipe)
+    except KeyError as exc:
+        raise ParamsError(f"pretrain.recipe={p.recipe!r}: {exc.args[0]}") from None
+    raw = dict(p.recipe_params.get(p.recipe, {}) or {})
+    if p.preset:
+        raw["preset"] = p.preset
+    return cls(resolve(cls.Params, raw, section=f"pretrain.recipe_params.{p.recipe}"))
+
+
+def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]:
+    """Open the recipe's feature (and token) sets and pick the training tracks."""
+    try:
+        feats = store.open_set(p.features, recipe.feature_set)
+    except store.StoreError as exc:
+        raise store.StoreError(f"{exc} — run `mirkit mels` with '{recipe.feature_set}' in mels.feature_sets") from None
+    tokens = None
+    if recipe.needs_tokens:
+        try:
+            tokens = store.open_set(p.tokens, recipe.feature_set)
+        except store.StoreError as exc:
+            raise store.StoreError(f"{exc} — run `mirkit tokens` on feature set '{recipe.feature_set}'") from None
+        if [t.track_id for t in tokens.tracks] != [t.track_id for t in feats.tracks]:
+            raise store.StoreError(f"{p.tokens}: tokens are not aligned with {p.features} (re-run `mirkit tokens`)")
+    if p.in_memory:
+        feats.load_into_memory()
+        if tokens is not None:
+            tokens.load_into_memory()
+    chosen = list(range(len(feats)))
+    if p.manifest:
+        wanted = {t.track_id for t in read_manifest(p.manifest) if t.split in p.splits}
+        chosen = [i for i, t in enumerate(feats.tracks) if t.track_id in wanted]
+    if len(chosen) < 2:
+        raise store.StoreError(f"{p.features}/{recipe.feature_set}: {len(chosen)} usable track(s); pretraining needs at least 2")
+    return Sources(feats, tokens), chosen
+
+
+class ExampleStream(Dataset):
+    """Example ``k`` of the run: track from a per-epoch permutation, views from ``rng([seed, k])``."""
+
+    def __init__(self, recipe: Recipe, sources: Sources, tracks: list[int], seed: int):
+        self.recipe, self.sources, self.tracks, self.seed = recipe, sources, tracks, seed
+
+    def __len__(self) -> int:  # examples are addressed by a global counter
+        return 2 ** 62
+
+    def track_of(self, k: int) -> int:
+        n = len(self.tracks)
+        perm = np.random.default_rng([self.seed, 0, k // n]).permutation(n)
+        return self.tracks[int(perm[k % n])]
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        return self.recipe.sample(self.sources, self.track_of(k), np.random.default_rng([self.seed, 1, k]))
+
+
+def batch_indices(start_step: int, steps: int, batch: int, rank: int, world: int) -> list[list[int]]:
+    """Global example counters of this rank's share of every step."""
+    local = batch // world
+    return [[s * batch + rank * local + j for j in range(local)] for s in range(start_step, steps)]
+
+
+def lr_factor(step: int, p: PretrainParams) -> float:
+    """Linear warm-up, then cosine from 1 to ``min_lr_ratio``."""
+    if step < p.warmup_steps:
+        return (step + 1) / (p.warmup_steps + 1)
+    progress = (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
+    return p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and other 1-D parameters (common ViT/STONE practice)."""
+    decay, no_decay = [], []
+    for _, prm in model.named_parameters():
+        if prm.requires_grad:
+            (decay if prm.ndim >= 2 else no_decay).append(prm)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _mean_across(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
+    if info.world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / info.world for k, v in zip(keys, t.tolist())}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_s: float
+    n_params: int
+    out: str
+    resumed_from: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(p: PretrainParams, resume: bool = False,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Pretrain ``p.recipe`` on the feature store; returns the final numbers."""
+    info = init_distributed(p.device)
+    if p.batch_size % info.world:
+        raise ParamsError(f"pretrain.batch_size={p.batch_size}: must be divisible by the {info.world} DDP processes")
+    device = pick(p.device)
+    if device.type == "cuda" and info.world > 1:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+
+    recipe = make_recipe(p)
+    sources, tracks = open_sources(p, recipe)
+    recipe.prepare(sources)
+    torch.manual_seed(p.seed)
+    model = recipe.build_model().to(device)
+    n_params = sum(x.numel() for x in model.parameters())
+
+    start = 0
+    opt_cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas))
+    if resume and (Path(p.out) / checkpoint.STATE_FILE).exists():
+        state = checkpoint.load_train_state(p.out)
+        step_w = checkpoint.load_weights(p.out, model)
+        if step_w != state["step"]:
+            raise checkpoint.CheckpointError(f"{p.out}: weights (step {step_w}) and training state "
+                                             f"(step {state['step']}) are from different moments")
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    train_module: torch.nn.Module = model
+    if info.world > 1:
+        train_module = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    if p.compile:
+        train_module = torch.compile(train_module)
+
+    stream = ExampleStream(recipe, sources, tracks, p.seed)
+    loader = DataLoader(stream, batch_sampler=batch_indices(start, p.steps, p.batch_size, info.rank, info.world),
+                        num_workers=p.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    config = checkpoint.make_config(recipe, sources.features.spec, start, _plain(p))
+    log_path = Path(p.log)
+    if info.main:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if start == 0 or not log_path.exists():
+            log_path.write_text("")
+        _truncate_log(log_path, start)
+
+    history: list[dict[str, float]] = []
+    model.train()
+    t0, seen, last = time.perf_counter(), 0, {}
+    step = start
+    for step, batch in enumerate(loader, start=start):
+        for group in optimizer.param_groups:
+            group["lr"] = p.lr * lr_factor(step, p)
+        torch.manual_seed(p.seed * 1_000_003 + step * 4099 + info.rank)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = train_module(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint "
+                                   f"in {p.out} (step {config['step']}) is kept — lower pretrain.lr or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm.item()}; stopped. The last good "
+                                   f"checkpoint in {p.out} (step {config['step']}) is kept.")
+        optimizer.step()
+        seen += p.batch_size
+        done = step + 1
+        if done % p.log_every == 0 or done == p.steps:
+            elapsed = time.perf_counter() - t0
+            row = {k: float(v.detach()) for k, v in out.items()}
+            row = _mean_across(row, info, device)
+            row.update(step=done, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+                       samples_per_s=seen / max(elapsed, 1e-9))
+            history.append(row)
+            last = row
+            if info.main:
+                _append_log(log_path, row)
+            if on_step:
+                on_step(done, row)
+        if info.main and (done % p.checkpoint_every == 0 or done == p.steps):
+            config = checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))
+            checkpoint.save(p.out, model, config, {"optimizer": optimizer.state_dict()})
+    seconds = time.perf_counter() - t0
+    result = TrainResult(steps=p.steps, final_loss=last.get("loss", float("nan")), seconds=seconds,
+                         samples_per_s=seen / max(seconds, 1e-9), n_params=n_params, out=p.out,
+                         resumed_from=start, history=history)
+    if info.main:
+        write_json(p.summary, {"recipe": recipe.name, "preset": recipe.params.preset, "steps": p.steps,
+                               "final_loss": result.final_loss, "n_params": n_params,
+                               "first_logged_loss": history[0]["loss"] if history else None})
+    return result
+
+
+def _plain(p: PretrainParams) -> dict[str, Any]:
+    import dataclasses
+    return dataclasses.asdict(p)
+
+
+def _append_log(path: Path, row: dict[str, float]) -> None:
+    """Append one TSV row (what `dvc plots` reads); the header is fixed by the first row."""
+    if not path.exists() or path.stat().st_size == 0:
+        keys = ["step", "loss", "lr"] + sorted(k for k in row if k not in ("step", "loss", "lr"))
+        path.write_text("\t".join(keys) + "\n")
+    with path.open() as f:
+        keys = f.readline().rstrip("\n").split("\t")
+    with path.open("a") as f:
+        f.write("\t".join(f"{row.get(k, float('nan')):.6g}" for k in keys) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume keep only the rows up to the resumed step."""
+    lines = path.read_text().splitlines()
+    if not lines:
+        return
+    kept = [lines[0]] + [ln for ln in lines[1:] if float(ln.split("\t")[0]) <= step]
+    path.write_text("\n".join(kept) + "\n")
