@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mirkit.files import atomic_write_bytes
+
 FORMAT = "mirkit.rpq/1"
 _LOOKUP_ROWS = 4096   # rows per lookup block: bounds the (rows x codebook_size) similarity matrix
 
@@ -151,17 +153,13 @@ def _is_url(path: str) -> bool:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """Write a file whole: local files via a temporary name and an atomic rename; URLs via fsspec."""
+    """Write a file whole: local files atomically (temporary name + rename), URLs via fsspec."""
     if _is_url(path):
         import fsspec
         with fsspec.open(path, "wb") as f:
             f.write(data)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    else:
+        atomic_write_bytes(path, data)
 
 
 def _read_bytes(path: str) -> bytes:

@@ -21,7 +21,6 @@ computed over the whole feature set, so adding tracks to the features rebuilds t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 import zarr
 
+from mirkit.device import DEVICES, pick
+from mirkit.files import write_json
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
 from mirkit.store import FrameSet, StoreError, create_or_open, open_root, open_set
@@ -58,6 +59,8 @@ class TokensParams:
     num_codebooks: int = param(1, ge=1, help="independent codebooks (seeds seed, seed+1, ...)")
     seed: int = param(142, help="quantizer seed (MusicFM 142)")
     batch_tracks: int = param(64, ge=1, help="tracks per committed append")
+    device: str = param("cpu", choices=DEVICES, help="where the lookup runs; cpu guarantees bit-identical "
+                        "codes across machines (a GPU may break near-ties differently)")
 
     def check(self) -> None:
         if _same_location(self.features, self.out):
@@ -87,15 +90,15 @@ class TokensResult:
 
 
 # -- the pieces ------------------------------------------------------------------------------------
-def feature_stats(features: FrameSet) -> tuple[float, float]:
+def feature_stats(features: FrameSet, block: int = 65536) -> tuple[float, float]:
     """Global scalar mean and (population) std over every committed value, in float64.
 
     Streams over :meth:`FrameSet.iter_frames` and merges per-block moments (Chan et al.), which
     stays accurate for dB-scaled features where ``E[x^2] - E[x]^2`` would cancel badly.
     """
     count, mean, m2 = 0, 0.0, 0.0
-    for block in features.iter_frames():
-        x = np.asarray(block, dtype=np.float64).ravel()
+    for frames in features.iter_frames(block):
+        x = np.asarray(frames, dtype=np.float64).ravel()
         if x.size == 0:
             continue
         if not np.isfinite(x).all():
@@ -126,7 +129,7 @@ def tokenize(frames: np.ndarray, quantizer: RandomProjectionQuantizer, stack: in
     stacked = stack_frames(np.asarray(frames, dtype=np.float32), stack)
     if stacked.shape[0] == 0:
         return np.zeros((0, quantizer.num_codebooks), dtype=TOKEN_DTYPE)
-    return quantizer(torch.from_numpy(stacked)).numpy().astype(TOKEN_DTYPE)
+    return quantizer(torch.from_numpy(stacked)).cpu().numpy().astype(TOKEN_DTYPE)
 
 
 def code_counts(tokens: FrameSet, codebook_size: int) -> np.ndarray:
@@ -171,7 +174,7 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
         raise TokensError(f"{p.features}/{p.feature_set}: feature set has no tracks")
     mean, std = feature_stats(features)
     quantizer = RandomProjectionQuantizer(p.stack * features.n_bins, p.codebook_size, p.codebook_dim,
-                                          p.num_codebooks, p.seed, mean, std)
+                                          p.num_codebooks, p.seed, mean, std).to(pick(p.device))
     tokens, status = _open_tokens(features, p, token_spec(features, p, mean, std))
     quantizer.save(p.quantizer_path)
 
@@ -228,9 +231,7 @@ def write_metrics(result: TokensResult, path: str) -> None:
                             "dropped_frames": result.dropped_frames, "mean": result.mean, "std": result.std}
     for row in result.codebooks:
         data[f"codebook_{row['codebook']}"] = {k: v for k, v in row.items() if k != "codebook"}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
 
 
 def _same_location(a: str, b: str) -> bool:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mirkit import ui
-from mirkit.params import load
+from mirkit.params import DEFAULT_PARAMS, load
 from mirkit.quantizer import QuantizerFileError
 from mirkit.store import StoreError
 from mirkit.tokens import TokensError, TokensParams, run
@@ -17,12 +17,23 @@ from mirkit.tokens import TokensError, TokensParams, run
 def register(app: typer.Typer) -> None:
     @app.command("tokens")
     def tokens(
-        params: Path = typer.Option(Path("params.yaml"), "--params", help="params file (section `tokens`)"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one parameter: key=value"),
+        params: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params file (section `tokens`)"),
+        features: Optional[str] = typer.Option(None, help="feature store (overrides tokens.features)"),
+        feature_set: Optional[str] = typer.Option(None, help="feature set (overrides tokens.feature_set)"),
+        out: Optional[str] = typer.Option(None, help="token store (overrides tokens.out)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
     ) -> None:
-        """Random-projection-quantizer tokens (BEST-RQ / MusicFM) of one stored feature set."""
+        """Random-projection-quantizer tokens (BEST-RQ / MusicFM targets) of one stored feature set.
+
+        Normalises with the set's global mean/std, stacks `stack` frames per token, writes int32 codes
+        (same track ids and order as the features) plus the quantizer and codebook-usage metrics.
+        Re-runs skip tokenised tracks; changed parameters or statistics rebuild the token set.
+        """
         with ui.stage_errors():
-            p = load(TokensParams, "tokens", params, ui.overrides(set_))
+            ov = ui.overrides(set_)
+            ov.update({k: v for k, v in {"features": features, "feature_set": feature_set, "out": out}.items()
+                       if v is not None})
+            p = load(TokensParams, "tokens", params, ov)
         ui.print_params("tokens", p)
         try:
             with ui.progress() as bar:
@@ -36,11 +47,11 @@ def register(app: typer.Typer) -> None:
             ui.console.print(f"[red]tokens failed:[/red] {exc}")
             raise typer.Exit(1) from None
         ui.console.print(ui.table(
-            f"tokens: {p.feature_set} -> {p.out} ({result.status}; {result.tokenised} tokenised, "
-            f"{result.skipped} skipped)",
+            f"tokens {p.feature_set} -> {p.out} ({result.status})",
             ["codebook", "codes used", "fraction used", "perplexity"],
             [(c["codebook"], f"{c['codes_used']}/{p.codebook_size}", c["fraction_used"], c["perplexity"])
              for c in result.codebooks]))
-        ui.console.print(f"{result.n_tracks} tracks, {result.n_tokens} tokens at {p.stack} frames/token "
+        ui.console.print(f"{result.tokenised} tracks tokenised, {result.skipped} skipped; "
+                         f"{result.n_tracks} tracks, {result.n_tokens} tokens at {p.stack} frames/token "
                          f"({result.dropped_frames} trailing frames dropped); mean {result.mean:.4g}, "
                          f"std {result.std:.4g}; quantizer {result.quantizer}; metrics {result.metrics}")
