@@ -169,12 +169,16 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
 
     Raises :class:`~mirkit.store.StoreError` (missing store or set) or :class:`TokensError`.
     """
+    try:
+        device = pick(p.device)
+    except RuntimeError as exc:
+        raise TokensError(f"tokens.device={p.device!r}: {exc}") from None
     features = open_set(p.features, p.feature_set)
     if len(features) == 0:
         raise TokensError(f"{p.features}/{p.feature_set}: feature set has no tracks")
     mean, std = feature_stats(features)
     quantizer = RandomProjectionQuantizer(p.stack * features.n_bins, p.codebook_size, p.codebook_dim,
-                                          p.num_codebooks, p.seed, mean, std).to(pick(p.device))
+                                          p.num_codebooks, p.seed, mean, std).to(device)
     tokens, status = _open_tokens(features, p, token_spec(features, p, mean, std))
     quantizer.save(p.quantizer_path)
 
