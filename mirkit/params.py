@@ -137,7 +137,7 @@ def resolve(cls: type[T], raw: dict[str, Any] | None = None, overrides: dict[str
     Unknown keys are errors (a typo must not silently fall back to a default).
     """
     merged = dict(raw or {})
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged.update(overrides or {})
     prefix = f"{section}." if section else ""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
     ) -> None:
         from mirkit.checkpoint import CheckpointError
+        from mirkit.manifest import ManifestError
         from mirkit.store import StoreError
         from mirkit.train import PretrainParams, TrainingDiverged, make_recipe, train
         with stage_errors():
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
                 task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")
                 result = train(p, resume=resume, on_step=lambda s, row: bar.update(
                     task, completed=s, info=f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s"))
-        except (StoreError, CheckpointError, TrainingDiverged) as exc:
+        except (StoreError, CheckpointError, TrainingDiverged, ManifestError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
         except P.ParamsError as exc:
