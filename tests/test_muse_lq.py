@@ -1,0 +1,372 @@
+"""MuSE-LQ: SummaryMixing, Branchformer/Conformer blocks, masking, loss, alignment, training, sizes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirkit.models.branchformer import BranchformerBlock
+from mirkit.models.conformer import ConformerBlock
+from mirkit.models.muse import MuseEncoder, make_mixer
+from mirkit.models.rotary import RotarySelfAttention
+from mirkit.models.summary_mixing import GroupedLinear, SummaryMixing
+from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
+from mirkit.params import ParamsError, resolve
+from mirkit.recipes import get
+from mirkit.recipes.base import Sources
+from mirkit.recipes.muse_lq import MuseLQRecipe
+
+torch.set_num_threads(1)
+
+TINY = dict(dim=32, depth=2, heads=4, conv_dim=8, units=64, kernel_size=5, dropout=0.0,
+            sm_local_hidden=[16], sm_local_out=16, sm_summary_hidden=[16], sm_summary_out=16)
+SM_SIZES = dict(sm_local_hidden=[16], sm_local_out=16, sm_summary_hidden=[16], sm_summary_out=16, sm_groups=1)
+
+
+# ---------------------------------------------------------------- in-memory sources
+class ArraySource:
+    """A CropSource over a list of in-memory ``(n_frames, n_bins)`` arrays (zero-padded reads)."""
+
+    def __init__(self, arrays: list[np.ndarray], frame_rate: float, attrs: dict[str, Any] | None = None):
+        self.arrays, self.frame_rate, self.attrs = arrays, frame_rate, attrs or {}
+        self.n_bins = arrays[0].shape[1]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def n_frames(self, track: int) -> int:
+        return self.arrays[track].shape[0]
+
+    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        a = self.arrays[track]
+        length = a.shape[0] - start if length is None else length
+        out = np.zeros((length, a.shape[1]), dtype=a.dtype)
+        part = a[start:start + length]
+        out[:len(part)] = part
+        return out
+
+
+N_CODES = 8
+
+
+def tokens_of(mel: np.ndarray) -> np.ndarray:
+    """Deterministic token per 4-frame step: the loudest of 8 mel bands (16 bins each)."""
+    steps = mel.shape[0] // 4
+    energy = mel[:steps * 4].reshape(steps, 4, 8, 16).mean(axis=(1, 3))
+    return energy.argmax(axis=1).astype(np.int32)[:, None]
+
+
+def synthetic_sources(n_tracks: int = 8, n_frames: int = 400, segment: int = 120, seed: int = 0) -> Sources:
+    """Each track: one loud band (a new one every ``segment`` frames) over -60 dB noise, in dB."""
+    rng = np.random.default_rng(seed)
+    mels = []
+    for _ in range(n_tracks):
+        mel = -60.0 + 3.0 * rng.standard_normal((n_frames, 128))
+        for start in range(0, n_frames, segment):
+            band = rng.integers(N_CODES)
+            mel[start:start + segment, band * 16:(band + 1) * 16] += 40.0
+        mels.append(mel.astype(np.float32))
+    allv = np.concatenate(mels)
+    tokens = [tokens_of(m) for m in mels]
+    attrs = {"mean": float(allv.mean()), "std": float(allv.std()), "codebook_size": 16,
+             "num_codebooks": 1, "stack": 4}
+    return Sources(ArraySource(mels, 100.0, {"feature_set": "mel24k"}), ArraySource(tokens, 25.0, attrs))
+
+
+def recipe(**params: Any) -> MuseLQRecipe:
+    return MuseLQRecipe(resolve(MuseLQRecipe.Params, params))
+
+
+# ---------------------------------------------------------------- SummaryMixing
+def test_summary_mixing_equals_its_equation() -> None:
+    torch.manual_seed(0)
+    sm = SummaryMixing(6, local_hidden=[5], local_out=4, summary_hidden=[7], summary_out=3).eval()
+    x = torch.randn(2, 9, 6)
+    padding = torch.zeros(2, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    y, weights = sm(x, padding)
+    assert weights is None
+
+    def mlp(seq: nn.Sequential, v: torch.Tensor) -> torch.Tensor:
+        for layer in seq:
+            if isinstance(layer, nn.Linear):
+                v = layer.weight @ v + layer.bias
+            else:
+                v = F.gelu(v)
+        return v
+
+    combiner = sm.combine[0]
+    for b in range(2):
+        valid = [t for t in range(9) if not padding[b, t]]
+        s_bar = sum(mlp(sm.summary, x[b, t]) for t in valid) / len(valid)
+        for t in range(9):
+            if t in valid:
+                expected = F.gelu(combiner.weight @ torch.cat([mlp(sm.local, x[b, t]), s_bar]) + combiner.bias)
+            else:
+                expected = torch.zeros(6)
+            torch.testing.assert_close(y[b, t], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_summary_mixing_ignores_padded_frames() -> None:
+    torch.manual_seed(0)
+    sm = SummaryMixing(8, [8], 8, [8], 8)
+    x = torch.randn(2, 12, 8)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[0, 7:] = True
+    x2 = x.clone()
+    x2[0, 7:] = 100 * torch.randn(5, 8)
+    y1, _ = sm(x, padding)
+    y2, _ = sm(x2, padding)
+    torch.testing.assert_close(y1, y2)
+    # and padding matters: without the mask the padded content changes the valid frames
+    assert not torch.allclose(sm(x)[0][0, :7], sm(x2)[0][0, :7])
+
+
+def test_grouped_linear_is_block_diagonal() -> None:
+    torch.manual_seed(0)
+    layer = GroupedLinear(6, 4, groups=2)
+    dense = torch.zeros(4, 6)
+    dense[:2, :3] = layer.weight[0].t()
+    dense[2:, 3:] = layer.weight[1].t()
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(layer(x), x @ dense.t() + layer.bias)
+
+
+# ---------------------------------------------------------------- attention
+def test_rotary_attention_weights_path_matches_fused_path_and_masks_keys() -> None:
+    torch.manual_seed(0)
+    att = RotarySelfAttention(16, heads=4).eval()
+    x = torch.randn(2, 10, 16)
+    padding = torch.zeros(2, 10, dtype=torch.bool)
+    padding[1, 6:] = True
+    with torch.no_grad():
+        fused, none = att(x, padding)
+        explicit, weights = att(x, padding, need_weights=True)
+    assert none is None and weights.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(fused[:, :6], explicit[:, :6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 10))
+    assert float(weights[1, :, :, 6:].abs().max()) == 0.0
+
+
+def test_rotary_attention_is_relative_in_position() -> None:
+    """Rotary q/k make scores depend on offsets only: shifting content keeps its own attention."""
+    torch.manual_seed(0)
+    att = RotarySelfAttention(8, heads=2).eval()
+    x = torch.randn(1, 6, 8)
+    padded = torch.cat([torch.randn(1, 3, 8), x], dim=1)   # same content three steps later
+    _, w1 = att(x, need_weights=True)
+    mask = torch.zeros(1, 9, dtype=torch.bool)
+    mask[:, :3] = True                                     # hide the prefix as keys
+    _, w2 = att(padded, mask, need_weights=True)
+    torch.testing.assert_close(w1[0], w2[0, :, 3:, 3:], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- blocks
+def _block(kind: str, mixer: str) -> nn.Module:
+    cls = BranchformerBlock if kind == "branchformer" else ConformerBlock
+    return cls(16, make_mixer(mixer, 16, 4, 0.0, 10000.0, [16], 16, [16], 16, 1), units=32, kernel_size=5)
+
+
+@pytest.mark.parametrize("kind", ["branchformer", "conformer"])
+@pytest.mark.parametrize("mixer", ["mhsa", "summary"])
+def test_blocks_keep_shape_and_honour_padding(kind: str, mixer: str) -> None:
+    torch.manual_seed(0)
+    block = _block(kind, mixer)
+    x = torch.randn(2, 14, 16)
+    padding = torch.zeros(2, 14, dtype=torch.bool)
+    padding[0, 9:] = True
+    x2 = x.clone()
+    x2[0, 9:] = 50 * torch.randn(5, 16)
+    block.train()                       # BatchNorm in training mode must skip padded frames too
+    y1, _ = block(x, padding)
+    y2, _ = block(x2, padding)
+    assert y1.shape == x.shape
+    torch.testing.assert_close(y1[0, :9], y2[0, :9])
+    torch.testing.assert_close(y1[1], y2[1])
+    block.eval()                        # padded run == run on the valid frames alone
+    full, _ = block(x2, padding)
+    alone, _ = block(x[:1, :9])
+    torch.testing.assert_close(full[0, :9], alone[0], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- encoder
+@pytest.mark.parametrize("n_frames", [80, 83, 120])
+def test_encoder_output_length_and_contract(n_frames: int) -> None:
+    torch.manual_seed(0)
+    enc = MuseEncoder(block="conformer", attention="mhsa", **TINY).eval()
+    out = enc.encode(torch.randn(2, 128, n_frames), layers=(0, 1, 2, -1), attention=True)
+    steps = n_frames // 4
+    assert set(out.hidden) == {0, 1, 2, -1}
+    assert all(h.shape == (2, steps, 32) for h in out.hidden.values())
+    assert out.n_cls == 0 and out.grid == (1, steps) and out.frames_per_col == 4
+    assert set(out.attentions) == {1, 2, -1} and out.attentions[1].shape == (2, 4, steps, steps)
+    assert enc.embed(torch.randn(2, 128, n_frames)).shape == (2, 32)
+    with pytest.raises(ValueError, match="layer 3"):
+        enc.encode(torch.randn(1, 128, 40), layers=(3,))
+
+
+def test_summary_encoder_has_no_attention_maps() -> None:
+    enc = MuseEncoder(block="branchformer", attention="summary", **TINY).eval()
+    out = enc.encode(torch.randn(1, 128, 40), layers=(1, -1), attention=True)
+    assert out.attentions == {} and out.hidden[-1].shape == (1, 10, 32)
+
+
+def test_encoder_step_t_is_driven_by_frames_4t_to_4t_plus_4() -> None:
+    """Token t covers frames [4t, 4t+4): perturbing them moves encoder step t most, and only steps
+    within the front end's receptive field (step k sees frames 4k-9 .. 4k+9)."""
+    torch.manual_seed(0)
+    enc = MuseEncoder(block="branchformer", attention="summary", **TINY).eval()
+    x = torch.randn(1, 128, 80)
+    with torch.no_grad():
+        base = enc.encode(x, layers=(0,)).hidden[0]
+        for t in (3, 10, 16):
+            x2 = x.clone()
+            x2[..., 4 * t:4 * t + 4] += 5.0
+            change = (enc.encode(x2, layers=(0,)).hidden[0] - base).abs().sum(-1)[0]
+            assert int(change.argmax()) == t
+            far = [s for s in range(20) if not t - 2 <= s <= t + 3]
+            assert float(change[far].max()) == 0.0
+
+
+def test_stacked_mel_targets_align_with_tokens() -> None:
+    x = torch.arange(2 * 3 * 12, dtype=torch.float32).reshape(2, 3, 12)     # (batch, bins, frames)
+    stacked = stack_frames(x, 4)
+    assert stacked.shape == (2, 3, 12)
+    for t in range(3):
+        expected = x[:, :, 4 * t:4 * t + 4].transpose(1, 2).reshape(2, 12)  # frame-major
+        torch.testing.assert_close(stacked[:, t], expected)
+
+
+def test_encoder_holds_its_normalisation() -> None:
+    enc = MuseEncoder(block="branchformer", attention="summary", mean=-40.0, std=20.0, **TINY)
+    assert {"mean", "std"} <= set(enc.state_dict())
+    torch.testing.assert_close(enc.normalise(torch.full((1, 128, 4), -20.0)), torch.ones(1, 128, 4))
+
+
+# ---------------------------------------------------------------- masking and loss
+def test_masking_rate_and_block_structure() -> None:
+    torch.manual_seed(0)
+    valid = torch.ones(64, 100, dtype=torch.bool)
+    rates = []
+    for _ in range(50):
+        mask = block_mask(valid, 10, 0.2)
+        blocks = mask.view(64, 10, 10)
+        assert bool((blocks.all(-1) | ~blocks.any(-1)).all())               # whole blocks only
+        rates.append(mask.float().mean().item())
+    assert abs(np.mean(rates) - 0.2) < 0.01
+
+
+def test_mask_never_empty_and_never_on_padding() -> None:
+    torch.manual_seed(0)
+    valid = torch.ones(3, 30, dtype=torch.bool)
+    valid[:, 25:] = False
+    for _ in range(20):
+        mask = block_mask(valid, 10, 0.0)
+        assert int(mask.sum()) in (5, 10) and not bool(mask[:, 25:].any())
+    assert not bool(block_mask(valid, 10, 1.0)[:, 25:].any())
+
+
+def test_mask_frames_replaces_only_masked_frames() -> None:
+    torch.manual_seed(0)
+    x = torch.full((1, 4, 10), 7.0)
+    mask = torch.tensor([[False, True]])
+    out = mask_frames(x, mask, 4, 0.1)
+    assert bool((out[..., :4] == 7.0).all()) and bool((out[..., 8:] == 7.0).all())
+    assert float(out[..., 4:8].abs().max()) < 1.0
+
+
+def test_only_masked_positions_contribute_to_loss() -> None:
+    torch.manual_seed(0)
+    b, t, c, k = 2, 6, 2, 5
+    logits, tokens = torch.randn(b, t, c, k), torch.randint(0, k, (b, t, c))
+    pred, target = torch.randn(b, t, 8), torch.randn(b, t, 8)
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    mask[0, 1:3] = True
+    mask[1, 5] = True
+    ref = masked_prediction_loss(logits, tokens, pred, target, mask, 1.0, 0.5)
+    logits2, tokens2, pred2, target2 = logits.clone(), tokens.clone(), pred.clone(), target.clone()
+    logits2[~mask] += 10 * torch.randn_like(logits2[~mask])
+    tokens2[~mask] = (tokens2[~mask] + 1) % k
+    pred2[~mask] += 3.0
+    target2[~mask] -= 3.0
+    out = masked_prediction_loss(logits2, tokens2, pred2, target2, mask, 1.0, 0.5)
+    for key in ("loss", "loss_ce", "loss_mse", "acc"):
+        torch.testing.assert_close(out[key], ref[key])
+    torch.testing.assert_close(ref["loss"], ref["loss_ce"] + 0.5 * ref["loss_mse"])
+    pred2[mask] += 1.0
+    assert not torch.allclose(masked_prediction_loss(logits2, tokens2, pred2, target2, mask)["loss_mse"],
+                              ref["loss_mse"])
+
+
+# ---------------------------------------------------------------- recipe
+def test_recipe_registered_and_params_validated() -> None:
+    assert get("muse-lq") is MuseLQRecipe and MuseLQRecipe.needs_tokens
+    with pytest.raises(ParamsError, match="crop_frames"):
+        resolve(MuseLQRecipe.Params, {"crop_frames": 100})
+    with pytest.raises(ParamsError, match="attention"):
+        resolve(MuseLQRecipe.Params, {"attention": "linear"})
+
+
+def test_prepare_copies_token_stats_and_sample_aligns() -> None:
+    sources = synthetic_sources(n_tracks=2, n_frames=300)
+    r = recipe(preset="brn-sum-tiny", crop_frames=200)
+    r.prepare(sources)
+    p = r.params_dict()
+    attrs = sources.tokens.attrs
+    assert (p["mean"], p["std"], p["codebook_size"], p["num_codebooks"], p["stack"]) == (
+        attrs["mean"], attrs["std"], 16, 1, 4)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(10):
+        ex = r.sample(sources, 0, rng)
+        assert ex["mel"].shape == (128, 200) and ex["tokens"].shape == (50, 1) and ex["valid"].all()
+        np.testing.assert_array_equal(ex["tokens"], tokens_of(ex["mel"].T))     # same time span
+        starts.add(int(np.flatnonzero((sources.features.arrays[0] == ex["mel"].T[0]).all(1))[0]))
+    assert len(starts) > 1 and all(s % 4 == 0 for s in starts)
+    short = synthetic_sources(n_tracks=1, n_frames=120)
+    ex = r.sample(short, 0, rng)
+    assert ex["valid"].sum() == 30 and ex["mel"].shape == (128, 200)
+    model = r.build_model()
+    assert float(model.encoder.mean) == attrs["mean"] and model.token_heads[0].out_features == 16
+
+
+def test_short_training_lowers_both_losses() -> None:
+    torch.manual_seed(0)
+    sources = synthetic_sources(segment=400)     # one band per track: masked steps are inferable from context
+    r = recipe(preset="brn-sum-tiny", crop_frames=160)
+    r.prepare(sources)
+    model = r.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    history = []
+    for _ in range(50):
+        examples = [r.sample(sources, int(rng.integers(len(sources.features))), rng) for _ in range(8)]
+        batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        history.append((out["loss_ce"].item(), out["loss_mse"].item()))
+    first, last = np.mean(history[:5], axis=0), np.mean(history[-10:], axis=0)
+    assert history[0][0] > 0.8 * math.log(16)          # starts near chance over the 16-way vocabulary
+    assert last[0] < 0.5 * first[0] and last[1] < 0.5 * first[1]
+
+
+PAPER_ROWS = {"cnf-att-95m": 95, "cnf-att-330m": 330, "cnf-sum-302m": 302,
+              "brn-att-60m": 60, "brn-att-187m": 187, "brn-sum-164m": 164}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_ROWS))
+def test_paper_preset_parameter_counts(preset: str) -> None:
+    r = recipe(preset=preset)
+    assert MuseLQRecipe.presets[preset].paper_params == PAPER_ROWS[preset]
+    with torch.device("meta"):
+        model = r.build_model()
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / 1e6 / PAPER_ROWS[preset] - 1) < 0.05, f"{preset}: {n / 1e6:.1f}M"
