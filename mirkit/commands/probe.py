@@ -1,0 +1,137 @@
+"""``mirkit probe``: train probes on one or more embeddings stores and compare them.
+
+Writes ``out`` = ``{run: {task: {metric: value}}}`` (what ``dvc metrics show`` reads; each run's
+section is that run's metrics), ``<out stem>.details.json`` (chosen configuration, steps, split
+sizes) and a bar plot of each task's primary test metric per run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from mirkit import ui
+from mirkit.params import ParamsError, load, param, to_dict
+from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task, resolve_device
+from mirkit.tasks import TaskSpec, check_columns, make_task, parse_tasks
+
+
+@dataclass
+class ProbeParams:
+    runs: dict = param({}, help="run name -> embeddings store path/URL (e.g. pretrained, random-init)")
+    tasks: dict = param({}, help="task name -> {type, label}; types: multiclass, multilabel, regression, "
+                                 "key, beats, chords")
+    protocol: str = param("quick", choices=PROTOCOLS, help="quick: one configuration; jukemir: 216-config grid")
+    out: str = param("metrics/probe.json", help="metrics JSON")
+    plot: str = param("plots/probe.png", help="bar plot PNG comparing the runs")
+    seed: int = param(0, ge=0)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"))
+    max_steps: int = param(10000, ge=1, help="step cap per configuration")
+    eval_every: int = param(8, ge=1, help="steps between validation evaluations (JukeMIR: 8)")
+    patience: int = param(256, ge=1, help="evaluations without improvement before stopping (JukeMIR: 256)")
+
+    def check(self) -> None:
+        if not self.runs:
+            raise ParamsError("probe.runs: give at least one run (name -> embeddings store)")
+        for name, url in self.runs.items():
+            if not isinstance(url, str) or not url:
+                raise ParamsError(f"probe.runs.{name}={url!r}: expected an embeddings store path or URL")
+        parse_tasks(self.tasks)
+
+
+def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, Any]:
+    """Open every store and check the task label columns exist, before any training."""
+    from mirkit.embeddings import Embeddings
+    stores = {}
+    for name, url in params.runs.items():
+        try:
+            stores[name] = Embeddings(url)
+        except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
+            raise ParamsError(f"probe.runs.{name}={url!r}: cannot open embeddings store ({exc})") from None
+        check_columns(specs, stores[name].tracks, f"probe.runs.{name} ({url})")
+    return stores
+
+
+def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tuple[dict, dict]:
+    """Metrics ``{run: {task: {metric}}}`` and details; a failing task is reported and skipped."""
+    specs = parse_tasks(params.tasks)
+    stores = stores if stores is not None else open_stores(params, specs)
+    settings = TrainSettings(max_steps=params.max_steps, eval_every=params.eval_every,
+                             patience=params.patience, seed=params.seed,
+                             device=str(resolve_device(params.device)))
+    metrics: dict[str, dict] = {}
+    details: dict[str, dict] = {}
+    with ui.progress() as bar:
+        for run, store in stores.items():
+            metrics[run], details[run] = {}, {}
+            for name, spec in specs.items():
+                job = bar.add_task(f"{run}/{name}", total=None, info=params.protocol)
+                try:
+                    result = evaluate_task(store, make_task(spec), params.protocol, settings,
+                                           on_eval=lambda step, job=job: bar.update(job, info=f"step {step}"))
+                except (ValueError, OSError, KeyError) as exc:   # TaskDataError is a ValueError
+                    ui.console.print(f"[red]{run}/{name} failed:[/red] {exc}")
+                    details[run][name] = {"error": str(exc)}
+                else:
+                    metrics[run][name] = result.metrics
+                    details[run][name] = result.details
+                bar.update(job, total=1, completed=1)
+    return metrics, details
+
+
+def write_outputs(metrics: dict, details: dict, params: ProbeParams, specs: dict[str, TaskSpec]) -> None:
+    out = Path(params.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    out.with_name(out.stem + ".details.json").write_text(
+        json.dumps({"params": to_dict(params), "runs": details}, indent=2) + "\n")
+    plot_runs(metrics, {n: make_task(s).primary for n, s in specs.items()}, Path(params.plot))
+
+
+def plot_runs(metrics: dict, primary: dict[str, str], path: Path) -> None:
+    """Grouped bars: one group per task (its primary test metric), one bar per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs, tasks = list(metrics), list(primary)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(tasks) * max(1, len(runs)) ** 0.5), 3.5))
+    width = 0.8 / max(1, len(runs))
+    for k, run in enumerate(runs):
+        values = [metrics[run].get(t, {}).get(primary[t], float("nan")) for t in tasks]
+        bars = ax.bar([i + (k - (len(runs) - 1) / 2) * width for i in range(len(tasks))], values, width, label=run)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({primary[t]})" for t in tasks])
+    ax.set_ylabel("test score")
+    ax.legend(fontsize=8)
+    ax.set_title("probe results")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("probe")
+    def probe(params_file: Optional[Path] = typer.Option(None, "--params", help="params file (default params.yaml)"),
+              set_: Optional[list[str]] = typer.Option(None, "--set", help="override: key=value")) -> None:
+        """Train probes (quick or the 216-config JukeMIR grid) on embeddings stores; write metrics + plot."""
+        with ui.stage_errors():
+            params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
+            specs = parse_tasks(params.tasks)
+            stores = open_stores(params, specs)   # a bad store or label column fails before any work
+        ui.print_params("probe", params)
+        metrics, details = run_probes(params, stores)
+        write_outputs(metrics, details, params, specs)
+        rows = []
+        for run, tasks in metrics.items():
+            for task, values in tasks.items():
+                rows.append((run, task, ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
+                             details[run][task].get("config", {}).get("hidden", "")))
+        ui.console.print(ui.table(f"probe ({params.protocol}) -> {params.out}", ["run", "task", "test metrics", "hidden"], rows))
+        failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
+        if failed:
+            ui.console.print(f"[yellow]{len(failed)} task(s) failed: {', '.join(failed)}[/yellow]")

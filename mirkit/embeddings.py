@@ -1,0 +1,230 @@
+"""The embeddings store: per-chunk (and optionally per-frame) embeddings of labelled tracks.
+
+Layout (a Zarr v3 group at a local path or an fsspec URL such as ``s3://`` or ``memory://``)::
+
+    chunks       float32 (n_chunks_total, dim)   one row per non-overlapping crop of the model
+    chunk_track  int32   (n_chunks_total,)       position of the row's track in attrs["tracks"]
+    frames       float32 (n_frames_total, dim)   optional per-frame embeddings (native frame rate)
+    frame_track  int32   (n_frames_total,)
+    frame_time   float32 (n_frames_total,)       seconds, centre of each frame, measured from the
+                                                 start of the AUDIO FILE (manifest offset included),
+                                                 so annotation files (beats, chords) align directly
+    attrs: tracks (manifest rows: track_id, split, label columns), dim, layer, pooling, model,
+           frame_rate, committed = {"tracks", "chunks", "frames"}
+
+Kill safety: tracks are buffered and flushed in groups; a flush writes the array rows FIRST and
+only then rewrites ``attrs["committed"]`` and ``attrs["tracks"]`` in one attrs update. Rows past the
+committed counts are garbage from an interrupted flush: re-opening the writer truncates the arrays
+to the committed counts and resumes after the last committed track (``writer.done``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import zarr
+
+ROW_CHUNK = 4096   # rows per Zarr chunk of the 2-D arrays
+
+
+def _open(url: str, mode: str) -> zarr.Group:
+    return zarr.open_group(store=str(url), mode=mode)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, float) and v != v:   # NaN (empty CSV cell) -> null
+            v = None
+        out[str(k)] = v
+    return out
+
+
+class EmbeddingsWriter:
+    """Append tracks to an embeddings store; resumes a store left by an interrupted run.
+
+    ``meta`` holds the store attrs besides ``tracks`` (``layer``, ``pooling``, ``model``,
+    ``frame_rate``); on resume they must match what the store already holds.
+    """
+
+    def __init__(self, url: str, dim: int, *, frames: bool = False, flush_every: int = 64,
+                 **meta: Any) -> None:
+        self.url, self.dim, self.with_frames, self.flush_every = str(url), int(dim), frames, flush_every
+        self.group = _open(self.url, "a")
+        attrs = dict(self.group.attrs)
+        if "committed" in attrs:
+            self._resume(attrs, meta)
+        else:
+            self._create(meta)
+        self._buffer: list[tuple[dict, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _create(self, meta: dict[str, Any]) -> None:
+        g = self.group
+        for name in list(g.array_keys()):
+            del g[name]
+        g.create_array("chunks", shape=(0, self.dim), chunks=(ROW_CHUNK, self.dim), dtype="float32")
+        g.create_array("chunk_track", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="int32")
+        if self.with_frames:
+            g.create_array("frames", shape=(0, self.dim), chunks=(ROW_CHUNK, self.dim), dtype="float32")
+            g.create_array("frame_track", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="int32")
+            g.create_array("frame_time", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="float32")
+        self.tracks: list[dict] = []
+        self.n_chunks = self.n_frames = 0
+        g.attrs.update({**meta, "dim": self.dim, "tracks": [],
+                        "committed": {"tracks": 0, "chunks": 0, "frames": 0}})
+
+    def _resume(self, attrs: dict[str, Any], meta: dict[str, Any]) -> None:
+        if attrs.get("dim") != self.dim:
+            raise ValueError(f"{self.url}: store has dim {attrs.get('dim')}, writer was asked for {self.dim}")
+        for key, value in meta.items():
+            if key in attrs and attrs[key] != _roundtrip(value):
+                raise ValueError(f"{self.url}: attr '{key}' is {attrs[key]!r} in the store, "
+                                 f"{value!r} now; write to a new store")
+        if self.with_frames != ("frames" in self.group):
+            raise ValueError(f"{self.url}: frames={'frames' in self.group} in the store, {self.with_frames} now")
+        committed = attrs["committed"]
+        self.tracks = list(attrs["tracks"])[: committed["tracks"]]
+        self.n_chunks, self.n_frames = committed["chunks"], committed["frames"]
+        # drop rows written by a flush that never committed
+        self.group["chunks"].resize((self.n_chunks, self.dim))
+        self.group["chunk_track"].resize((self.n_chunks,))
+        if self.with_frames:
+            self.group["frames"].resize((self.n_frames, self.dim))
+            self.group["frame_track"].resize((self.n_frames,))
+            self.group["frame_time"].resize((self.n_frames,))
+
+    @property
+    def done(self) -> set[str]:
+        """Track ids already committed (skip them when resuming)."""
+        return {str(t["track_id"]) for t in self.tracks}
+
+    # -- appending ------------------------------------------------------------------------------
+    def append(self, track: dict[str, Any], chunks: np.ndarray, frames: np.ndarray | None = None,
+               frame_times: np.ndarray | None = None) -> None:
+        """Buffer one track: ``chunks`` (n_chunks, dim), optional ``frames`` (n_frames, dim) + times."""
+        if "track_id" not in track:
+            raise ValueError("track row needs a 'track_id'")
+        chunks = np.asarray(chunks, dtype=np.float32).reshape(-1, self.dim)
+        if self.with_frames:
+            if frames is None or frame_times is None:
+                raise ValueError(f"track {track['track_id']}: this store keeps frames; pass frames and frame_times")
+            frames = np.asarray(frames, dtype=np.float32).reshape(-1, self.dim)
+            frame_times = np.asarray(frame_times, dtype=np.float32).reshape(-1)
+            if len(frames) != len(frame_times):
+                raise ValueError(f"track {track['track_id']}: {len(frames)} frames but {len(frame_times)} times")
+        self._buffer.append((_jsonable(track), chunks, frames if self.with_frames else None,
+                             frame_times if self.with_frames else None))
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows, then commit the track list (the commit point)."""
+        if not self._buffer:
+            return
+        g, first = self.group, len(self.tracks)
+        chunk_rows = np.concatenate([b[1] for b in self._buffer]) if self._buffer else None
+        chunk_ids = np.concatenate([np.full(len(b[1]), first + i, np.int32) for i, b in enumerate(self._buffer)])
+        n0, n1 = self.n_chunks, self.n_chunks + len(chunk_rows)
+        g["chunks"].resize((n1, self.dim))
+        g["chunk_track"].resize((n1,))
+        g["chunks"][n0:n1] = chunk_rows
+        g["chunk_track"][n0:n1] = chunk_ids
+        f1 = self.n_frames
+        if self.with_frames:
+            frame_rows = np.concatenate([b[2] for b in self._buffer])
+            frame_ids = np.concatenate([np.full(len(b[2]), first + i, np.int32) for i, b in enumerate(self._buffer)])
+            times = np.concatenate([b[3] for b in self._buffer])
+            f0, f1 = self.n_frames, self.n_frames + len(frame_rows)
+            for name, size in (("frames", (f1, self.dim)), ("frame_track", (f1,)), ("frame_time", (f1,))):
+                g[name].resize(size)
+            g["frames"][f0:f1] = frame_rows
+            g["frame_track"][f0:f1] = frame_ids
+            g["frame_time"][f0:f1] = times
+        self.tracks.extend(b[0] for b in self._buffer)
+        self.n_chunks, self.n_frames = n1, f1
+        g.attrs.update({"tracks": self.tracks,
+                        "committed": {"tracks": len(self.tracks), "chunks": n1, "frames": f1}})
+        self._buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "EmbeddingsWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _roundtrip(value: Any) -> Any:
+    import json
+    return json.loads(json.dumps(value))
+
+
+def _offsets(track_of_row: np.ndarray, n_tracks: int) -> np.ndarray:
+    counts = np.bincount(track_of_row, minlength=n_tracks)
+    return np.concatenate([[0], np.cumsum(counts)])
+
+
+class Embeddings:
+    """Read-only view of an embeddings store (only committed tracks are visible)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url)
+        self.group = _open(self.url, "r")
+        attrs = dict(self.group.attrs)
+        if "committed" not in attrs:
+            raise ValueError(f"{self.url}: not an embeddings store (no 'committed' attr)")
+        self.attrs = attrs
+        committed = attrs["committed"]
+        self.tracks: list[dict[str, Any]] = list(attrs["tracks"])[: committed["tracks"]]
+        self.dim: int = attrs["dim"]
+        self.layer = attrs.get("layer")
+        self.pooling = attrs.get("pooling")
+        self.model = attrs.get("model")
+        self.frame_rate = attrs.get("frame_rate")
+        self._n_chunks, self._n_frames = committed["chunks"], committed["frames"]
+        self._chunk_track = np.asarray(self.group["chunk_track"][: self._n_chunks])
+        self._chunk_off = _offsets(self._chunk_track, len(self.tracks))
+        self.has_frames = "frames" in self.group
+        if self.has_frames:
+            self._frame_track = np.asarray(self.group["frame_track"][: self._n_frames])
+            self._frame_off = _offsets(self._frame_track, len(self.tracks))
+        self._chunks_cache: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def split(self, name: str) -> list[int]:
+        """Positions of the tracks whose manifest ``split`` is ``name``."""
+        return [i for i, t in enumerate(self.tracks) if t.get("split") == name]
+
+    def chunks(self, i: int) -> np.ndarray:
+        """``(n_chunks, dim)`` embeddings of track ``i``."""
+        a, b = self._chunk_off[i], self._chunk_off[i + 1]
+        return np.asarray(self.group["chunks"][a:b])
+
+    def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(n_frames, dim)`` per-frame embeddings of track ``i`` and their times (seconds)."""
+        if not self.has_frames:
+            raise ValueError(f"{self.url}: this store has no per-frame embeddings")
+        a, b = self._frame_off[i], self._frame_off[i + 1]
+        return np.asarray(self.group["frames"][a:b]), np.asarray(self.group["frame_time"][a:b])
+
+    def chunk_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """All chunks of the given tracks at once: ``(rows, dim)`` and the row -> position in
+        ``indices`` map (what late fusion averages over). Reads the chunk array once."""
+        if self._chunks_cache is None:
+            self._chunks_cache = np.asarray(self.group["chunks"][: self._n_chunks])
+        indices = np.asarray(list(indices), dtype=np.int64)
+        pos = np.full(len(self.tracks), -1, np.int64)
+        pos[indices] = np.arange(len(indices))
+        mask = pos[self._chunk_track] >= 0
+        return self._chunks_cache[mask], pos[self._chunk_track[mask]]
+
+    def frame_tracks(self, indices: Iterable[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.frames(i) for i in indices]

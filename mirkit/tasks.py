@@ -1,0 +1,450 @@
+"""Downstream task types: how labels become targets, which loss trains a probe, how outputs are scored.
+
+Track-level types (one label per manifest row, scored after late fusion of chunk outputs):
+``multiclass`` (accuracy), ``multilabel`` (macro ROC-AUC, primary, and macro AP; JukeMIR/MARBLE MTT),
+``regression`` (R² per output and their mean; JukeMIR EmoMusic), ``key`` (24 classes, mean
+``mir_eval.key.weighted_score``, primary, and accuracy; JukeMIR GiantSteps).
+Frame-level types (label = path of an annotation file, probe applied to every frame embedding,
+as the CoJEPA/MT2 local tasks): ``beats`` (peak picking -> ``mir_eval.beat.f_measure``, ±70 ms) and
+``chords`` (majmin + N per frame -> smoothed argmax segments -> ``mir_eval.chord`` majmin weighted accuracy).
+
+Task spec (section ``probe.tasks`` of params): ``{name: {type: ..., label: column or [columns]}}``;
+multilabel columns hold ``;``-separated tags.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import mir_eval
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
+
+from mirkit.params import ParamsError
+
+TRACK_TYPES = ("multiclass", "multilabel", "regression", "key")
+FRAME_TYPES = ("beats", "chords")
+TASK_TYPES = TRACK_TYPES + FRAME_TYPES
+IGNORE = -100   # frame target ignored by the loss (e.g. a chord outside the majmin vocabulary)
+
+
+class TaskDataError(ValueError):
+    """A task cannot run on this data (missing labels, unreadable annotation, ...)."""
+
+
+# --------------------------------------------------------------------------- task specs
+@dataclass
+class TaskSpec:
+    name: str
+    type: str
+    label: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_tasks(raw: dict[str, Any], key: str = "probe.tasks") -> dict[str, TaskSpec]:
+    """Validate the task mapping; errors name the offending key."""
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{key}: expected a non-empty mapping of task name -> {{type, label}}")
+    specs = {}
+    for name, spec in raw.items():
+        k = f"{key}.{name}"
+        if not isinstance(spec, dict):
+            raise ParamsError(f"{k}: expected a mapping with 'type' and 'label'")
+        unknown = set(spec) - {"type", "label", "options"}
+        if unknown:
+            raise ParamsError(f"{k}.{sorted(unknown)[0]}: unknown key (known: label, options, type)")
+        ttype = spec.get("type")
+        if ttype not in TASK_TYPES:
+            raise ParamsError(f"{k}.type={ttype!r}: allowed values are {', '.join(TASK_TYPES)}")
+        label = spec.get("label")
+        labels = [label] if isinstance(label, str) else label
+        if not labels or not all(isinstance(x, str) and x for x in labels):
+            raise ParamsError(f"{k}.label={label!r}: expected a column name or a list of column names")
+        if len(labels) > 1 and ttype != "regression":
+            raise ParamsError(f"{k}.label={label!r}: only regression tasks take several columns")
+        specs[str(name)] = TaskSpec(str(name), ttype, list(labels), dict(spec.get("options") or {}))
+    return specs
+
+
+def check_columns(specs: dict[str, TaskSpec], tracks: Sequence[dict], where: str,
+                  key: str = "probe.tasks") -> None:
+    """Fail before any work when a task's label column is absent from a store's tracks."""
+    columns = set().union(*(t.keys() for t in tracks)) if tracks else set()
+    for spec in specs.values():
+        for col in spec.label:
+            if col not in columns:
+                raise ParamsError(f"{key}.{spec.name}.label: column '{col}' is not in {where} "
+                                  f"(columns: {', '.join(sorted(columns))})")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+# --------------------------------------------------------------------------- key names
+PITCH_CLASS = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+KEY_TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+KEY_CLASSES = tuple(f"{t} {m}" for m in ("major", "minor") for t in KEY_TONICS)   # 0..11 major, 12..23 minor
+_KEY_RE = re.compile(r"^\s*([a-gA-G])\s*([#♯b♭]*)\s*[:\s_-]?\s*(major|minor|maj|min|m)?\s*$")
+
+
+def normalise_key(label: str) -> str:
+    """'d# minor', 'Eb:min', 'C#maj', 'A' -> canonical flat spelling ('Eb minor', 'Db major', 'A major')."""
+    m = _KEY_RE.match(str(label))
+    if not m:
+        raise TaskDataError(f"key label {label!r}: expected e.g. 'C major' or 'A minor'")
+    letter, accidentals, mode = m.groups()
+    pc = PITCH_CLASS[letter.lower()] + sum(1 if a in "#♯" else -1 for a in accidentals)
+    mode = "minor" if (mode or "major").lower() in ("minor", "min", "m") else "major"
+    return f"{KEY_TONICS[pc % 12]} {mode}"
+
+
+# --------------------------------------------------------------------------- annotation files
+def read_beats(path: str | Path) -> np.ndarray:
+    """Beat times (s) from a text file whose first column is the time (.txt/.beats/.lab)."""
+    try:
+        rows = [line.split() for line in Path(path).read_text().splitlines()]
+        return np.array(sorted(float(r[0]) for r in rows if r and not r[0].startswith("#")))
+    except (OSError, ValueError) as exc:
+        raise TaskDataError(f"{path}: cannot read beat times ({exc})") from exc
+
+
+def read_lab(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Chord intervals (n, 2) and labels from a ``start end label`` .lab file."""
+    try:
+        intervals, labels = mir_eval.io.load_labeled_intervals(str(path))
+    except (OSError, ValueError) as exc:
+        raise TaskDataError(f"{path}: cannot read chord lab ({exc})") from exc
+    return intervals, list(labels)
+
+
+CHORD_CLASSES = tuple(f"{t}:{q}" for q in ("maj", "min") for t in KEY_TONICS) + ("N",)   # 25
+
+
+def chord_class(label: str) -> int:
+    """majmin+N class of a chord label; IGNORE for chords outside the vocabulary (sus, dim, aug, X).
+
+    A chord counts as major/minor when its triad has the major/minor third and the perfect fifth
+    (so 7th chords fold onto their triad), as in the MIREX majmin reduction.
+    """
+    try:
+        root, bitmap, _ = mir_eval.chord.encode(label)
+    except mir_eval.chord.InvalidChordException as exc:
+        raise TaskDataError(f"chord label {label!r}: {exc}") from exc
+    if root < 0:
+        return 24 if label.strip() == "N" else IGNORE   # N, or X (unknown)
+    if bitmap[7] and bitmap[4] and not bitmap[3]:
+        return root % 12
+    if bitmap[7] and bitmap[3] and not bitmap[4]:
+        return 12 + root % 12
+    return IGNORE
+
+
+# --------------------------------------------------------------------------- task objects
+class Task:
+    """Base class: ``fit`` learns the label vocabulary from all labelled tracks (no features involved)."""
+
+    level = "track"
+    primary = ""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec, self.name = spec, spec.name
+        self.n_outputs = 0
+
+    def fit(self, tracks: Sequence[dict]) -> None:
+        pass
+
+    def keep(self, track: dict) -> bool:
+        """Whether a track has a usable label."""
+        return not any(_missing(track.get(c)) for c in self.spec.label)
+
+    def targets(self, tracks: Sequence[dict]) -> np.ndarray:
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss over everything but the last dim of ``outputs`` ((..., n_outputs))."""
+        raise NotImplementedError
+
+    def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Multiclass(Task):
+    primary = "accuracy"
+
+    def fit(self, tracks):
+        self.classes = sorted({str(t[self.spec.label[0]]) for t in tracks if self.keep(t)})
+        if len(self.classes) < 2:
+            raise TaskDataError(f"task {self.name}: needs at least 2 classes, found {self.classes}")
+        self.n_outputs = len(self.classes)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+
+    def _label(self, t) -> str:
+        return str(t[self.spec.label[0]])
+
+    def targets(self, tracks):
+        return np.array([self._index[self._label(t)] for t in tracks], dtype=np.int64)
+
+    def loss(self, outputs, targets):
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+    def score(self, outputs, targets):
+        return {"accuracy": float(accuracy_score(targets, outputs.argmax(-1)))}
+
+
+class Key(Multiclass):
+    primary = "weighted_score"
+
+    def fit(self, tracks):
+        self.classes = list(KEY_CLASSES)
+        self.n_outputs = 24
+        self._index = {c: i for i, c in enumerate(self.classes)}
+
+    def _label(self, t) -> str:
+        return normalise_key(t[self.spec.label[0]])
+
+    def score(self, outputs, targets):
+        pred = outputs.argmax(-1)
+        weighted = [mir_eval.key.weighted_score(KEY_CLASSES[r], KEY_CLASSES[p]) for r, p in zip(targets, pred)]
+        return {"weighted_score": float(np.mean(weighted)), "accuracy": float(np.mean(pred == targets))}
+
+
+def split_tags(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [s.strip() for s in str(value).split(";") if s.strip()]
+
+
+class Multilabel(Task):
+    primary = "roc_auc"
+
+    def keep(self, track):
+        # an empty tag list is a valid label (JukeMIR keeps MTT clips without top-50 tags)
+        return self.spec.label[0] in track and track[self.spec.label[0]] is not None
+
+    def fit(self, tracks):
+        col = self.spec.label[0]
+        self.classes = sorted({tag for t in tracks if self.keep(t) for tag in split_tags(_blank(t[col]))})
+        if not self.classes:
+            raise TaskDataError(f"task {self.name}: column '{col}' holds no tags")
+        self.n_outputs = len(self.classes)
+        self._index = {c: i for i, c in enumerate(self.classes)}
+
+    def targets(self, tracks):
+        y = np.zeros((len(tracks), self.n_outputs), dtype=np.float32)
+        for i, t in enumerate(tracks):
+            for tag in split_tags(_blank(t[self.spec.label[0]])):
+                y[i, self._index[tag]] = 1.0
+        return y
+
+    def loss(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs, targets)
+
+    def score(self, outputs, targets):
+        """Macro averages over the tags that have both positives and negatives in this split."""
+        ok = (targets.min(0) == 0) & (targets.max(0) == 1)
+        if not ok.any():
+            raise TaskDataError(f"task {self.name}: no tag has both positive and negative examples")
+        y, s = targets[:, ok], outputs[:, ok]
+        return {"roc_auc": float(roc_auc_score(y, s, average="macro")),
+                "ap": float(average_precision_score(y, s, average="macro"))}
+
+
+def _blank(v: Any) -> Any:
+    return "" if isinstance(v, float) and math.isnan(v) else v
+
+
+class Regression(Task):
+    primary = "r2"
+
+    def fit(self, tracks):
+        self.n_outputs = len(self.spec.label)
+
+    def targets(self, tracks):
+        try:
+            return np.array([[float(t[c]) for c in self.spec.label] for t in tracks], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise TaskDataError(f"task {self.name}: non-numeric value in {self.spec.label} ({exc})") from exc
+
+    def loss(self, outputs, targets):
+        return F.mse_loss(outputs, targets)
+
+    def score(self, outputs, targets):
+        per = r2_score(targets, outputs, multioutput="raw_values")
+        out = {f"r2_{c}": float(v) for c, v in zip(self.spec.label, per)}
+        out["r2"] = float(np.mean(per))
+        return out
+
+
+# --------------------------------------------------------------------------- frame-level tasks
+class FrameTask(Task):
+    """Per-frame targets on the embedding frame grid; decoded to events/segments for scoring."""
+
+    level = "frame"
+
+    def keep(self, track):
+        return not _missing(track.get(self.spec.label[0]))
+
+    def frame_targets(self, track: dict, times: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def reference(self, track: dict) -> Any:
+        raise NotImplementedError
+
+    def score_tracks(self, activations: Sequence[np.ndarray], times: Sequence[np.ndarray],
+                     tracks: Sequence[dict], **decode: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def frame_hop(times: np.ndarray) -> float:
+    return float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+
+
+class Beats(FrameTask):
+    """Beat tracking as per-frame beat/no-beat (BCE), targets widened to the two neighbour frames
+    with weight 0.5 (the usual target widening of frame-wise beat trackers, e.g. Böck et al.)."""
+
+    primary = "f_measure"
+    min_interval = 0.25   # s between two decoded beats (up to 240 BPM)
+
+    def fit(self, tracks):
+        self.n_outputs = 1
+
+    def frame_targets(self, track, times):
+        beats = read_beats(track[self.spec.label[0]])
+        return beat_targets(beats, times)
+
+    def reference(self, track):
+        return read_beats(track[self.spec.label[0]])
+
+    def loss(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs[..., 0], targets)
+
+    def score_tracks(self, activations, times, tracks, threshold: float = 0.5):
+        f = []
+        for act, t, track in zip(activations, times, tracks):
+            ref = self.reference(track)
+            hop = frame_hop(t)
+            ref = ref[(ref >= t[0] - hop / 2) & (ref <= t[-1] + hop / 2)]   # beats the frames cover
+            est = pick_peaks(1 / (1 + np.exp(-act[:, 0])), t, threshold, self.min_interval)
+            f.append(mir_eval.beat.f_measure(ref, est))
+        return {"f_measure": float(np.mean(f))}
+
+
+def beat_targets(beats: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """1 at the frame nearest each beat, 0.5 on its neighbours, 0 elsewhere."""
+    y = np.zeros(len(times), dtype=np.float32)
+    if len(times) == 0:
+        return y
+    hop = frame_hop(times)
+    for b in beats:
+        i = int(np.argmin(np.abs(times - b)))
+        if abs(times[i] - b) > hop:
+            continue   # beat outside the embedded range
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(y):
+                y[j] = max(y[j], 0.5)
+        y[i] = 1.0
+    return y
+
+
+def pick_peaks(activation: np.ndarray, times: np.ndarray, threshold: float, min_interval: float) -> np.ndarray:
+    """Beat times: local maxima of ``activation`` above ``threshold``, greedily keeping the
+    strongest peaks at least ``min_interval`` seconds apart."""
+    a = np.asarray(activation, dtype=np.float64)
+    if len(a) == 0:
+        return np.zeros(0)
+    left = np.concatenate([[-np.inf], a[:-1]])
+    right = np.concatenate([a[1:], [-np.inf]])
+    peaks = np.flatnonzero((a >= left) & (a > right) & (a >= threshold))
+    kept: list[int] = []
+    for p in peaks[np.argsort(-a[peaks], kind="stable")]:
+        if all(abs(times[p] - times[q]) >= min_interval for q in kept):
+            kept.append(int(p))
+    return np.sort(times[kept]) if kept else np.zeros(0)
+
+
+class Chords(FrameTask):
+    """Chord recognition as per-frame majmin+N classification (25 classes, CE; frames whose chord
+    is outside the vocabulary are ignored in training), decoded by smoothing the frame
+    probabilities over ``smooth`` seconds, taking the argmax and merging runs into segments."""
+
+    primary = "majmin"
+    smooth = 0.5
+
+    def fit(self, tracks):
+        self.n_outputs = len(CHORD_CLASSES)
+        self.smooth = float(self.spec.options.get("smooth", self.smooth))
+
+    def frame_targets(self, track, times):
+        intervals, labels = read_lab(track[self.spec.label[0]])
+        return chord_targets(intervals, labels, times)
+
+    def reference(self, track):
+        return read_lab(track[self.spec.label[0]])
+
+    def loss(self, outputs, targets):
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+    def score_tracks(self, activations, times, tracks, **_):
+        scores = []
+        for act, t, track in zip(activations, times, tracks):
+            ref_int, ref_lab = self.reference(track)
+            est_int, est_lab = decode_chords(act, t, self.smooth)
+            scores.append(majmin_score(ref_int, ref_lab, est_int, est_lab))
+        if np.all(np.isnan(scores)):
+            raise TaskDataError(f"task {self.name}: no test track has a majmin-scorable reference chord")
+        return {"majmin": float(np.nanmean(scores))}
+
+
+def chord_targets(intervals: np.ndarray, labels: Sequence[str], times: np.ndarray) -> np.ndarray:
+    """Class of the chord sounding at each frame centre (N where no interval covers it)."""
+    y = np.full(len(times), 24, dtype=np.int64)
+    classes = [chord_class(lab) for lab in labels]
+    for (start, end), c in zip(intervals, classes):
+        y[(times >= start) & (times < end)] = c
+    return y
+
+
+def decode_chords(activation: np.ndarray, times: np.ndarray, smooth: float) -> tuple[np.ndarray, list[str]]:
+    """Smoothed argmax segments: (intervals (n, 2), labels) with frame boundaries at centre ± hop/2."""
+    hop = frame_hop(times)
+    z = activation - activation.max(-1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    width = max(1, int(round(smooth / hop)))
+    if width > 1:
+        kernel = np.ones(width) / width
+        prob = np.stack([np.convolve(prob[:, k], kernel, mode="same") for k in range(prob.shape[1])], 1)
+    cls = prob.argmax(-1)
+    change = np.flatnonzero(np.diff(cls)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(cls)]])
+    intervals = np.stack([times[starts] - hop / 2, times[ends - 1] + hop / 2], 1)
+    intervals[0, 0] = max(intervals[0, 0], 0.0)
+    return intervals, [CHORD_CLASSES[cls[s]] for s in starts]
+
+
+def majmin_score(ref_int, ref_lab, est_int, est_lab) -> float:
+    """MIREX majmin weighted accuracy of one track (mir_eval.chord), over the reference's span."""
+    est_int, est_lab = mir_eval.util.adjust_intervals(est_int, est_lab, ref_int.min(), ref_int.max(),
+                                                      mir_eval.chord.NO_CHORD, mir_eval.chord.NO_CHORD)
+    intervals, ref, est = mir_eval.util.merge_labeled_intervals(ref_int, ref_lab, est_int, est_lab)
+    durations = mir_eval.util.intervals_to_durations(intervals)
+    comparisons = mir_eval.chord.majmin(ref, est)
+    if not np.any((comparisons >= 0) & (durations > 0)):
+        return float("nan")
+    return float(mir_eval.chord.weighted_accuracy(comparisons, durations))
+
+
+TASK_CLASSES = {"multiclass": Multiclass, "multilabel": Multilabel, "regression": Regression,
+                "key": Key, "beats": Beats, "chords": Chords}
+
+
+def make_task(spec: TaskSpec) -> Task:
+    return TASK_CLASSES[spec.type](spec)
