@@ -105,6 +105,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ParamsError(f"{key}={value!r}: expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}={value!r}: expected a number")
         return float(value)

@@ -1,0 +1,3 @@
+from mirkit.cli import app
+
+app(prog_name="mirkit")
