@@ -1,0 +1,255 @@
+"""CPSD (STONE), the ``mt2`` recipe (two class tokens) and the key-signature readout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mirkit.objectives.contrastive as contrastive_objective
+import mirkit.recipes.mt2 as mt2
+from mirkit.key_profile import KEY_SIGNATURES, KeyReadout, reference_features
+from mirkit.models.base import Encoder, EncoderOutput, count_parameters
+from mirkit.objectives.cpsd import cpsd_loss, cpsd_terms, key_phasor
+from mirkit.params import ParamsError, resolve
+from mirkit.recipes.base import Sources
+from mirkit.recipes.mt2 import MT2Params, MT2Recipe, draw_offsets
+
+MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
+HARMONICS = [(h, int(round(12 * np.log2(h)))) for h in range(1, 7)]   # (partial, bins above f0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class MemorySource:
+    """In-memory CropSource over ``(frames, bins)`` arrays."""
+
+    def __init__(self, tracks: list[np.ndarray]):
+        self.tracks, self.frame_rate, self.attrs = tracks, 43.07, {}
+        self.n_bins = tracks[0].shape[1]
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def n_frames(self, track: int) -> int:
+        return len(self.tracks[track])
+
+    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        t = self.tracks[track]
+        length = len(t) - start if length is None else length
+        out = np.zeros((length, self.n_bins), dtype=t.dtype)
+        part = t[start:start + length]
+        out[: len(part)] = part
+        return out
+
+
+def stone_scale(power: np.ndarray) -> np.ndarray:
+    """STONE's CQT scaling: dB with an 80 dB floor, then /80 + 1."""
+    db = 10 * np.log10(power)
+    return (np.maximum(db, db.max() - 80) / 80 + 1).astype(np.float32)
+
+
+def harmonic_cqt(notes_per_frame: list[list[int]], n_bins: int = 99) -> np.ndarray:
+    """CQT-like ``(frames, bins)`` array: each note (a bin index) with 1/h partials."""
+    power = np.full((len(notes_per_frame), n_bins), 1e-8)
+    for f, notes in enumerate(notes_per_frame):
+        for n in notes:
+            for h, up in HARMONICS:
+                if n + up < n_bins:
+                    power[f, n + up] += 1.0 / h
+    return stone_scale(power)
+
+
+def oracle_profiles(views: torch.Tensor) -> torch.Tensor:
+    """The true pitch-class profile of ``(batch, 84, frames)`` crops in crop coordinates, peaked."""
+    power = 10 ** (8 * (views.double() - 1))
+    b, bins, t = power.shape
+    chroma = power.reshape(b, bins // 12, 12, t).sum(dim=(1, 3))
+    return torch.softmax(60 * chroma / chroma.amax(dim=-1, keepdim=True), dim=-1).float()
+
+
+def stack(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0]}
+
+
+def recipe_for(**kw) -> MT2Recipe:
+    return MT2Recipe(resolve(MT2Params, {"preset": "vit1d-micro", "segment_frames": 16, "proj_dims": [64, 32], **kw}))
+
+
+# --- CPSD --------------------------------------------------------------------------------------
+def test_cpsd_is_zero_for_equivariant_outputs_and_grows_with_errors():
+    q = torch.tensor([0, 3, 7, 11, 5])
+    d = torch.tensor([1, -4, 5, 2, -7])
+    y1 = nn.functional.one_hot(q, 12).float()
+    y3 = nn.functional.one_hot((q - d) % 12, 12).float()     # view 3 cropped d bins higher
+    assert cpsd_loss(y1, y1, y3, d).item() < 1e-10
+    assert key_phasor(y1).abs().allclose(torch.ones(5))
+    uniform = torch.full_like(y1, 1 / 12)
+    previous = 0.0
+    for noise in (0.1, 0.3, 0.6):                              # blending towards uniform
+        loss = cpsd_loss(y1, y1, (1 - noise) * y3 + noise * uniform, d).item()
+        assert loss > previous
+        previous = loss
+    # a profile shifted the wrong way, and a disagreement between segments 1 and 2
+    assert cpsd_loss(y1, y1, nn.functional.one_hot((q + d) % 12, 12).float(), d).item() > 1.0
+    terms = cpsd_terms(y1, nn.functional.one_hot((q + 1) % 12, 12).float(), y3, d)
+    assert terms["cpsd_pos"].item() > 0.5 and terms["cpsd_equi1"].item() < 1e-10
+
+
+def test_recipe_crops_and_cpsd_sign_agree():
+    """A CQT-like track cropped by the recipe: the true profiles give ~0 loss, the other sign does not."""
+    notes = [[45], [45, 57], [45]] * 40                          # one pitch class (+ octave), with partials
+    recipe = recipe_for(segment_frames=32)
+    sources = Sources(MemorySource([harmonic_cqt(notes)]))
+    rng = np.random.default_rng(0)
+    batch = stack([recipe.sample(sources, 0, rng) for _ in range(48)])
+    d = batch["shift"]
+    assert (d != 0).all() and (d % 12 != 0).all() and len(set(d.tolist())) > 8
+    # content moves DOWN in bin index in view 3: view3[b] == view1[b + d]
+    for i in range(8):
+        di = int(d[i])
+        v1, v3 = batch["view1"][i], batch["view3"][i]
+        if di > 0:
+            torch.testing.assert_close(v3[: 84 - di], v1[di:])
+        else:
+            torch.testing.assert_close(v3[-di:], v1[: 84 + di])
+    y1, y2, y3 = (oracle_profiles(batch[k]) for k in ("view1", "view2", "view3"))
+    assert cpsd_loss(y1, y2, y3, d).item() < 1e-3
+    assert cpsd_loss(y1, y2, y3, -d).item() > 1.0
+
+
+def test_offsets_stay_in_range_and_never_a_multiple_of_12():
+    rng = np.random.default_rng(0)
+    pairs = [draw_offsets(rng, 15) for _ in range(500)]
+    assert all(0 <= a <= 15 and 0 <= b <= 15 and (b - a) % 12 for a, b in pairs)
+    assert {b - a for a, b in pairs} >= set(range(-11, 0)) | set(range(1, 12))
+
+
+# --- model and objectives ----------------------------------------------------------------------
+def test_mt2_tiny_encoder_size_and_two_class_tokens():
+    with torch.device("meta"):
+        encoder = MT2Recipe(resolve(MT2Params, {})).build_encoder()
+    assert encoder.n_cls == 2 and encoder.in_bins == 84
+    assert abs(count_parameters(encoder) - 5.4e6) / 5.4e6 < 0.02
+    assert encoder.poolings[0] == "cls-mean"
+
+
+def test_mt2_uses_the_shared_nt_xent(monkeypatch):
+    assert mt2.nt_xent is contrastive_objective.nt_xent
+    calls = []
+
+    def spy(z1, z2, temperature=0.1):
+        calls.append(temperature)
+        return contrastive_objective.nt_xent(z1, z2, temperature)
+
+    monkeypatch.setattr(mt2, "nt_xent", spy)
+    recipe = recipe_for(temperature=0.2)
+    batch = stack([recipe.sample(Sources(MemorySource([harmonic_cqt([[40]] * 40)])), 0,
+                                 np.random.default_rng(i)) for i in range(3)])
+    out = recipe.build_model()(batch)
+    assert calls == [0.2] and set(out) >= {"loss", "cpsd", "ntxent", "cpsd_pos"}
+    assert out["loss"].item() == pytest.approx(out["cpsd"].item() + out["ntxent"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("objectives,n_cls,keys", [("both", 2, {"cpsd", "ntxent"}), ("cpsd", 1, {"cpsd"}),
+                                                   ("ntxent", 1, {"ntxent"})])
+def test_single_objective_ablations_have_one_class_token(objectives, n_cls, keys):
+    recipe = recipe_for(objectives=objectives)
+    sample = recipe.sample(Sources(MemorySource([harmonic_cqt([[40]] * 40)])), 0, np.random.default_rng(0))
+    assert ("view3" in sample) == (objectives != "ntxent")
+    model = recipe.build_model()
+    assert model.encoder.n_cls == n_cls
+    out = model(stack([sample, sample, sample]))
+    assert {"cpsd", "ntxent"} & set(out) == keys
+
+
+def _tonal_tracks(n_tracks: int, n_frames: int, seed: int) -> list[np.ndarray]:
+    """Each track in one major key: frames hold three scale notes (changing every 4 frames)."""
+    rng = np.random.default_rng(seed)
+    tracks = []
+    for _ in range(n_tracks):
+        tonic = int(rng.integers(12))
+        notes = []
+        for _ in range(0, n_frames, 4):
+            chord = (12 * rng.integers(2, 5, size=3) + (tonic + rng.choice(MAJOR_SCALE, size=3)) % 12 + 3).tolist()
+            notes += [chord] * 4
+        tracks.append(harmonic_cqt(notes[:n_frames]))
+    return tracks
+
+
+def test_short_training_lowers_cpsd_and_ntxent():
+    torch.manual_seed(0)
+    recipe = recipe_for()
+    sources = Sources(MemorySource(_tonal_tracks(24, 48, seed=0)))
+    recipe.prepare(sources)
+    model = recipe.build_model()
+    eval_batch = stack([recipe.sample(sources, t, np.random.default_rng(t)) for t in range(24)])
+    with torch.no_grad():
+        before = model(eval_batch)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        batch = stack([recipe.sample(sources, int(t), rng) for t in rng.choice(24, size=8, replace=False)])
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    with torch.no_grad():
+        after = model(eval_batch)
+    assert after["cpsd"] < 0.6 * before["cpsd"], (before["cpsd"], after["cpsd"])
+    assert after["ntxent"] < 0.85 * before["ntxent"], (before["ntxent"], after["ntxent"])
+
+
+# --- params ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key,value", [("objectives", "all"), ("c", 6), ("max_offset", 0), ("ntxent_weight", -1),
+                                       ("proj_dims", []), ("crop_bins", 4), ("preset", "big")])
+def test_bad_params_are_rejected_naming_the_key(key, value):
+    with pytest.raises(ParamsError, match=key):
+        resolve(MT2Params, {key: value}, section="pretrain")
+
+
+def test_prepare_rejects_an_offset_range_beyond_the_stored_bins():
+    recipe = recipe_for(max_offset=16)
+    with pytest.raises(ParamsError, match="max_offset"):
+        recipe.prepare(Sources(MemorySource([np.zeros((10, 99), np.float32)])))
+    assert recipe_for().feature_set == "cqt22k"
+
+
+# --- key readout -------------------------------------------------------------------------------
+class ChromaOracle(Encoder):
+    """Stand-in for a perfectly trained token 1: its class token is the crop's log chroma."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim, self.depth, self.crop_offset = 12, 0, 0
+
+    def encode(self, x, layers=(-1,), attention=False):
+        crop = x[:, self.crop_offset:self.crop_offset + 84]
+        power = 10 ** (8 * (crop.double() - 1))
+        chroma = power.reshape(x.shape[0], 7, 12, x.shape[-1]).sum(dim=(1, 3))
+        cls = torch.log(chroma / chroma.amax(dim=-1, keepdim=True)).float()[:, None]
+        h = torch.cat([cls, torch.zeros(x.shape[0], x.shape[-1], 12)], dim=1)
+        return EncoderOutput(hidden={-1: h}, n_cls=1, grid=(1, x.shape[-1]))
+
+
+def test_key_readout_calibrates_on_c_major_and_follows_transpositions():
+    head = nn.Linear(12, 12)
+    with torch.no_grad():
+        head.weight.copy_(5 * torch.eye(12))
+        head.bias.zero_()
+    readout = KeyReadout(ChromaOracle(), head, chunk_frames=64)   # calibrated on the synthetic C-major cadence
+    for tonic in (2, 9):
+        k, name = readout.estimate(reference_features(tonic))
+        assert (k, name) == (tonic, KEY_SIGNATURES[tonic])
+    assert readout.estimate(reference_features(0))[0] == 0
+    fixed = KeyReadout(ChromaOracle(), head, chunk_frames=64, offset=(readout.offset + 3) % 12)
+    assert fixed.estimate(reference_features(0))[0] == 9                  # a given offset is used as is
+    with pytest.raises(ValueError, match="key head"):
+        KeyReadout.from_model(recipe_for(objectives="ntxent").build_model(), chunk_frames=16)
