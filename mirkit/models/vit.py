@@ -103,10 +103,11 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         b, n, _ = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        if return_attention:   # explicit path, only when maps are asked for (inspection)
-            scores = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-            weights = scores.softmax(dim=-1)
-            y = (weights @ v.float()).to(v.dtype)
+        if return_attention:   # explicit path, only when maps are asked for (inspection), in fp32
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                scores = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
+                weights = scores.softmax(dim=-1)
+                y = (weights @ v.float()).to(v.dtype)
         else:
             weights = None
             y = F.scaled_dot_product_attention(q, k, v)
