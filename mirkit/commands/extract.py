@@ -1,0 +1,73 @@
+"""``mirkit extract``: frozen embeddings of a labelled manifest with a pretrained (or random) model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mirkit import params as P
+from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
+
+HELP = """Embed every track of a manifest with a frozen mirkit checkpoint into an embeddings store (Zarr).
+
+Chunks: non-overlapping windows of the model's training crop; a remainder of at least `min_tail` of a
+window adds one end-aligned chunk; tracks shorter than a window are padded with their silence floor.
+Frames (frames=true): per-frame embeddings at the model's native rate, times in seconds from the start
+of the audio file. Input features come from the feature store when it holds the track with the model's
+exact feature parameters, otherwise they are computed from audio (the store is not modified).
+
+--random-init embeds with the same architecture freshly initialised (the probe baseline). Re-runs resume
+after the last stored track; a store written by another model or setting is replaced. Bad audio files get
+one line in the summary; exit code 1 only when no track could be embedded (or the checkpoint is unusable).
+
+Example: mirkit extract --random-init --out data/embeddings/random.zarr
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("extract", help=HELP)
+    def extract(
+        params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `extract` is read"),
+        model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory (overrides extract.model)"),
+        out: Optional[str] = typer.Option(None, "--out", help="embeddings store (overrides extract.out)"),
+        random_init: Optional[bool] = typer.Option(None, "--random-init/--pretrained",
+                                                   help="freshly initialised weights (seed = extract.seed)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+    ) -> None:
+        from mirkit.checkpoint import CheckpointError
+        from mirkit.extract import ExtractParams, run
+        from mirkit.manifest import ManifestError
+        with stage_errors():
+            ov = overrides(set_)
+            ov.update({k: v for k, v in {"model": model, "out": out, "random_init": random_init}.items()
+                       if v is not None})
+            p = P.load(ExtractParams, "extract", params, ov)
+        print_params("extract", p)
+        try:
+            with progress() as bar:
+                task = bar.add_task("extract", total=None, info="")
+                report = run(p, lambda done, total, tid: bar.update(task, completed=done, total=total,
+                                                                    info=tid[-40:]))
+        except (CheckpointError, ManifestError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except P.ParamsError as exc:
+            console.print(f"[red]parameter error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        if report.feature_note:
+            console.print(f"[yellow]note:[/yellow] {report.feature_note}")
+        weights = "random init" if p.random_init else "pretrained"
+        console.print(table("extract", ["store", "status", "model", "tracks", "embedded", "skipped", "failed",
+                                        "features (store/audio)", "chunks", "frames", "dim", "frame rate"],
+                            [(p.out, report.status, f"{p.model} ({weights})", report.n_tracks, report.embedded,
+                              report.skipped, len(report.failures), f"{report.from_store}/{report.computed}",
+                              report.chunks, report.frames, report.dim,
+                              f"{report.frame_rate:.3g} Hz" if report.frame_rate else "-")]))
+        if report.failures:
+            console.print(table(f"extract: {len(report.failures)} file(s) rejected", ["file", "reason"],
+                                report.failures[:50]))
+        if report.n_tracks and report.succeeded == 0:
+            console.print("[red]no track could be embedded[/red]")
+            raise typer.Exit(1)

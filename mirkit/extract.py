@@ -1,0 +1,456 @@
+"""Frozen embeddings: run a checkpoint's encoder over whole tracks, chunk by chunk and frame by frame.
+
+One code path (:meth:`FrozenEncoder.embed_tracks`) serves both the ``extract`` stage and the Python
+API (:mod:`mirkit.api`), so the two give the same numbers for the same audio.
+
+Chunking rule (design.md: "per chunk, optionally per frame"; the chunk length is the recipe's
+training crop, ``crop_frames``, as in the Deezer papers' and Myna's evaluation):
+
+* a track of ``n`` input frames is cut into ``n // W`` non-overlapping windows of ``W`` frames;
+* a remainder of ``r`` frames (``0 < r < W``) is covered by one more window **aligned to the
+  track's end** (start ``n - W``, so it overlaps the previous one). Its per-frame embeddings are
+  always used, but only for the columns past the last full window (no frame appears twice), so
+  frames cover the whole track. It counts as a chunk only when ``r >= min_tail * W`` (default
+  one half): a shorter tail would add a chunk that mostly repeats the previous one and
+  over-weights it in late fusion;
+* a track shorter than one window is one window, padded at the end with the track's own minimum
+  feature value (its silence floor, whatever the amplitude scale: 0 for power, the ``top_db``
+  floor for dB); only the columns that start inside the track are kept as frames.
+
+Frame times are the centre of each embedding frame in seconds: a column covering input frames
+``[a, a + k)`` (``k`` = ``frames_per_col``) is centred on frame ``a + (k - 1) / 2``, and input frame
+``i`` is centred on ``i / frame_rate`` (centred STFT/CQT frames). The stage adds the manifest
+``offset`` so times are measured from the start of the audio file.
+
+Frozen means: ``eval()`` mode, ``torch.inference_mode``, no masking/token dropping, bf16 autocast
+on CUDA (fp32 on CPU); outputs are returned as float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from mirkit.device import DEVICES, pick
+from mirkit.models.base import POOLINGS, Encoder, pool
+from mirkit.params import ParamsError, param
+
+#: default share of a window the tail must fill to count as a chunk
+MIN_TAIL = 0.5
+
+
+@dataclass
+class ExtractParams:
+    """Section ``extract`` of params.yaml."""
+
+    model: str = param("models/pretrain", help="checkpoint directory (model.safetensors + config.json)")
+    manifest: str = param("data/samples/manifest.csv", help="labelled manifest whose tracks are embedded")
+    features: str = param("data/features.zarr", help="feature store to reuse; missing tracks are computed from audio")
+    out: str = param("data/embeddings/pretrained.zarr", help="embeddings store (read by `mirkit probe`)")
+    layer: int = param(-1, ge=-1, help="-1 = last block after the final norm; 0 = block input; 1..depth")
+    pooling: str | None = param(None, choices=POOLINGS, help="null = the model's default pooling")
+    frames: bool = param(True, help="also store per-frame embeddings at the model's native rate")
+    min_tail: float = param(MIN_TAIL, ge=0.0, le=1.0,
+                            help="a remainder of at least this share of a window adds an end-aligned chunk")
+    batch_size: int = param(32, ge=1, help="windows per forward pass")
+    device: str = param("auto", choices=DEVICES)
+    random_init: bool = param(False, help="same architecture, freshly initialised with `seed` (baseline)")
+    seed: int = param(0, help="initialisation seed when random_init is true")
+
+
+# ------------------------------------------------------------------------------------ windows
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where the windows of one track start, and how many of them are chunks."""
+
+    n_frames: int
+    window: int
+    starts: tuple[int, ...]
+    n_chunks: int
+
+
+def plan_windows(n_frames: int, window: int, min_tail: float = MIN_TAIL) -> WindowPlan:
+    """The chunking rule of this module's docstring."""
+    if n_frames < 1 or window < 1:
+        raise ValueError(f"need at least one frame and a positive window (got {n_frames}, {window})")
+    full = n_frames // window
+    if full == 0:
+        return WindowPlan(n_frames, window, (0,), 1)
+    starts = [i * window for i in range(full)]
+    rest = n_frames - full * window
+    n_chunks = full
+    if rest:
+        starts.append(n_frames - window)
+        if rest >= min_tail * window:
+            n_chunks += 1
+    return WindowPlan(n_frames, window, tuple(starts), n_chunks)
+
+
+def cut_window(feats: np.ndarray, start: int, window: int, fill: float) -> np.ndarray:
+    """``(bins, window)`` float32 crop of ``(n_frames, bins)`` features, padded with ``fill``."""
+    out = np.full((window, feats.shape[1]), fill, dtype=np.float32)
+    piece = feats[start: start + window]
+    out[: len(piece)] = piece
+    return np.ascontiguousarray(out.T)
+
+
+def kept_columns(plan: WindowPlan, w: int, n_cols: int, frames_per_col: float) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of window ``w`` kept as frames, and the input frame each of them starts at: all
+    columns starting inside the track, except that the end-aligned tail window only contributes
+    the columns starting past the last full window."""
+    full = plan.n_frames // plan.window
+    col_start = plan.starts[w] + np.arange(n_cols) * frames_per_col
+    lo = full * plan.window if 1 <= full == w else 0
+    keep = (col_start >= lo) & (col_start < plan.n_frames)
+    return np.nonzero(keep)[0], col_start[keep]
+
+
+# ------------------------------------------------------------------------------------ the model
+@dataclass
+class TrackEmbeddings:
+    """Embeddings of one track: chunks ``(n_chunks, dim)``; frames ``(n, dim)`` and their times
+    (seconds from the start of the features, i.e. of the decoded audio) when asked for."""
+
+    chunks: np.ndarray
+    frames: np.ndarray | None = None
+    frame_times: np.ndarray | None = None
+
+
+@dataclass
+class _Pending:
+    key: Any
+    plan: WindowPlan
+    pooled: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    left: int = 0
+
+
+class FrozenEncoder:
+    """A checkpoint's encoder, frozen, with the facts needed to embed whole tracks.
+
+    ``feature_set``/``spec``: the input features the model was trained on; ``window``: the
+    training crop length in input frames; ``frame_rate``: input frames per second.
+    """
+
+    def __init__(self, encoder: Encoder, config: dict[str, Any], device: torch.device,
+                 model_info: dict[str, Any] | None = None):
+        from mirkit.features import spec_from_dict
+        self.encoder = encoder.to(device).eval()
+        for prm in self.encoder.parameters():
+            prm.requires_grad_(False)
+        self.config, self.device = config, device
+        self.feature_set: str = config["feature_set"]
+        self.spec = spec_from_dict(config["features"])
+        self.window: int = int(config["crop_frames"])
+        self.frame_rate: float = self.spec.frame_rate
+        self.model_info = model_info or {}
+        cls = type(encoder)
+        # encoders keeping the base embed/embed_frames are run once per window for both outputs
+        self._single_pass = cls.embed is Encoder.embed and cls.embed_frames is Encoder.embed_frames
+
+    # -- checks ---------------------------------------------------------------------------
+    def resolve(self, layer: int, pooling: str | None) -> tuple[int, str]:
+        """Validate a layer and pooling for this encoder (``None`` = its default pooling)."""
+        enc = self.encoder
+        if not (layer == -1 or 0 <= layer <= enc.depth):
+            raise ValueError(f"layer={layer}: this model has layers 0..{enc.depth} (or -1 = last, normed)")
+        pooling = pooling or enc.poolings[0]
+        if pooling not in enc.poolings:
+            raise ValueError(f"pooling={pooling!r}: this {type(enc).__name__} supports "
+                             f"{', '.join(enc.poolings)} (default {enc.poolings[0]})")
+        return layer, pooling
+
+    # -- forward --------------------------------------------------------------------------
+    def run(self, x: np.ndarray, layer: int, pooling: str, frames: bool) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Windows ``(batch, bins, W)`` -> pooled ``(batch, dim)``, tokens ``(batch, cols, dim)``
+        (when ``frames``) and the input frames each column covers."""
+        enc, dev = self.encoder, self.device
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            xt = torch.from_numpy(x).to(dev)
+            if self._single_pass:
+                out = enc.encode(xt, layers=(layer,))
+                pooled, tokens, fpc = pool(out, layer, pooling), out.time_tokens(layer), out.frames_per_col
+            else:
+                pooled = enc.embed(xt, layer=layer, pooling=pooling)
+                tokens, fpc = enc.embed_frames(xt, layer=layer) if frames else (None, 1.0)
+        return (pooled.float().cpu().numpy(),
+                tokens.float().cpu().numpy() if frames and tokens is not None else None, float(fpc))
+
+    def probe_shapes(self, layer: int = -1, pooling: str | None = None) -> tuple[int, int, float]:
+        """``(chunk dim, frame dim, frames_per_col)`` from one silent window."""
+        layer, pooling = self.resolve(layer, pooling)
+        x = np.zeros((1, self.spec.bins, self.window), np.float32)
+        pooled, tokens, fpc = self.run(x, layer, pooling, True)
+        return pooled.shape[-1], tokens.shape[-1], fpc
+
+    def embed_tracks(self, items: Iterable[tuple[Hashable, np.ndarray]], layer: int = -1,
+                     pooling: str | None = None, frames: bool = True, batch_size: int = 32,
+                     min_tail: float = MIN_TAIL) -> Iterator[tuple[Hashable, TrackEmbeddings]]:
+        """Embed tracks given as ``(key, features (n_frames, bins))``; yields ``(key, embeddings)``
+        in input order. Windows of consecutive tracks share forward passes of ``batch_size``."""
+        layer, pooling = self.resolve(layer, pooling)
+        queue: deque[_Pending] = deque()
+        batch: list[tuple[_Pending, int, np.ndarray]] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            pooled, tokens, fpc = self.run(np.stack([b[2] for b in batch]), layer, pooling, frames)
+            for k, (item, w, _) in enumerate(batch):
+                item.pooled[w] = pooled[k]
+                if frames:
+                    item.tokens[w] = (tokens[k], fpc)
+                item.left -= 1
+            batch.clear()
+
+        def finished() -> Iterator[tuple[Hashable, TrackEmbeddings]]:
+            while queue and queue[0].left == 0:
+                item = queue.popleft()
+                yield item.key, self._assemble(item, frames)
+
+        for key, feats in items:
+            feats = np.asarray(feats, dtype=np.float32)
+            if feats.ndim != 2 or feats.shape[1] != self.spec.bins:
+                raise ValueError(f"{key}: features of shape {feats.shape}; expected (frames, {self.spec.bins})")
+            plan = plan_windows(feats.shape[0], self.window, min_tail)
+            n = len(plan.starts)
+            item = _Pending(key, plan, [None] * n, [None] * n, n)
+            queue.append(item)
+            fill = float(feats.min())
+            for w, start in enumerate(plan.starts):
+                batch.append((item, w, cut_window(feats, start, self.window, fill)))
+                if len(batch) >= batch_size:
+                    flush()
+                    yield from finished()
+        flush()
+        yield from finished()
+
+    def _assemble(self, item: _Pending, frames: bool) -> TrackEmbeddings:
+        plan = item.plan
+        chunks = np.stack(item.pooled[: plan.n_chunks])
+        if not frames:
+            return TrackEmbeddings(chunks)
+        rows, starts = [], []
+        for w, (tokens, fpc) in enumerate(item.tokens):
+            cols, col_start = kept_columns(plan, w, tokens.shape[0], fpc)
+            rows.append(tokens[cols])
+            starts.append(col_start + (fpc - 1) / 2)
+        times = np.concatenate(starts) / self.frame_rate
+        return TrackEmbeddings(chunks, np.concatenate(rows), times.astype(np.float64))
+
+
+def load_frozen(model_dir: str | Path, device: str | torch.device = "auto", random_init: bool = False,
+                seed: int = 0) -> FrozenEncoder:
+    """The encoder of a mirkit checkpoint, frozen on ``device`` (raises ``CheckpointError``)."""
+    from mirkit import checkpoint
+    recipe, model, config = checkpoint.load_model(model_dir, weights=not random_init, seed=seed)
+    dev = device if isinstance(device, torch.device) else pick(device)
+    info = {"path": str(model_dir), "recipe": config["recipe"], "preset": recipe.params.preset,
+            "random_init": bool(random_init), "step": config.get("step")}
+    if random_init:
+        info["seed"] = int(seed)
+    else:
+        info["weights_sha1"] = _file_digest(Path(model_dir) / checkpoint.MODEL_FILE)
+    return FrozenEncoder(model.encoder, config, dev, info)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ the stage
+@dataclass
+class ExtractReport:
+    status: str = "created"          # created | resumed | replaced (store of another model/setting)
+    n_tracks: int = 0
+    skipped: int = 0                  # already in the store
+    embedded: int = 0
+    from_store: int = 0               # features read from the feature store
+    computed: int = 0                 # features computed from audio
+    chunks: int = 0
+    frames: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    feature_note: str = ""
+    dim: int = 0
+    frame_rate: float | None = None
+
+    @property
+    def succeeded(self) -> int:
+        return self.skipped + self.embedded
+
+
+def track_row(track: Any, manifest_dir: Path) -> dict[str, Any]:
+    """The manifest row stored with a track's embeddings: id, split, audio path, offset and label
+    columns, where a label naming an existing file (beats, chords annotations) becomes absolute."""
+    row: dict[str, Any] = {"track_id": track.track_id, "split": track.split, "path": str(track.path),
+                           "offset": float(track.offset)}
+    for key, value in track.labels.items():
+        if isinstance(value, str) and value.strip():
+            candidate = (manifest_dir / value.strip())
+            if candidate.is_file():
+                value = str(candidate.resolve())
+        row[key] = value if value != "" else None
+    return row
+
+
+class FeatureSource:
+    """Input features of a track: from the feature store when it holds the track with the model's
+    exact spec (and an unchanged file), else computed from audio without touching the store."""
+
+    def __init__(self, frozen: FrozenEncoder, store_url: str | None):
+        from mirkit import store
+        from mirkit.features import FrontEnd
+        self.frozen, self.set, self.note = frozen, None, ""
+        want = json.dumps(frozen.config["features"], sort_keys=True, default=str)
+        if store_url:
+            try:
+                fs = store.open_set(store_url, frozen.feature_set)
+                if json.dumps(fs.spec, sort_keys=True, default=str) == want:
+                    self.set = fs
+                else:
+                    self.note = f"{store_url}/{frozen.feature_set} has other parameters than the model: computing from audio"
+            except store.StoreError as exc:
+                self.note = f"{exc}: computing from audio"
+        self._front: FrontEnd | None = None
+
+    def get(self, track: Any) -> tuple[np.ndarray, bool]:
+        """``(frames, bins)`` float32 and whether they came from the store; raises AudioError."""
+        if self.set is not None:
+            i = self.set.index_of(track.track_id)
+            if i is not None and self._unchanged(track, self.set.tracks[i].fingerprint):
+                return self.set.read(i), True
+        return compute_features(self.frozen, track.path, track.offset, track.duration, self), False
+
+    @staticmethod
+    def _unchanged(track: Any, stored: str) -> bool:
+        from mirkit.audio import fingerprint
+        try:
+            return fingerprint(track.path, track.offset, track.duration) == stored
+        except OSError:   # the audio is gone but its features are here: use them
+            return True
+
+    def front_end(self):
+        from mirkit.features import FrontEnd
+        if self._front is None:
+            self._front = FrontEnd(self.frozen.spec).to(self.frozen.device)
+        return self._front
+
+
+def features_of_wave(frozen: FrozenEncoder, wave: np.ndarray, front) -> np.ndarray:
+    """Features of a mono waveform at the spec's rate, rounded through the spec's storage dtype so
+    they equal what `mirkit mels` would have stored."""
+    with torch.inference_mode():
+        x = front(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(frozen.device))[0]
+    return x.cpu().numpy().astype(frozen.spec.dtype).astype(np.float32)
+
+
+def compute_features(frozen: FrozenEncoder, path: str | Path, offset: float, duration: float | None,
+                     source: FeatureSource) -> np.ndarray:
+    from mirkit.audio import load_audio
+    wave = load_audio(path, frozen.spec.sample_rate, offset, duration)
+    return features_of_wave(frozen, wave, source.front_end())
+
+
+def open_writer(p: ExtractParams, dim: int, meta: dict[str, Any], manifest_ids: set[str]):
+    """The embeddings writer; a store written with other settings (or holding tracks no longer in
+    the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
+    import zarr
+    from mirkit.embeddings import EmbeddingsWriter
+    status = "created"
+    try:
+        existing = dict(zarr.open_group(store=str(p.out), mode="r").attrs)
+    except Exception:   # no store yet
+        existing = {}
+    if "committed" in existing:
+        status = "resumed"
+        stale = {str(t["track_id"]) for t in existing.get("tracks", [])} - manifest_ids
+        if stale:
+            status = "replaced"
+    if status == "resumed":
+        try:
+            return EmbeddingsWriter(p.out, dim, frames=p.frames, flush_every=16, **meta), status
+        except ValueError:
+            status = "replaced"
+    if status == "replaced":
+        zarr.open_group(store=str(p.out), mode="w")
+    return EmbeddingsWriter(p.out, dim, frames=p.frames, flush_every=16, **meta), status
+
+
+def _shown_path(path: Path, manifest_dir: Path) -> str:
+    """A track's path as the manifest names it (relative to the manifest) when possible."""
+    try:
+        return str(Path(path).relative_to(manifest_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
+    """Embed every track of ``p.manifest`` with the model in ``p.model`` into ``p.out``.
+
+    Raises ``CheckpointError`` (bad checkpoint), ``ManifestError`` (bad manifest) or
+    ``ParamsError`` (layer/pooling the model does not have) before any work.
+    """
+    from mirkit.audio import AudioError
+    from mirkit.manifest import read_manifest
+
+    tracks = read_manifest(p.manifest)
+    frozen = load_frozen(p.model, p.device, p.random_init, p.seed)
+    try:
+        layer, pooling = frozen.resolve(p.layer, p.pooling)
+    except ValueError as exc:
+        raise ParamsError(f"extract: {exc}") from None
+    dim, frame_dim, fpc = frozen.probe_shapes(layer, pooling)
+    if p.frames and frame_dim != dim:
+        raise ParamsError(f"extract.pooling={pooling}: chunk embeddings have {dim} dims but frame embeddings "
+                          f"{frame_dim}; store them separately (frames=false)")
+    frame_rate = frozen.frame_rate / fpc
+    meta = {"layer": layer, "pooling": pooling, "model": frozen.model_info,
+            "frame_rate": frame_rate if p.frames else None, "window_frames": frozen.window,
+            "window_seconds": frozen.window / frozen.frame_rate, "min_tail": p.min_tail,
+            "feature_set": frozen.feature_set}
+    writer, status = open_writer(p, dim, meta, {t.track_id for t in tracks})
+    source = FeatureSource(frozen, p.features)
+    report = ExtractReport(status=status, n_tracks=len(tracks), feature_note=source.note, dim=dim,
+                           frame_rate=frame_rate if p.frames else None)
+    done = writer.done
+    todo = [t for t in tracks if t.track_id not in done]
+    report.skipped = len(tracks) - len(todo)
+    manifest_dir = Path(p.manifest).parent
+    count = [0]
+
+    def inputs() -> Iterator[tuple[Any, np.ndarray]]:
+        for t in todo:
+            try:
+                feats, stored = source.get(t)
+            except AudioError as exc:
+                report.failures.append((_shown_path(t.path, manifest_dir), str(exc)))
+                count[0] += 1
+                if on_progress:
+                    on_progress(count[0], len(todo), t.track_id)
+                continue
+            report.from_store += stored
+            report.computed += not stored
+            yield t, feats
+
+    with writer:
+        for t, emb in frozen.embed_tracks(inputs(), layer, pooling, p.frames, p.batch_size, p.min_tail):
+            times = emb.frame_times + t.offset if p.frames else None
+            writer.append(track_row(t, manifest_dir), emb.chunks, emb.frames, times)
+            report.embedded += 1
+            report.chunks += len(emb.chunks)
+            report.frames += 0 if emb.frames is None else len(emb.frames)
+            count[0] += 1
+            if on_progress:
+                on_progress(count[0], len(todo), t.track_id)
+    return report
