@@ -81,6 +81,8 @@ class MuseEncoder(Encoder):
     (local f: ``dim -> sm_local_hidden -> sm_local_out``; summary s likewise; combiner to ``dim``).
     ``encode(..., padding_mask)`` takes an optional ``(batch, frames // 4)`` mask, True at padded
     25 Hz steps: keys are masked in MHSA, the SummaryMixing mean and the convolutions skip them.
+    The 2-D front end runs before masking: its receptive field (step k sees frames 4k-9 .. 4k+9)
+    lets padding touch only the last valid steps, as in MusicFM.
     """
 
     poolings = ("seq-mean", "mean")
@@ -122,7 +124,12 @@ class MuseEncoder(Encoder):
 
     def run_blocks(self, z: Tensor, layers: Sequence[int] = (-1,), attention: bool = False,
                    padding_mask: Tensor | None = None) -> EncoderOutput:
-        """The block stack on subsampled tokens ``(batch, time, dim)``."""
+        """The block stack on subsampled tokens ``(batch, time, dim)``.
+
+        ``hidden`` holds the requested layers; ``attentions[layer]`` ``(batch, heads, time, time)``
+        the maps of the requested blocks (``-1`` = the last block) when ``attention`` is set and the
+        blocks use MHSA (SummaryMixing has no attention maps).
+        """
         wanted = set()
         for layer in layers:
             if layer != -1 and not 0 <= layer <= self.depth:
@@ -139,7 +146,7 @@ class MuseEncoder(Encoder):
                 hidden[i] = z
             if weights is not None:
                 for key in (i, -1) if i == self.depth else (i,):
-                    if key in wanted and key != 0:
+                    if key in wanted:
                         maps[key] = weights
         if -1 in wanted:
             hidden[-1] = self.norm(z)

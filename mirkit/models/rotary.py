@@ -75,8 +75,8 @@ class RotarySelfAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = scores.float().softmax(dim=-1).to(q.dtype)
-            y = F.dropout(weights, drop, self.training) @ v
+            weights = scores.float().softmax(dim=-1)          # returned in fp32 for inspection
+            y = F.dropout(weights.to(q.dtype), drop, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=drop)
         y = y.transpose(1, 2).reshape(b, t, d)

@@ -61,11 +61,12 @@ def feed_forward(in_dim: int, hidden: Sequence[int], out_dim: int, activation: s
 
 def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     """Mean over time of ``(batch, time, dim)`` counting only valid frames -> ``(batch, 1, dim)``."""
+    xf = x.float()                                  # accumulate in fp32 (long sequences under bf16)
     if padding_mask is None:
-        return x.mean(dim=1, keepdim=True)
-    valid = (~padding_mask).unsqueeze(-1).to(x.dtype)
+        return xf.mean(dim=1, keepdim=True).to(x.dtype)
+    valid = (~padding_mask).unsqueeze(-1).float()
     count = valid.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return (x * valid).sum(dim=1, keepdim=True) / count
+    return ((xf * valid).sum(dim=1, keepdim=True) / count).to(x.dtype)
 
 
 class SummaryMixing(nn.Module):
