@@ -461,7 +461,7 @@ def _add(buf: np.ndarray, start: int, signal: np.ndarray) -> None:
 
 
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.dot(x, x) / len(x))) if len(x) else 0.0
+    return float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0   # no BLAS: no thread pool
 
 
 def render_clip(plan: ClipPlan, seed: int = 0) -> np.ndarray:
