@@ -370,3 +370,23 @@ def test_paper_preset_parameter_counts(preset: str) -> None:
         model = r.build_model()
     n = sum(p.numel() for p in model.parameters())
     assert abs(n / 1e6 / PAPER_ROWS[preset] - 1) < 0.05, f"{preset}: {n / 1e6:.1f}M"
+
+
+def test_checkpoint_round_trip_is_self_contained(tmp_path) -> None:
+    """prepare() stats reach config.json; the reloaded encoder takes raw dB mel and matches."""
+    from mirkit import checkpoint
+    from mirkit.features import PRESETS as FEATURES
+
+    sources = synthetic_sources(n_tracks=2, n_frames=200)
+    r = recipe(preset="cnf-att-tiny", crop_frames=80)
+    r.prepare(sources)
+    torch.manual_seed(0)
+    model = r.build_model()
+    checkpoint.save(tmp_path, model, checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}))
+    _, loaded, config = checkpoint.load_model(tmp_path)
+    assert config["recipe_params"]["mean"] == sources.tokens.attrs["mean"]
+    assert config["recipe_params"]["codebook_size"] == 16
+    x = torch.from_numpy(np.stack([sources.features.arrays[0][:80].T]))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encoder.embed(x), model.encoder.embed(x))
