@@ -132,9 +132,3 @@ def scale(x: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:
     if spec.scale == "db-stone":
         return db / spec.top_db + 1.0 if spec.top_db else db
     return db
-
-
-def compute(front: FrontEnd, waves: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
-    """Features of several equal-length waveforms in one batch (frames, bins) each."""
-    batch = torch.from_numpy(np.stack(waves)).to(device)
-    return [f.cpu().numpy() for f in front(batch)]

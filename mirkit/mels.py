@@ -35,7 +35,7 @@ class MelsParams:
     feature_sets: list[str] = param(["mel16k"], help="names of presets or of entries in `custom`")
     custom: dict = param({}, help="extra named feature sets: name -> FeatureSpec fields")
     min_seconds: float = param(0.5, ge=0.0, help="shorter clips are rejected as too short")
-    batch_size: int = param(8, ge=1, help="equal-length clips computed together")
+    batch_size: int = param(1, ge=1, help="equal-length clips computed together (raise on GPU)")
     num_workers: int = param(1, ge=0, help="decoding processes")
     commit_frames: int = param(65536, ge=1, help="frames buffered per set before a commit")
     device: str = param("auto", choices=DEVICES)
@@ -155,10 +155,11 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
             for i, w in items:
                 by_len.setdefault(w.shape[0], []).append((i, w))
             results: dict[int, np.ndarray] = {}
-            with torch.no_grad():
-                for group in by_len.values():
-                    waves = torch.from_numpy(np.stack([w for _, w in group])).to(device)
-                    for (i, _), feats in zip(group, fronts[name](waves).cpu().numpy()):
+            for group in by_len.values():
+                for lo in range(0, len(group), p.batch_size):
+                    part = group[lo: lo + p.batch_size]
+                    for (i, _), feats in zip(part, _compute_fixed(fronts[name], [w for _, w in part],
+                                                                  p.batch_size, device)):
                         results[i] = feats
             for i, _ in items:  # commit in manifest order
                 feats = results[i]
@@ -191,6 +192,20 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
     write_failures(p.failures, report.failures)
     write_summary(p, report)
     return report
+
+
+def _compute_fixed(front: FrontEnd, waves: list[np.ndarray], batch_size: int, device: torch.device) -> list[np.ndarray]:
+    """Features of equal-length waves, always as a batch of exactly ``batch_size`` rows.
+
+    Kernels may round differently for different batch shapes; padding every batch to the same
+    shape makes each clip's features independent of which clips share its batch, so re-runs and
+    resumed runs write byte-identical stores.
+    """
+    x = np.zeros((batch_size, waves[0].shape[0]), np.float32)
+    x[: len(waves)] = np.stack(waves)
+    with torch.no_grad():
+        out = front(torch.from_numpy(x).to(device)).cpu().numpy()
+    return list(out[: len(waves)])
 
 
 def write_failures(path: str, failures: list[tuple[str, str]]) -> None:
