@@ -9,8 +9,8 @@ training crop, ``crop_frames``, as in the Deezer papers' and Myna's evaluation):
 * a track of ``n`` input frames is cut into ``n // W`` non-overlapping windows of ``W`` frames;
 * a remainder of ``r`` frames (``0 < r < W``) is covered by one more window **aligned to the
   track's end** (start ``n - W``, so it overlaps the previous one). Its per-frame embeddings are
-  always used, but only for the columns past the last full window (no frame appears twice), so
-  frames cover the whole track. It counts as a chunk only when ``r >= min_tail * W`` (default
+  always used, but only for the columns mostly past the last full window (no column is repeated),
+  so frames cover the whole track. It counts as a chunk only when ``r >= min_tail * W`` (default
   one half): a shorter tail would add a chunk that mostly repeats the previous one and
   over-weights it in late fusion;
 * a track shorter than one window is one window, padded at the end with the track's own minimum
@@ -104,11 +104,12 @@ def cut_window(feats: np.ndarray, start: int, window: int, fill: float) -> np.nd
 def kept_columns(plan: WindowPlan, w: int, n_cols: int, frames_per_col: float) -> tuple[np.ndarray, np.ndarray]:
     """Columns of window ``w`` kept as frames, and the input frame each of them starts at: all
     columns starting inside the track, except that the end-aligned tail window only contributes
-    the columns starting past the last full window."""
+    the columns more than half of whose frames lie past the last full window (so no column
+    repeats one already kept, and the gap between kept columns never exceeds one column)."""
     full = plan.n_frames // plan.window
     col_start = plan.starts[w] + np.arange(n_cols) * frames_per_col
-    lo = full * plan.window if 1 <= full == w else 0
-    keep = (col_start >= lo) & (col_start < plan.n_frames)
+    lo = full * plan.window - frames_per_col / 2 if 1 <= full == w else -np.inf
+    keep = (col_start > lo) & (col_start < plan.n_frames)
     return np.nonzero(keep)[0], col_start[keep]
 
 
