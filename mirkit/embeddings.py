@@ -144,11 +144,15 @@ class EmbeddingsWriter:
             g["frames"][f0:f1] = frame_rows
             g["frame_track"][f0:f1] = frame_ids
             g["frame_time"][f0:f1] = times
+        self._commit(self.tracks + [b[0] for b in self._buffer], n1, f1)
         self.tracks.extend(b[0] for b in self._buffer)
         self.n_chunks, self.n_frames = n1, f1
-        g.attrs.update({"tracks": self.tracks,
-                        "committed": {"tracks": len(self.tracks), "chunks": n1, "frames": f1}})
         self._buffer.clear()
+
+    def _commit(self, tracks: list[dict], n_chunks: int, n_frames: int) -> None:
+        """The commit point: one attrs write makes the new rows visible."""
+        self.group.attrs.update({"tracks": tracks,
+                                 "committed": {"tracks": len(tracks), "chunks": n_chunks, "frames": n_frames}})
 
     def close(self) -> None:
         self.flush()

@@ -1,0 +1,295 @@
+"""Embeddings store round trip and resume; batched probe grid; selection on validation only;
+late fusion; determinism; frame-level probes; `mirkit probe` parameter validation and outputs."""
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from mirkit import probe as P
+from mirkit.embeddings import Embeddings, EmbeddingsWriter
+from mirkit.tasks import TaskSpec, make_task
+
+DIM = 8
+SETTINGS = P.TrainSettings(max_steps=60, eval_every=10, patience=3, seed=0)
+
+
+def genre_store(url, n=60, seed=0, frames=False):
+    """Three separable classes; 2-4 chunks per track; 60/20/20 % train/valid/test."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, DIM)) * 2
+    with EmbeddingsWriter(url, DIM, frames=frames, flush_every=7, layer=-1, pooling="mean",
+                          model={"recipe": "test"}, frame_rate=10.0) as w:
+        for i in range(n):
+            c = i % 3
+            split = ["train", "train", "train", "valid", "test", "train", "train", "valid", "train", "valid"][(i // 3) % 10]
+            chunks = centres[c] + rng.normal(size=(2 + i % 3, DIM))
+            kw = {}
+            if frames:
+                kw = {"frames": rng.normal(size=(5 + i % 2, DIM)), "frame_times": np.arange(5 + i % 2) * 0.1 + 0.05}
+            w.append({"track_id": f"t{i}", "split": split, "genre": f"g{c}"}, chunks, **kw)
+    return Embeddings(url)
+
+
+# --------------------------------------------------------------------------- embeddings store
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_store_round_trip(tmp_path, kind):
+    url = str(tmp_path / "emb.zarr") if kind == "local" else f"memory://{uuid.uuid4().hex}/emb.zarr"
+    rng = np.random.default_rng(1)
+    data = [(rng.normal(size=(k + 1, DIM)), rng.normal(size=(3 * k + 2, DIM)), np.arange(3 * k + 2) * 0.04 + 0.02)
+            for k in range(5)]
+    with EmbeddingsWriter(url, DIM, frames=True, flush_every=2, layer=4, pooling="cls",
+                          model={"checkpoint": "/m", "recipe": "myna", "preset": "tiny"}, frame_rate=25.0) as w:
+        for k, (c, f, t) in enumerate(data):
+            w.append({"track_id": f"id{k}", "split": ["train", "valid", "test"][k % 3], "genre": "x",
+                      "n": np.int64(k), "empty": float("nan")}, c, f, t)
+    e = Embeddings(url)
+    assert [t["track_id"] for t in e.tracks] == [f"id{k}" for k in range(5)]
+    assert e.tracks[3]["n"] == 3 and e.tracks[0]["empty"] is None
+    assert (e.dim, e.layer, e.pooling, e.frame_rate) == (DIM, 4, "cls", 25.0)
+    assert e.model["recipe"] == "myna"
+    assert e.split("train") == [0, 3] and e.split("test") == [2]
+    for k, (c, f, t) in enumerate(data):
+        np.testing.assert_allclose(e.chunks(k), c.astype(np.float32))
+        fr, times = e.frames(k)
+        np.testing.assert_allclose(fr, f.astype(np.float32))
+        np.testing.assert_allclose(times, t.astype(np.float32))
+    rows, pos = e.chunk_rows([4, 1])
+    np.testing.assert_allclose(rows, np.concatenate([data[1][0], data[4][0]]).astype(np.float32))
+    assert list(pos) == [1] * 2 + [0] * 5
+
+
+def test_store_resumes_after_interrupted_flush(tmp_path):
+    url = str(tmp_path / "emb.zarr")
+    rng = np.random.default_rng(2)
+    chunks = [rng.normal(size=(2, DIM)) for _ in range(6)]
+    w = EmbeddingsWriter(url, DIM, flush_every=2, layer=-1)
+    for k in range(4):
+        w.append({"track_id": f"t{k}", "split": "train"}, chunks[k])
+    # simulate kill -9 in the middle of the next flush: rows written, commit never happens
+    w.append({"track_id": "t4", "split": "train"}, chunks[4])
+    w._commit = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        w.append({"track_id": "t5", "split": "train"}, chunks[5])
+    assert w.group["chunks"].shape[0] == 12          # rows of t4, t5 are on disk but uncommitted
+    assert len(Embeddings(url)) == 4                 # readers only see committed tracks
+    w2 = EmbeddingsWriter(url, DIM, layer=-1)
+    assert w2.done == {"t0", "t1", "t2", "t3"}
+    assert w2.group["chunks"].shape[0] == 8          # garbage rows truncated
+    for k in range(6):
+        if f"t{k}" not in w2.done:
+            w2.append({"track_id": f"t{k}", "split": "train"}, chunks[k] + 0)
+    w2.close()
+    e = Embeddings(url)
+    assert [t["track_id"] for t in e.tracks] == [f"t{k}" for k in range(6)]
+    for k in range(6):
+        np.testing.assert_allclose(e.chunks(k), chunks[k].astype(np.float32))
+    with pytest.raises(ValueError, match="layer"):
+        EmbeddingsWriter(url, DIM, layer=3)
+
+
+# --------------------------------------------------------------------------- probe mechanics
+def test_grid_is_jukemir_paper_grid():
+    grid = P.jukemir_grid()
+    assert len(grid) == 216 and len(set(grid)) == 216
+    assert {c.hidden for c in grid} == {0, 512} and {c.batch_size for c in grid} == {64, 256}
+    assert {c.lr for c in grid} == {1e-5, 1e-4, 1e-3} and {c.dropout for c in grid} == {.25, .5, .75}
+    assert {c.weight_decay for c in grid} == {0.0, 1e-4, 1e-3} and {c.standardize for c in grid} == {False, True}
+    assert P.QUICK in grid
+
+
+def test_late_fusion_averages_chunk_outputs():
+    out = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [0.0, 4.0]]])
+    group = torch.tensor([0, 0, 2, 0])
+    fused = P.fuse(out, group, 3)
+    torch.testing.assert_close(fused[0], torch.tensor([[4 / 3, 2.0], [0.0, 0.0], [5.0, 5.0]]))
+
+
+def test_batched_adam_matches_torch_adam():
+    torch.manual_seed(0)
+    w0 = torch.randn(2, 4, 3)
+    lr, wd = torch.tensor([1e-2, 1e-3]).view(-1, 1, 1), torch.tensor([0.0, 1e-2]).view(-1, 1, 1)
+    stacked = {"w": w0.clone().requires_grad_(True)}
+    opt = P.BatchedAdam(stacked, lr, wd)
+    refs = [w0[g].clone().requires_grad_(True) for g in range(2)]
+    ref_opts = [torch.optim.Adam([refs[g]], lr=float(lr[g]), weight_decay=float(wd[g])) for g in range(2)]
+    x = torch.randn(5, 4)
+    for _ in range(5):
+        (x @ stacked["w"]).pow(2).sum(dim=(1, 2)).sum().backward()
+        opt.step()
+        for g in range(2):
+            ref_opts[g].zero_grad()
+            (x @ refs[g]).pow(2).sum().backward()
+            ref_opts[g].step()
+    for g in range(2):
+        torch.testing.assert_close(stacked["w"][g].detach(), refs[g].detach(), rtol=1e-5, atol=1e-6)
+
+
+def _train_data(store, task):
+    tr, va = store.split("train"), store.split("valid")
+    task.fit(store.tracks)
+    x, g = store.chunk_rows(tr)
+    vx, vg = store.chunk_rows(va)
+    y = torch.as_tensor(task.targets([store.tracks[i] for i in tr]))[torch.as_tensor(g)]
+    vy = task.targets([store.tracks[i] for i in va])
+
+    def val_score(outputs):
+        fused = P.fuse(outputs, torch.as_tensor(vg), len(va)).numpy()
+        return np.array([task.score(f, vy)["accuracy"] for f in fused])
+    return P.TrainData(torch.as_tensor(x), y, torch.as_tensor(vx), val_score, task.n_outputs, task.loss)
+
+
+def test_batched_grid_equals_sequential_single_config():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    task = make_task(TaskSpec("genre", "multiclass", ["genre"]))
+    data = _train_data(store, task)
+    grid = P.jukemir_grid()
+    # one (batch, hidden) stack: different standardisation, lr, dropout and weight decay
+    ids = [i for i, c in enumerate(grid) if c.batch_size == 64 and c.hidden == 512][::13]
+    settings = P.TrainSettings(max_steps=20, eval_every=4, patience=2, seed=3)
+    batched = P.train_configs([(i, grid[i]) for i in ids], data, settings)
+    for r in batched:
+        (alone,) = P.train_configs([(r.config_id, r.config)], data, settings)
+        assert (alone.best_step, alone.steps) == (r.best_step, r.steps)
+        assert alone.valid_score == pytest.approx(r.valid_score)
+        for k in r.params:
+            torch.testing.assert_close(alone.params[k], r.params[k], rtol=1e-4, atol=1e-5)
+    assert len({r.steps for r in batched}) > 1 or len({r.best_step for r in batched}) > 1
+
+
+def test_selection_never_looks_at_test_labels(monkeypatch):
+    url = f"memory://{uuid.uuid4().hex}"
+    store = genre_store(url)
+    configs = [(i, c) for i, c in enumerate(P.jukemir_grid()) if c.hidden == 0 and c.batch_size == 64][1::4]
+    settings = P.TrainSettings(max_steps=300, eval_every=10, patience=5, seed=0)
+    spec = TaskSpec("genre", "multiclass", ["genre"])
+    calls = []
+    real_score = make_task(spec).score.__func__
+
+    def spy(self, outputs, targets):
+        calls.append(len(targets))
+        return real_score(self, outputs, targets)
+
+    monkeypatch.setattr(type(make_task(spec)), "score", spy)
+    honest = P.evaluate_track_task(store, make_task(spec), configs, settings)
+    n_valid, n_test = honest.details["tracks"]["valid"], honest.details["tracks"]["test"]
+    assert n_valid != n_test and calls[-1] == n_test and calls[:-1].count(n_test) == 0   # test scored once
+    # adversarial test labels: rotate every test label; the chosen configuration must not move
+    for i in store.split("test"):
+        store.tracks[i]["genre"] = {"g0": "g1", "g1": "g2", "g2": "g0"}[store.tracks[i]["genre"]]
+    adversarial = P.evaluate_track_task(store, make_task(spec), configs, settings)
+    assert adversarial.details["config_id"] == honest.details["config_id"]
+    assert adversarial.metrics["valid_accuracy"] == honest.metrics["valid_accuracy"]
+    assert honest.metrics["accuracy"] > 0.9 and adversarial.metrics["accuracy"] < 0.1
+
+
+def test_quick_probe_learns_and_is_deterministic():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    spec = TaskSpec("genre", "multiclass", ["genre"])
+    a = P.evaluate_task(store, make_task(spec), "quick", SETTINGS)
+    b = P.evaluate_task(store, make_task(spec), "quick", SETTINGS)
+    assert a.metrics == b.metrics and a.details == b.details
+    assert a.metrics["accuracy"] > 0.9
+    assert a.details["config"]["hidden"] == 0 and a.details["n_configs"] == 1
+
+
+# --------------------------------------------------------------------------- frame-level tasks
+def frame_store(url, tmp_path, kind):
+    """Frame embeddings that encode the annotation (beat frames / chord class) plus noise."""
+    rng = np.random.default_rng(5)
+    proto = rng.normal(size=(25, DIM)) * 2
+    hop = 0.05
+    with EmbeddingsWriter(url, DIM, frames=True, layer=-1, frame_rate=1 / hop) as w:
+        for i in range(10):
+            times = np.arange(80) * hop + hop / 2
+            ann = tmp_path / f"{kind}{i}.txt"
+            if kind == "beats":
+                beats = np.arange(0.3 + 0.02 * i, 3.9, 0.5)
+                ann.write_text("\n".join(f"{b:.3f}" for b in beats))
+                on = np.zeros(len(times))
+                on[[int(np.argmin(abs(times - b))) for b in beats]] = 1
+                frames = np.outer(on, proto[0]) + rng.normal(size=(80, DIM)) * 0.3
+            else:
+                labels = ["C:maj", "A:min", "G:7", "N"][i % 2:][:3]
+                ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels)))
+                from mirkit.tasks import chord_class
+                cls = np.array([chord_class(labels[min(int(t // 1.3), 2)]) for t in times])
+                frames = proto[cls % 25] + rng.normal(size=(80, DIM)) * 0.3
+            split = ["train"] * 6 + ["valid"] * 2 + ["test"] * 2
+            w.append({"track_id": f"t{i}", "split": split[i], "ann": str(ann)}, frames.mean(0, keepdims=True),
+                     frames, times)
+    return Embeddings(url)
+
+
+@pytest.mark.parametrize("kind,metric", [("beats", "f_measure"), ("chords", "majmin")])
+def test_frame_probe_end_to_end(tmp_path, kind, metric):
+    store = frame_store(f"memory://{uuid.uuid4().hex}", tmp_path, kind)
+    task = make_task(TaskSpec(kind, kind, ["ann"]))
+    settings = P.TrainSettings(max_steps=150, eval_every=15, patience=4, seed=0)
+    r = P.evaluate_task(store, task, "quick", settings)
+    assert r.metrics[metric] > 0.8
+    if kind == "beats":
+        assert 0.1 <= r.details["decode"]["threshold"] <= 0.9
+
+
+def test_frame_task_without_frames_fails_clearly():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    with pytest.raises(ValueError, match="no per-frame embeddings"):
+        P.evaluate_task(store, make_task(TaskSpec("b", "beats", ["genre"])), "quick", SETTINGS)
+
+
+# --------------------------------------------------------------------------- command
+def cli_app():
+    from mirkit.commands import probe as cmd
+    app = typer.Typer()
+    cmd.register(app)
+
+    @app.command("noop")
+    def _noop() -> None:  # keeps Typer in multi-command mode
+        pass
+    return app
+
+
+def write_params(path, **probe):
+    import yaml
+    path.write_text(yaml.safe_dump({"probe": probe}))
+
+
+def test_probe_command_validates_before_work(tmp_path):
+    url = str(tmp_path / "a.zarr")
+    genre_store(url)
+    runner = CliRunner()
+    params = tmp_path / "params.yaml"
+    write_params(params, runs={"a": url}, tasks={"g": {"type": "genres", "label": "genre"}})
+    res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 2 and "probe.tasks.g.type" in res.output
+    write_params(params, runs={"a": url}, tasks={"g": {"type": "multiclass", "label": "mood"}})
+    res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 2 and "column 'mood'" in res.output
+    write_params(params, runs={"a": str(tmp_path / "nope.zarr")}, tasks={"g": {"type": "multiclass", "label": "genre"}})
+    res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 2 and "probe.runs.a" in res.output
+
+
+def test_probe_command_writes_metrics_and_plot_and_survives_a_bad_task(tmp_path):
+    runs = {"pretrained": str(tmp_path / "a.zarr"), "random-init": str(tmp_path / "b.zarr")}
+    genre_store(runs["pretrained"], seed=0)
+    genre_store(runs["random-init"], seed=1)
+    params = tmp_path / "params.yaml"
+    out, plot = tmp_path / "m" / "probe.json", tmp_path / "p" / "probe.png"
+    write_params(params, runs=runs, tasks={"genre": {"type": "multiclass", "label": "genre"},
+                                           "beat": {"type": "beats", "label": "genre"}},
+                 out=str(out), plot=str(plot), max_steps=40, eval_every=10, patience=2, device="cpu")
+    res = CliRunner().invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == {"pretrained", "random-init"}
+    assert set(metrics["pretrained"]) == {"genre"} and "accuracy" in metrics["pretrained"]["genre"]
+    assert "no per-frame embeddings" in " ".join(res.output.split())
+    details = json.loads((out.parent / "probe.details.json").read_text())
+    assert "error" in details["runs"]["pretrained"]["beat"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
