@@ -216,6 +216,8 @@ def train(p: PretrainParams, resume: bool = False,
     recipe.prepare(sources)
     torch.manual_seed(p.seed)
     model = recipe.build_model().to(device)
+    if info.world > 1 and device.type == "cuda":  # batch statistics over the global batch (CUDA-only in torch)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     n_params = sum(x.numel() for x in model.parameters())
 
     start = 0
@@ -282,11 +284,11 @@ def train(p: PretrainParams, resume: bool = False,
             last = row
             if info.main:
                 _append_log(log_path, row)
-            if on_step:
-                on_step(done, row)
         if info.main and (done % p.checkpoint_every == 0 or done == p.steps):
             config = checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))
             checkpoint.save(p.out, model, config, {"optimizer": optimizer.state_dict()})
+        if on_step and last.get("step") == done:
+            on_step(done, last)
     seconds = time.perf_counter() - t0
     result = TrainResult(steps=p.steps, final_loss=last.get("loss", float("nan")), seconds=seconds,
                          samples_per_s=seen / max(seconds, 1e-9), n_params=n_params, out=p.out,

@@ -1,4 +1,27 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A few generated clips with the features of all four recipes and muse-lq tokens.
+
+    Returns a dict with ``audio`` (folder), ``features`` and ``tokens`` (store paths).
+    """
+    from audio_fixtures import write_good
+    from mirkit.mels import MelsParams, run as run_mels
+    from mirkit.tokens import TokensParams, run as run_tokens
+
+    root = tmp_path_factory.mktemp("corpus")
+    write_good(root / "audio", 6, seconds=5.0)
+    features, tokens = str(root / "features.zarr"), str(root / "tokens.zarr")
+    run_mels(MelsParams(input=str(root / "audio"), store=features, num_workers=0,
+                        feature_sets=["mel16k", "mel16k-db", "cqt22k", "mel24k"],
+                        failures=str(root / "failures.tsv"), summary=str(root / "summary.json")))
+    run_tokens(TokensParams(features=features, feature_set="mel24k", out=tokens, codebook_size=64,
+                            quantizer=str(root / "quantizer.safetensors"), metrics=str(root / "tokens.json")))
+    return {"audio": root / "audio", "features": features, "tokens": tokens}

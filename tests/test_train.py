@@ -1,0 +1,168 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from mirkit import checkpoint
+from mirkit.cli import app
+from mirkit.params import ParamsError
+from mirkit.train import PretrainParams, TrainingDiverged, batch_indices, lr_factor, train
+
+ROOT = Path(__file__).parent.parent
+TINY = {
+    "myna": {"preset": "myna-tiny", "mask_ratio": 0.5, "crop_frames": 32},
+    "contrastive": {"preset": "vit1d-micro", "segment_frames": 32},
+    "mt2": {"preset": "vit1d-micro", "segment_frames": 32},
+    "muse-lq": {"preset": "brn-sum-tiny", "crop_frames": 80, "mask_prob": 0.5},
+}
+
+
+def make_params(tmp_path, corpus, recipe="myna", **kw):
+    base = dict(recipe=recipe, recipe_params={recipe: dict(TINY[recipe])}, features=corpus["features"],
+                tokens=corpus["tokens"], out=str(tmp_path / "ckpt"), log=str(tmp_path / "log.tsv"),
+                summary=str(tmp_path / "summary.json"), steps=4, batch_size=4, warmup_steps=1,
+                log_every=1, checkpoint_every=2, lr=1e-3)
+    base.update(kw)
+    return PretrainParams(**base)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    p = PretrainParams(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    f = [lr_factor(s, p) for s in range(100)]
+    assert all(a < b for a, b in zip(f[:10], f[1:11]))
+    assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_ddp_batches_partition_the_global_batch():
+    single = batch_indices(3, 5, 8, 0, 1)
+    split = [batch_indices(3, 5, 8, r, 2) for r in range(2)]
+    for s in range(2):
+        assert split[0][s] + split[1][s] == single[s]
+
+
+@pytest.mark.parametrize("recipe", list(TINY))
+def test_training_writes_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus, recipe):
+    full = make_params(tmp_path / "a", tiny_corpus, recipe)
+    result = train(full)
+    assert np.isfinite(result.final_loss) and len(result.history) == 4
+    weights_full = load_file(str(Path(full.out) / "model.safetensors"))
+    config = json.loads((Path(full.out) / "config.json").read_text())
+    assert config["recipe"] == recipe and config["step"] == 4 and config["features"]["n_mels" if recipe != "mt2" else "n_bins"]
+
+    # an interrupted run: stopped right after the step-2 checkpoint, then resumed
+    interrupted = make_params(tmp_path / "b", tiny_corpus, recipe)
+    _train_until(interrupted, stop_after=2)
+    resumed = train(interrupted, resume=True)
+    assert resumed.resumed_from == 2
+    weights_resumed = load_file(str(Path(interrupted.out) / "model.safetensors"))
+    for k in weights_full:
+        torch.testing.assert_close(weights_resumed[k], weights_full[k], rtol=0, atol=0)
+    log = (tmp_path / "b" / "log.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in log[1:]] == ["1", "2", "3", "4"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def _train_until(p, stop_after):
+    def on_step(step, row):
+        if step == stop_after:
+            raise _Stop
+    with pytest.raises(_Stop):
+        train(p, on_step=on_step)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus, monkeypatch):
+    from mirkit.recipes.myna import MynaModel
+    original = MynaModel.forward
+    calls = {"n": 0}
+
+    def flaky(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] >= 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(MynaModel, "forward", flaky)
+    p = make_params(tmp_path, tiny_corpus, "myna", steps=6)
+    with pytest.raises(TrainingDiverged, match=r"step 3: loss is nan.*\(step 2\)"):
+        train(p)
+    assert json.loads((Path(p.out) / "config.json").read_text())["step"] == 2
+    recipe, model, _ = checkpoint.load_model(p.out)
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
+def test_bad_checkpoints_fail_with_clear_messages(tmp_path, tiny_corpus):
+    p = make_params(tmp_path, tiny_corpus, "myna", steps=2)
+    train(p)
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+        checkpoint.load_model(tmp_path / "nowhere")
+    bad = tmp_path / "truncated"
+    bad.mkdir()
+    (bad / "config.json").write_text((Path(p.out) / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes((Path(p.out) / "model.safetensors").read_bytes()[:200])
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load_model(bad)
+    other = json.loads((Path(p.out) / "config.json").read_text())
+    other["recipe_params"]["preset"] = "myna-small"
+    (bad / "config.json").write_text(json.dumps(other))
+    (bad / "model.safetensors").write_bytes((Path(p.out) / "model.safetensors").read_bytes())
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit the model"):
+        checkpoint.load_model(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable JSON"):
+        checkpoint.load_model(bad)
+    (Path(p.out) / "train_state.pt").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="unreadable training state"):
+        train(p, resume=True)
+
+
+def test_cli_pretrain_reports_missing_features_and_bad_params(tmp_path, tiny_corpus):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set",
+                                  f"features={tmp_path / 'none.zarr'}", "--set", "manifest=null"])
+    assert missing.exit_code == 1 and "none.zarr" in missing.output and "mirkit mels" in missing.output
+    bad = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set", "lr=-1"])
+    assert bad.exit_code == 2 and "pretrain.lr=-1" in bad.output
+    unknown = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--recipe", "wav2vec"])
+    assert unknown.exit_code == 2 and "wav2vec" in unknown.output and "myna" in unknown.output
+    preset = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--preset", "huge"])
+    assert preset.exit_code == 2 and "preset" in preset.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, extra", [("myna", {"mask_ratio": 0.0}), ("contrastive", {"proj_dims": [16]}),
+                                           ("mt2", {"proj_dims": [16]})])
+def test_ddp_two_processes_match_one_process(tmp_path, tiny_corpus, recipe, extra):
+    """gloo, 2 ranks × 4 examples == 1 process × 8 examples: same loss, same averaged gradients.
+
+    Random masking is off and the projection heads have no BatchNorm here: per-rank batch
+    statistics (SyncBatchNorm is CUDA-only) and per-rank masks legitimately differ from one process.
+    """
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_worker import grads_on_global_batch
+    raw = {"recipe": recipe, "recipe_params": {recipe: {**TINY[recipe], **extra}},
+           "features": tiny_corpus["features"], "tokens": tiny_corpus["tokens"], "batch_size": 8}
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{Path(__file__).parent}", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                    str(29500 + os.getpid() % 1000), str(Path(__file__).parent / "ddp_worker.py"),
+                    json.dumps(raw), str(out)], check=True, env=env, cwd=ROOT, timeout=300,
+                   stdout=subprocess.DEVNULL)
+    ddp = torch.load(out, weights_only=True)
+    from mirkit.params import resolve
+    loss, grads = grads_on_global_batch(resolve(PretrainParams, raw), 0, 1)
+    assert ddp["loss"] == pytest.approx(loss, rel=1e-5)
+    assert set(ddp["grads"]) == set(grads)
+    for name, g in grads.items():
+        torch.testing.assert_close(ddp["grads"][name], g, rtol=1e-4, atol=1e-6)
