@@ -1,0 +1,144 @@
+"""``mirkit inspect``: pictures of a model, of an embeddings store and of a training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mirkit.ui import console, table
+
+HELP = """Look inside models and runs (PNG pictures + JSON numbers + a Markdown report).
+
+  model CKPT AUDIO     per layer: attention maps (per head, averaged), self-similarity, onset emergence
+  embeddings STORE     2-D map (PCA / t-SNE) of track embeddings coloured by a label, one panel per split
+  training LOG.tsv     loss and learning-rate curves
+  report DIR           report.md gathering what the commands above wrote into DIR
+
+Example: mirkit inspect model models/pretrain data/samples/clip_0000.wav --out results/inspect/model
+"""
+
+sub = typer.Typer(help=HELP, no_args_is_help=True)
+
+
+def _fail(exc: Exception, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(code)
+
+
+@sub.command("model")
+def model_cmd(
+    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    audio: Optional[Path] = typer.Argument(None, help="audio file (or use --manifest and --track)"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
+    track: Optional[str] = typer.Option(None, "--track", help="track id in --manifest"),
+    start: float = typer.Option(0.0, "--start", help="seconds into the audio where the inspected window starts"),
+    out: Path = typer.Option(Path("results/inspect/model"), "--out", help="output folder"),
+    random_init: bool = typer.Option(False, "--random-init", help="same architecture, freshly initialised"),
+    seed: int = typer.Option(0, "--seed", help="initialisation seed for --random-init"),
+    device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Attention maps, self-similarity matrices and onset emergence of every layer on one window."""
+    from mirkit.audio import AudioError, load_audio
+    from mirkit.checkpoint import CheckpointError
+    from mirkit.extract import features_of_wave, load_frozen
+    from mirkit.features import FrontEnd
+    from mirkit.inspect import inspect_model
+    from mirkit.manifest import ManifestError, read_manifest
+    try:
+        frozen = load_frozen(checkpoint, device, random_init, seed)
+    except CheckpointError as exc:
+        _fail(exc)
+    if (audio is None) == (manifest is None or track is None):
+        _fail(ValueError("give either an AUDIO file or --manifest M --track ID"), 2)
+    offset, duration, name = 0.0, None, str(audio)
+    if audio is None:
+        try:
+            found = {t.track_id: t for t in read_manifest(manifest)}
+        except ManifestError as exc:
+            _fail(exc)
+        if track not in found:
+            _fail(ValueError(f"{manifest}: no track {track!r}"))
+        t = found[track]
+        audio, offset, duration, name = t.path, t.offset, t.duration, track
+    try:
+        wave = load_audio(audio, frozen.spec.sample_rate, offset, duration)
+    except AudioError as exc:
+        _fail(ValueError(f"{audio}: {exc}"))
+    feats = features_of_wave(frozen, wave, FrontEnd(frozen.spec).to(frozen.device))
+    title = f"{frozen.config['recipe']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
+    try:
+        analysis, paths = inspect_model(frozen, feats, out, title, start)
+    except ValueError as exc:
+        _fail(exc, 2)
+    if analysis.message:
+        console.print(f"[yellow]note:[/yellow] {analysis.message}")
+    console.print(table(f"inspect model: onset emergence ({len(analysis.onset)} columns, written to {out})",
+                        ["layer", "SSM novelty r", "attention received r", "heads"],
+                        [(la.layer, _r(la.r_ssm_novelty), _r(la.r_attention),
+                          "-" if la.attention is None else la.attention.shape[0]) for la in analysis.layers]))
+
+
+@sub.command("embeddings")
+def embeddings_cmd(
+    store: str = typer.Argument(..., help="embeddings store written by `mirkit extract`"),
+    label: str = typer.Option(..., "--label", help="manifest column to colour by (e.g. timbre, key, tempo)"),
+    method: str = typer.Option("pca", "--method", help="pca | tsne"),
+    out: Path = typer.Option(Path("results/inspect"), "--out", help="output folder"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """2-D map of one point per track (mean of its chunk embeddings), one panel per split."""
+    from mirkit.inspect import embedding_map
+    if method not in ("pca", "tsne"):
+        _fail(ValueError(f"--method {method!r}: choose pca or tsne"), 2)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"embeddings_{Path(store.rstrip('/')).stem}_{label}_{method}.png"
+    try:
+        info = embedding_map(store, label, method, png, seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    png.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    console.print(f"[green]wrote[/green] {png} ({info['tracks']} tracks, {info['kind']} label, splits: "
+                  f"{', '.join(info['splits'])})")
+
+
+@sub.command("training")
+def training_cmd(
+    log: Path = typer.Argument(..., help="training log TSV written by `mirkit pretrain`"),
+    out: Path = typer.Option(Path("results/inspect"), "--out", help="output folder"),
+) -> None:
+    """Loss and learning-rate curves of a pretraining run."""
+    from mirkit.inspect import training_curves
+    if not log.is_file():
+        _fail(FileNotFoundError(f"{log}: no such training log"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        info = training_curves(log, out / "training.png")
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"[green]wrote[/green] {out / 'training.png'} ({info['steps']} steps, loss "
+                  f"{info['first_loss']:.4g} -> {info['last_loss']:.4g})")
+
+
+@sub.command("report")
+def report_cmd(
+    folder: Path = typer.Argument(Path("results/inspect"), help="folder the other commands wrote into"),
+    title: str = typer.Option("mirkit inspection", "--title"),
+) -> None:
+    """Gather the pictures of one run into FOLDER/report.md."""
+    from mirkit.inspect import write_report
+    try:
+        path = write_report(folder, title)
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"[green]wrote[/green] {path}")
+
+
+def _r(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sub, name="inspect")
