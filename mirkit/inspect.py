@@ -194,7 +194,7 @@ def plot_layer(analysis: ModelAnalysis, la: LayerAnalysis, path: Path, title: st
     spec_ax.set_title(f"{title} — layer {la.layer}: input features", fontsize=9)
     spec_ax.set_xlabel("time (s)", fontsize=8)
     ax = fig.add_subplot(gs[1, 0])
-    ax.imshow(la.ssm, origin="lower", cmap="viridis", vmin=-1, vmax=1)
+    ax.imshow(la.ssm, origin="lower", cmap="viridis", vmin=float(np.percentile(la.ssm, 2)), vmax=1.0)
     ax.set_title(f"self-similarity (r onset {_fmt(la.r_ssm_novelty)})", fontsize=8)
     if la.attention is not None:
         ax = fig.add_subplot(gs[1, 1])
@@ -219,9 +219,14 @@ def plot_novelty(analysis: ModelAnalysis, path: Path, title: str) -> Path:
     t = analysis.start_seconds + (np.arange(len(analysis.onset)) * analysis.frames_per_col
                                   + (analysis.frames_per_col - 1) / 2) / analysis.frame_rate
     norm = lambda v: (v - v.min()) / (v.max() - v.min() + 1e-12)  # noqa: E731
+    k = analysis.half_width
     for ax, la in zip(axes[:, 0], analysis.layers):
         ax.fill_between(t, norm(analysis.onset), color="0.8", label="onset strength (spectral flux)")
-        ax.plot(t, norm(la.ssm_novelty), color="C0", label=f"SSM novelty r={_fmt(la.r_ssm_novelty)}")
+        novelty = la.ssm_novelty.astype(float).copy()
+        if len(novelty) > 2 * k:     # the edges (kernel off the matrix) are not drawn, as not correlated
+            novelty[:k] = novelty[-k:] = np.nan
+        ax.plot(t, norm(np.nan_to_num(novelty, nan=np.nanmin(novelty))) * np.where(np.isnan(novelty), np.nan, 1.0),
+                color="C0", label=f"SSM novelty r={_fmt(la.r_ssm_novelty)}")
         if la.attention_received is not None:
             ax.plot(t, norm(la.attention_received), color="C1", label=f"attention received r={_fmt(la.r_attention)}")
         ax.set_ylabel(f"layer {la.layer}", fontsize=8)

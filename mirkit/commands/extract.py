@@ -12,15 +12,9 @@ from mirkit.ui import console, overrides, print_params, progress, stage_errors, 
 
 HELP = """Embed every track of a manifest with a frozen mirkit checkpoint into an embeddings store (Zarr).
 
-Chunks: non-overlapping windows of the model's training crop; a remainder of at least `min_tail` of a
-window adds one end-aligned chunk; tracks shorter than a window are padded with their silence floor.
-Frames (frames=true): per-frame embeddings at the model's native rate, times in seconds from the start
-of the audio file. Input features come from the feature store when it holds the track with the model's
-exact feature parameters, otherwise they are computed from audio (the store is not modified).
+Chunks are non-overlapping windows of the model's training crop; a remainder of at least `min_tail` of a window adds one end-aligned chunk; tracks shorter than a window are padded with their silence floor. Frames (frames=true) are per-frame embeddings at the model's native rate, timed in seconds from the start of the audio file. Input features come from the feature store when it holds the track with the model's exact feature parameters, otherwise they are computed from audio (the store is not modified).
 
---random-init embeds with the same architecture freshly initialised (the probe baseline). Re-runs resume
-after the last stored track; a store written by another model or setting is replaced. Bad audio files get
-one line in the summary; exit code 1 only when no track could be embedded (or the checkpoint is unusable).
+--random-init embeds with the same architecture freshly initialised (the probe baseline). Re-runs resume after the last stored track; a store written by another model or setting is replaced. Bad audio files get one line in the summary; exit code 1 only when no track could be embedded or the checkpoint is unusable.
 
 Example: mirkit extract --random-init --out data/embeddings/random.zarr
 """

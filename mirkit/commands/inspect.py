@@ -12,13 +12,17 @@ from mirkit.ui import console, table
 
 HELP = """Look inside models and runs (PNG pictures + JSON numbers + a Markdown report).
 
-  model CKPT AUDIO     per layer: attention maps (per head, averaged), self-similarity, onset emergence
-  embeddings STORE     2-D map (PCA / t-SNE) of track embeddings coloured by a label, one panel per split
-  training LOG.tsv     loss and learning-rate curves
-  report DIR           report.md gathering what the commands above wrote into DIR
+model CKPT AUDIO: per layer, attention maps (per head, averaged), self-similarity and onset emergence.
+
+embeddings STORE --label COL: 2-D map (PCA / t-SNE) of track embeddings coloured by a label, one panel per split.
+
+training LOG.tsv: loss and learning-rate curves.
+
+report DIR: report.md gathering what the commands above wrote into DIR.
 
 Example: mirkit inspect model models/pretrain data/samples/clip_0000.wav --out results/inspect/model
 """
+
 
 sub = typer.Typer(help=HELP, no_args_is_help=True)
 
