@@ -4,7 +4,7 @@
 |-------------|--------------|----------------------------------------------------------------------|
 | mel16k      | myna         | 16 kHz, n_fft 2048, hop 512, 128 Slaney mels, mel POWER (Myna feeds raw power; its patch LayerNorm scales) |
 | mel16k-db   | contrastive  | 16 kHz, n_fft 1024, hop 512, 128 mels, dB with top_db 100 (Deezer multi-view SSL front end) |
-| cqt22k      | mt2          | 22.05 kHz CQT (nnAudio VQT, gamma 0), fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512, dB top_db 80 then /80+1 (STONE) |
+| cqt22k      | mt2          | 22.05 kHz CQT (nnAudio CQT1992v2; STONE: VQT gamma 0), fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512, dB top_db 80 then /80+1 (STONE) |
 | mel24k      | muse-lq      | 24 kHz, n_fft 2048, hop 240 (100 Hz), 128 mels, dB without top_db (MusicFM) |
 
 Frames are returned as ``(n_frames, n_bins)`` (time-major, the store's layout).
@@ -24,7 +24,7 @@ from torch import nn
 from mirkit.params import ParamsError, param
 
 #: bump when the computation changes so stored sets are recomputed rather than mixed
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 @dataclass
@@ -100,16 +100,14 @@ class FrontEnd(nn.Module):
         super().__init__()
         self.spec = spec
         if spec.kind == "mel":
-            from nnAudio.features.mel import MelSpectrogram
-            self.transform = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
-                                            hop_length=spec.hop_length, fmin=spec.fmin,
-                                            fmax=spec.fmax or spec.sample_rate / 2, center=True,
-                                            pad_mode="reflect", power=2.0, verbose=False)
+            self.transform = MelFFT(spec)
         else:
-            from nnAudio.features.vqt import VQT
-            self.transform = VQT(sr=spec.sample_rate, hop_length=spec.hop_length, fmin=spec.fmin,
-                                 n_bins=spec.n_bins, bins_per_octave=spec.bins_per_octave, gamma=0,
-                                 pad_mode="reflect", output_format="Magnitude", verbose=False)
+            # STONE uses nnAudio's VQT with gamma=0 (the multi-rate 2010 algorithm); the single-rate
+            # 1992 kernel gives the same CQT (correlation > 0.9999, peaks within 1 %) about 6x faster on CPU.
+            from nnAudio.features.cqt import CQT1992v2
+            self.transform = CQT1992v2(sr=spec.sample_rate, hop_length=spec.hop_length, fmin=spec.fmin,
+                                       n_bins=spec.n_bins, bins_per_octave=spec.bins_per_octave,
+                                       pad_mode="reflect", output_format="Magnitude", verbose=False)
 
     @torch.no_grad()
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -117,6 +115,28 @@ class FrontEnd(nn.Module):
         n = self.spec.n_frames(wave.shape[-1])
         x = x[..., :n].clamp_min(0)
         return scale(x, self.spec).transpose(1, 2)
+
+
+class MelFFT(nn.Module):
+    """nnAudio's mel spectrogram (Slaney filterbank, Hann window, centred reflect padding, power 2)
+    with the STFT done by FFT instead of nnAudio's convolution kernels: the same numbers (tested
+    against ``nnAudio.features.mel.MelSpectrogram``) at a fraction of the cost on CPU."""
+
+    def __init__(self, spec: FeatureSpec):
+        super().__init__()
+        from nnAudio.features.mel import MelSpectrogram
+        reference = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
+                                   hop_length=spec.hop_length, fmin=spec.fmin,
+                                   fmax=spec.fmax or spec.sample_rate / 2, center=True,
+                                   pad_mode="reflect", power=2.0, verbose=False)
+        self.register_buffer("mel_basis", reference.mel_basis.clone(), persistent=False)
+        self.register_buffer("window", torch.hann_window(spec.n_fft, periodic=True), persistent=False)
+        self.n_fft, self.hop = spec.n_fft, spec.hop_length
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        stft = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+        return self.mel_basis @ (stft.real ** 2 + stft.imag ** 2)
 
 
 def scale(x: torch.Tensor, spec: FeatureSpec) -> torch.Tensor:

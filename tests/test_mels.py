@@ -166,3 +166,27 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     run(params(tmp_path, tmp_path / "in", store=str(store), batch_size=1, commit_frames=1))
     a, b = store_snapshot(str(store), "mel16k"), store_snapshot(str(tmp_path / "ref.zarr"), "mel16k")
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("name", ["mel16k", "mel16k-db", "mel24k"])
+def test_fft_mel_equals_nnaudio_mel(name):
+    from nnAudio.features.mel import MelSpectrogram
+    spec = PRESETS[name]
+    reference = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, hop_length=spec.hop_length,
+                               fmin=spec.fmin, fmax=spec.sample_rate / 2, verbose=False)
+    wave = torch.randn(2, spec.sample_rate * 2) * 0.1
+    ours = FrontEnd(spec).transform(wave)
+    torch.testing.assert_close(ours, reference(wave), rtol=1e-4, atol=1e-4 * float(reference(wave).max()))
+
+
+def test_cqt_matches_stones_vqt():
+    """cqt22k uses nnAudio's single-rate CQT; STONE used VQT(gamma=0): same spectrum."""
+    from nnAudio.features.vqt import VQT
+    spec = PRESETS["cqt22k"]
+    t = torch.arange(spec.sample_rate * 2) / spec.sample_rate
+    wave = (0.3 * torch.sin(2 * np.pi * 440 * t) + 0.2 * torch.sin(2 * np.pi * 110 * t))[None]
+    ours = FrontEnd(spec).transform(wave)[0, :, 10:-10].mean(1)
+    stone = VQT(sr=spec.sample_rate, hop_length=spec.hop_length, fmin=spec.fmin, n_bins=spec.n_bins,
+                bins_per_octave=12, gamma=0, verbose=False)(wave)[0, :, 10:-10].mean(1)
+    assert ours.topk(2).indices.tolist() == stone.topk(2).indices.tolist() == [24, 48]
+    assert np.corrcoef(ours.numpy(), stone.numpy())[0, 1] > 0.999
