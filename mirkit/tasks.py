@@ -265,13 +265,23 @@ class Regression(Task):
     primary = "r2"
 
     def fit(self, tracks):
+        """Targets are z-scored with the TRAIN split's mean/std (R² is unchanged by this, and the
+        probe no longer has to learn the targets' offset and scale, e.g. tempo in BPM)."""
         self.n_outputs = len(self.spec.label)
+        train = [t for t in tracks if t.get("split") == "train"]
+        raw = self._raw(train) if train else np.zeros((0, self.n_outputs), np.float32)
+        self.mean = raw.mean(axis=0) if len(raw) else np.zeros(self.n_outputs, np.float32)
+        std = raw.std(axis=0) if len(raw) else np.ones(self.n_outputs, np.float32)
+        self.std = np.where(std > 0, std, 1.0).astype(np.float32)
 
-    def targets(self, tracks):
+    def _raw(self, tracks):
         try:
             return np.array([[float(t[c]) for c in self.spec.label] for t in tracks], dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise TaskDataError(f"task {self.name}: non-numeric value in {self.spec.label} ({exc})") from exc
+
+    def targets(self, tracks):
+        return ((self._raw(tracks) - self.mean) / self.std).astype(np.float32)
 
     def loss(self, outputs, targets):
         return F.mse_loss(outputs, targets)

@@ -173,3 +173,16 @@ def test_majmin_score_hand_case_and_mir_eval():
     assert majmin_score(ref_int, ref_lab, est_int, est_lab) == pytest.approx(0.875)
     scores = mir_eval.chord.evaluate(ref_int, ref_lab, est_int, est_lab)
     assert majmin_score(ref_int, ref_lab, est_int, est_lab) == pytest.approx(scores["majmin"])
+
+
+def test_regression_targets_are_standardised_with_train_statistics_only():
+    from mirkit.tasks import make_task, parse_tasks
+    task = make_task(parse_tasks({"tempo": {"type": "regression", "label": "tempo"}})["tempo"])
+    tracks = [{"split": "train", "tempo": v} for v in (80.0, 100.0, 120.0)] + [{"split": "test", "tempo": 1000.0}]
+    task.fit(tracks)
+    z = task.targets(tracks)
+    np.testing.assert_allclose(z[:3, 0].mean(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(z[:3, 0].std(), 1.0, atol=1e-6)
+    raw = np.array([[80.0], [100.0], [120.0], [1000.0]])
+    pred = raw * 0.9 + 7
+    assert task.score((pred - task.mean) / task.std, z)["r2"] == pytest.approx(r2_score(raw, pred), rel=1e-5)
