@@ -16,7 +16,7 @@ install: $(STAMP)
 
 demo: install
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
-	PATH="$(BIN):$$PATH" $(BIN)/dvc metrics show
+	PATH="$(BIN):$$PATH" $(BIN)/mirkit probe --show
 
 test: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest

@@ -114,14 +114,46 @@ def plot_runs(metrics: dict, primary: dict[str, str], path: Path) -> None:
     plt.close(fig)
 
 
+def comparison_table(metrics: dict, specs: dict[str, TaskSpec], params: ProbeParams):
+    """One row per task, one column per run: the primary test metric, best run in bold."""
+    runs = list(metrics)
+    rows = []
+    for name, spec in specs.items():
+        primary = make_task(spec).primary
+        values = {r: metrics[r].get(name, {}).get(primary) for r in runs}
+        best = max((v for v in values.values() if v is not None), default=None)
+        rows.append([name, primary] + [("-" if v is None else (f"[bold]{v:.4f}[/bold]" if v == best and len(runs) > 1
+                                                              else f"{v:.4f}")) for v in values.values()])
+    return ui.table(f"probe results ({params.protocol} protocol, test split) -> {params.out}",
+                    ["task", "metric"] + runs, rows)
+
+
+HELP = """Train probes on frozen embeddings and score them on the test split.
+
+Each run in `probe.runs` is an embeddings store (from `mirkit extract`); each task in `probe.tasks` names a
+type (multiclass, multilabel, regression, key, beats, chords) and a manifest label column. Protocol `quick`
+trains one configuration; `jukemir` trains the 216-configuration grid batched on one device, picks the best
+on the validation split and scores the test split once. Chunk outputs are averaged per track.
+Writes metrics JSON (`dvc metrics show`), details JSON and a bar plot comparing runs.
+
+Example: mirkit probe --set protocol=jukemir --set 'runs={mine: data/embeddings/mine.zarr}'
+"""
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("probe")
+    @app.command("probe", help=HELP)
     def probe(params_file: Optional[Path] = typer.Option(None, "--params", help="params file (default params.yaml)"),
-              set_: Optional[list[str]] = typer.Option(None, "--set", help="override: key=value")) -> None:
-        """Train probes (quick or the 216-config JukeMIR grid) on embeddings stores; write metrics + plot."""
+              set_: Optional[list[str]] = typer.Option(None, "--set", help="override: key=value"),
+              show: bool = typer.Option(False, "--show", help="only print the table of the last results (`out`)")) -> None:
         with ui.stage_errors():
             params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
             specs = parse_tasks(params.tasks)
+            if show:
+                if not Path(params.out).is_file():
+                    ui.console.print(f"[red]error:[/red] {params.out}: no probe results yet (run `mirkit probe`)")
+                    raise typer.Exit(1)
+                ui.out_console.print(comparison_table(json.loads(Path(params.out).read_text()), specs, params))
+                return
             stores = open_stores(params, specs)   # a bad store or label column fails before any work
         ui.print_params("probe", params)
         metrics, details = run_probes(params, stores)
@@ -131,7 +163,10 @@ def register(app: typer.Typer) -> None:
             for task, values in tasks.items():
                 rows.append((run, task, ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
                              details[run][task].get("config", {}).get("hidden", "")))
-        ui.console.print(ui.table(f"probe ({params.protocol}) -> {params.out}", ["run", "task", "test metrics", "hidden"], rows))
+        ui.console.print(ui.table(f"probe ({params.protocol}): all test metrics", ["run", "task", "test metrics", "hidden"], rows))
+        ui.out_console.print(comparison_table(metrics, specs, params))
         failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
         if failed:
             ui.console.print(f"[yellow]{len(failed)} task(s) failed: {', '.join(failed)}[/yellow]")
+            if len(failed) == sum(len(d) for d in details.values()):
+                raise typer.Exit(1)
