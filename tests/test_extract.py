@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 import zarr
-from typer.testing import CliRunner
 
 from mirkit import checkpoint
+from cli_runner import invoke as run_cli
 from mirkit.embeddings import Embeddings
 from mirkit.extract import ExtractParams, kept_columns, plan_windows, run
 from mirkit.features import PRESETS
@@ -81,23 +80,8 @@ def params(tmp: Path, **kw) -> ExtractParams:
     return resolve(ExtractParams, base)
 
 
-def cli_app() -> typer.Typer:
-    from mirkit.commands.extract import register
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
 def invoke(*args: str):
-    """Run `mirkit extract`; ``.output`` is rewrapped to one line (rich wraps long messages)."""
-    result = CliRunner().invoke(cli_app(), ["extract", *args], catch_exceptions=False, env={"COLUMNS": "200"})
-    result.text = " ".join(result.output.split())
-    return result
+    return run_cli("extract", *args)
 
 
 def all_rows(url: str) -> dict[str, np.ndarray]:

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import typer
 from matplotlib.image import imread
-from typer.testing import CliRunner
 
+from cli_runner import invoke as run_cli
 from mirkit.embeddings import EmbeddingsWriter
 from mirkit.extract import features_of_wave, load_frozen
 from mirkit.features import FrontEnd
@@ -21,22 +20,8 @@ from mirkit.inspect import (NO_ATTENTION, analyse, checkerboard_novelty, layer_f
 from test_extract import make_checkpoint
 
 
-def cli_app() -> typer.Typer:
-    from mirkit.commands.inspect import register
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test app"""
-
-    register(app)
-    return app
-
-
 def invoke(*args: str):
-    result = CliRunner().invoke(cli_app(), ["inspect", *args], catch_exceptions=False, env={"COLUMNS": "200"})
-    result.text = " ".join(result.output.split())
-    return result
+    return run_cli("inspect", *args)
 
 
 def clicks(seconds: float, sr: int, period: float = 0.27, seed: int = 0) -> np.ndarray:

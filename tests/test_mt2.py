@@ -15,6 +15,7 @@ from mirkit.objectives.cpsd import cpsd_loss, cpsd_terms, key_phasor
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes.base import Sources
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe, draw_offsets
+from memory_source import MemorySource
 
 MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
 HARMONICS = [(h, int(round(12 * np.log2(h)))) for h in range(1, 7)]   # (partial, bins above f0)
@@ -26,28 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-class MemorySource:
-    """In-memory CropSource over ``(frames, bins)`` arrays."""
-
-    def __init__(self, tracks: list[np.ndarray]):
-        self.tracks, self.frame_rate, self.attrs = tracks, 43.07, {}
-        self.n_bins = tracks[0].shape[1]
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def n_frames(self, track: int) -> int:
-        return len(self.tracks[track])
-
-    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        t = self.tracks[track]
-        length = len(t) - start if length is None else length
-        out = np.zeros((length, self.n_bins), dtype=t.dtype)
-        part = t[start:start + length]
-        out[: len(part)] = part
-        return out
 
 
 def stone_scale(power: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.recipes.base import Sources
 from mirkit.recipes.muse_lq import MuseLQRecipe
+from memory_source import MemorySource as ArraySource
 
 torch.set_num_threads(1)
 
@@ -30,28 +31,6 @@ SM_SIZES = dict(sm_local_hidden=[16], sm_local_out=16, sm_summary_hidden=[16], s
 
 
 # ---------------------------------------------------------------- in-memory sources
-class ArraySource:
-    """A CropSource over a list of in-memory ``(n_frames, n_bins)`` arrays (zero-padded reads)."""
-
-    def __init__(self, arrays: list[np.ndarray], frame_rate: float, attrs: dict[str, Any] | None = None):
-        self.arrays, self.frame_rate, self.attrs = arrays, frame_rate, attrs or {}
-        self.n_bins = arrays[0].shape[1]
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def n_frames(self, track: int) -> int:
-        return self.arrays[track].shape[0]
-
-    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        a = self.arrays[track]
-        length = a.shape[0] - start if length is None else length
-        out = np.zeros((length, a.shape[1]), dtype=a.dtype)
-        part = a[start:start + length]
-        out[:len(part)] = part
-        return out
-
-
 N_CODES = 8
 
 

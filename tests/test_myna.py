@@ -16,33 +16,9 @@ from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.recipes.base import Sources
 from mirkit.recipes.myna import PRESETS, MynaParams, MynaRecipe
+from memory_source import MemorySource as ArraySource
 
 TINY = PRESETS["myna-tiny"].model
-
-
-class ArraySource:
-    """In-memory CropSource over a list of ``(n_frames, bins)`` arrays."""
-
-    frame_rate = 31.25
-    attrs: dict = {}
-
-    def __init__(self, tracks: list[np.ndarray]):
-        self.tracks = tracks
-        self.n_bins = tracks[0].shape[1]
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def n_frames(self, track: int) -> int:
-        return len(self.tracks[track])
-
-    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        data = self.tracks[track]
-        length = len(data) - start if length is None else length
-        out = np.zeros((length, self.n_bins), dtype=data.dtype)
-        part = data[start:start + length]
-        out[: len(part)] = part
-        return out
 
 
 def tiny_recipe(**overrides) -> MynaRecipe:

@@ -14,6 +14,7 @@ from mirkit.params import ParamsError, resolve
 from mirkit.recipes.base import Sources
 from mirkit.recipes.contrastive import (ContrastiveParams, ContrastiveRecipe, db_power,
                                         pick_two_segments)
+from memory_source import MemorySource
 
 
 @pytest.fixture(autouse=True)
@@ -23,28 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-class MemorySource:
-    """In-memory CropSource: a list of ``(frames, bins)`` arrays."""
-
-    def __init__(self, tracks: list[np.ndarray], frame_rate: float = 31.25):
-        self.tracks, self.frame_rate, self.attrs = tracks, frame_rate, {}
-        self.n_bins = tracks[0].shape[1]
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def n_frames(self, track: int) -> int:
-        return len(self.tracks[track])
-
-    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        t = self.tracks[track]
-        length = len(t) - start if length is None else length
-        out = np.zeros((length, self.n_bins), dtype=t.dtype)
-        part = t[start:start + length]
-        out[: len(part)] = part
-        return out
 
 
 def micro(**kw) -> ViT1D:
