@@ -15,6 +15,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from timing import train_step_seconds
 from mirkit.train import ExampleStream, PretrainParams, batch_indices, make_recipe, open_sources
 
 
@@ -43,21 +44,8 @@ def step_rate(p: PretrainParams, steps: int, device: str) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     stream = ExampleStream(recipe, sources, tracks, 0)
     batches = [torch.utils.data.default_collate([stream[k] for k in ks]) for ks in batch_indices(0, 3, p.batch_size, 0, 1)]
-    bf16 = device.startswith("cuda")
-    times = []
-    for i in range(steps + 2):
-        batch = {k: v.to(device) for k, v in batches[i % len(batches)].items()}
-        if bf16:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if bf16:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = [train_step_seconds(model, opt, {k: v.to(device) for k, v in batches[i % len(batches)].items()},
+                                torch.device(device)) for i in range(steps + 2)]
     times = sorted(times[2:])
     return crops(batches[0]) / times[len(times) // 2]
 

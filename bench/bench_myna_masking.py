@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from contextlib import nullcontext
 
 import torch
 
 from mirkit.params import resolve
+from timing import train_step_seconds
 from mirkit.recipes.myna import MynaParams, MynaRecipe
 
 
@@ -25,21 +24,6 @@ def build(preset: str, patch: str, crop: int, mask_ratio: float, device: torch.d
     params = resolve(MynaParams, {"preset": preset, "patch": patch, "crop_frames": crop, "mask_ratio": mask_ratio})
     model = MynaRecipe(params).build_model().to(device)
     return model, torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-5)
-
-
-def step(model, opt, batch, device: torch.device) -> float:
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with autocast:
-        loss = model(batch)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -65,7 +49,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in settings}
     for i in range(args.warmup + args.steps):
         for name, (model, opt) in runs.items():
-            elapsed = step(model, opt, batch, device)
+            elapsed = train_step_seconds(model, opt, batch, device)
             if i >= args.warmup:
                 times[name].append(elapsed)
 

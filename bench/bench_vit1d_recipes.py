@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from mirkit.models.base import count_parameters
 from mirkit.params import resolve
+from timing import train_step_seconds
 from mirkit.recipes.contrastive import ContrastiveParams, ContrastiveRecipe
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe
 
@@ -52,21 +51,6 @@ def synthetic_batch(recipe, n_bins: int, batch: int, device: torch.device) -> di
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])).to(device) for k in samples[0]}
 
 
-def step(model, opt, batch, device: torch.device) -> float:
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with autocast:
-        loss = model(batch)["loss"]
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="vit1d-tiny")
@@ -95,7 +79,7 @@ def main() -> None:
     times = {name: [] for name in runs}
     for i in range(args.warmup + args.steps):
         for name, (model, opt, batch, _, _) in runs.items():
-            t = step(model, opt, batch, device)
+            t = train_step_seconds(model, opt, batch, device)
             if i >= args.warmup:
                 times[name].append(t)
 
