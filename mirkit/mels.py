@@ -127,7 +127,7 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
         changed = [t.track_id for t, fp in zip(tracks, prints) if t.track_id in stored and fp is not None
                    and stored[t.track_id] != fp]
         if changed:  # an append-only set cannot replace a track in place: rebuild it
-            store.open_root(p.store, "a").__delitem__(name)
+            store.delete_set(p.store, name)
             fs, _ = store.create_or_open(p.store, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype)
             status, stored = f"rebuilt ({len(changed)} changed)", {}
         sets[name] = fs

@@ -182,11 +182,13 @@ class FrameSet:
 
 
 def create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, frame_rate: float,
-                   dtype: str = "float16", chunk_frames: int = 512, shard_chunks: int = 64) -> tuple[FrameSet, str]:
+                   dtype: str = "float16", chunk_frames: int = 512, shard_chunks: int = 64,
+                   attrs: dict[str, Any] | None = None) -> tuple[FrameSet, str]:
     """Open set ``name`` for appending, creating it if needed.
 
     Returns the set and what happened: ``"created"``, ``"resumed"`` or ``"replaced"`` (the stored
-    spec differed from ``spec``: the old data is deleted rather than mixed with new).
+    spec differed from ``spec``: the old data is deleted rather than mixed with new). ``attrs``
+    are extra top-level attributes written at creation (e.g. what a reader needs at a glance).
     """
     root = open_root(url, "a")
     status = "created"
@@ -206,9 +208,16 @@ def create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, frame
         g.create_array(key, shape=(0,), dtype=str, chunks=(4096,))
     for key in _INDEX_INT:
         g.create_array(key, shape=(0,), dtype="int64", chunks=(4096,), fill_value=0)
-    g.attrs.update({"format": FORMAT, "spec": json.loads(_canonical(spec)), "n_bins": int(n_bins),
+    g.attrs.update({**(attrs or {}), "format": FORMAT, "spec": json.loads(_canonical(spec)), "n_bins": int(n_bins),
                     "frame_rate": float(frame_rate), "dtype": dtype, "n_tracks": 0, "total_frames": 0})
     return FrameSet(url, name, mode="a"), status
+
+
+def delete_set(url: str, name: str) -> None:
+    """Remove a set (to rebuild it from scratch)."""
+    root = open_root(url, "a")
+    if name in root:
+        del root[name]
 
 
 def set_names(url: str) -> list[str]:

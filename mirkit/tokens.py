@@ -28,13 +28,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import zarr
 
 from mirkit.device import DEVICES, pick
 from mirkit.files import write_json
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
-from mirkit.store import FrameSet, StoreError, create_or_open, open_root, open_set
+from mirkit.store import FrameSet, StoreError, create_or_open, delete_set, open_set
 
 TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks
@@ -205,21 +204,19 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
 
 def _open_tokens(features: FrameSet, p: TokensParams, spec: dict[str, Any]) -> tuple[FrameSet, str]:
     """Create, resume or rebuild the token set; on return its tracks are a prefix of the features'."""
+    # top-level keys the recipes read as ``tokens.attrs[...]``
+    attrs = {"feature_set": features.name, "stack": p.stack, "mean": spec["mean"], "std": spec["std"],
+             "codebook_size": p.codebook_size, "codebook_dim": p.codebook_dim, "num_codebooks": p.num_codebooks,
+             "seed": p.seed, "quantizer": p.quantizer_path}
     kwargs = dict(n_bins=p.num_codebooks, frame_rate=features.frame_rate / p.stack, dtype=TOKEN_DTYPE,
-                  chunk_frames=TOKEN_CHUNK)
+                  chunk_frames=TOKEN_CHUNK, attrs=attrs)
     tokens, status = create_or_open(p.out, features.name, spec, **kwargs)
     if not _is_prefix(tokens, features):
         # same spec but other tracks (features rebuilt track by track): never mix, rebuild
-        del open_root(p.out, "a")[features.name]
+        delete_set(p.out, features.name)
         tokens, _ = create_or_open(p.out, features.name, spec, **kwargs)
         status = "replaced"
-    # top-level keys the recipes read as ``tokens.attrs[...]``; written through a fresh handle, then
-    # the set is reopened so its cached metadata includes them before the next commit
-    group = zarr.open_group(p.out, mode="a")[features.name]
-    group.attrs.update({"feature_set": features.name, "stack": p.stack, "mean": spec["mean"], "std": spec["std"],
-                        "codebook_size": p.codebook_size, "codebook_dim": p.codebook_dim,
-                        "num_codebooks": p.num_codebooks, "seed": p.seed, "quantizer": p.quantizer_path})
-    return FrameSet(p.out, features.name, mode="a"), status
+    return tokens, status
 
 
 def _is_prefix(tokens: FrameSet, features: FrameSet) -> bool:
