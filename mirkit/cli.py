@@ -31,6 +31,23 @@ def _root() -> None:
 COMMANDS = ("synth", "mels", "tokens", "pretrain", "models", "extract", "probe",
             "benchmark_manifest", "inspect")
 
+def reflow(text: str) -> str:
+    """Join the hard-wrapped lines of each help paragraph (rich would keep the ragged breaks);
+    list items, indented lines and blank-line paragraph breaks are kept."""
+    paragraphs = []
+    for para in text.strip().split("\n\n"):
+        lines = [ln.rstrip() for ln in para.strip("\n").splitlines()]
+        out: list[str] = []
+        for ln in lines:
+            keep = not out or ln[:1] in (" ", "-", "*", "|") or out[-1].endswith(":")
+            if keep:
+                out.append(ln)
+            else:
+                out[-1] = f"{out[-1]} {ln.strip()}"
+        paragraphs.append("\n".join(ln.strip() if not ln.startswith("    ") else ln for ln in out))
+    return "\n\n".join(paragraphs)
+
+
 for _name in COMMANDS:
     try:
         _module = importlib.import_module(f"mirkit.commands.{_name}")
@@ -39,6 +56,13 @@ for _name in COMMANDS:
             raise
         continue
     _module.register(app)
+
+for _info in app.registered_commands:
+    _doc = _info.help or (_info.callback.__doc__ if _info.callback else None)
+    if _doc:
+        import inspect as _inspect
+        from rich.markup import escape as _escape
+        _info.help = _escape(reflow(_inspect.cleandoc(_doc)))
 
 
 def main() -> None:  # pragma: no cover
