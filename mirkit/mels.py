@@ -4,6 +4,11 @@ Resumable and incremental: a track already stored with the same fingerprint is s
 are appended; a feature set whose parameters changed is replaced (never mixed). Bad files are
 reported (file + reason) and skipped; the rest is processed. Work is committed in blocks, so a
 kill at any moment loses at most the uncommitted block and nothing already written.
+
+Scale-out (design.md section 4): ``shard: i/n`` keeps only the tracks with ``sha1(track_id) mod n == i``
+and writes them to the shard store ``<store>/shard-i-of-n.zarr``, with failures and summary files of
+their own (``<name>.shard-i-of-n.<ext>``). Any scheduler runs the n shards; readers
+(:func:`mirkit.store.open_set`) see the folder as one store.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class MelsParams:
     strict: bool = param(False, help="fail the stage on any bad file")
     failures: str = param("data/features.failures.tsv", help="one line per rejected file")
     summary: str = param("data/features.summary.json", help="counts per set (a DVC metric)")
+    shard: str | None = param(None, help="i/n: only the tracks with sha1(track_id) mod n == i, into "
+                                         "<store>/shard-i-of-n.zarr; null = all tracks into <store>")
 
     def specs(self) -> dict[str, FeatureSpec]:
         out = {}
@@ -59,6 +66,49 @@ class MelsParams:
 
     def check(self) -> None:
         self.specs()
+        self.shard_index()
+
+    def shard_index(self) -> tuple[int, int] | None:
+        """``(i, n)`` of ``shard``, or None when unsharded; raises ParamsError on a malformed value."""
+        return parse_shard(self.shard)
+
+    @property
+    def out_store(self) -> str:
+        """Where this run writes its feature sets: ``store``, or its shard store under ``shard``."""
+        shard = self.shard_index()
+        return store.shard_url(self.store, *shard) if shard else self.store
+
+    @property
+    def out_failures(self) -> str:
+        return _shard_file(self.failures, self.shard_index())
+
+    @property
+    def out_summary(self) -> str:
+        return _shard_file(self.summary, self.shard_index())
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; None stays None (raises ParamsError naming ``mels.shard``)."""
+    if text is None:
+        return None
+    parts = str(text).strip().split("/")
+    try:
+        i, n = (int(x) for x in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        i = n = None
+    if i is None or n is None or n < 1 or not 0 <= i < n:
+        raise ParamsError(f"mels.shard={text!r}: expected i/n with n >= 1 and 0 <= i < n (e.g. 0/4)")
+    return i, n
+
+
+def _shard_file(path: str, shard: tuple[int, int] | None) -> str:
+    """``data/x.failures.tsv`` -> ``data/x.failures.shard-0-of-4.tsv`` under a shard; unchanged otherwise."""
+    if shard is None:
+        return path
+    head, sep, name = path.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    tag = store.shard_name(*shard)
+    return f"{head}{sep}{stem}.{tag}.{ext}" if dot and stem else f"{path}.{tag}"
 
 
 @dataclass
@@ -112,9 +162,16 @@ def _track_fingerprint(t: Track) -> str | None:
 
 
 def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) -> MelsReport:
-    """Compute all requested feature sets for all tracks of ``p.input`` into ``p.store``."""
+    """Compute all requested feature sets for the tracks of ``p.input`` (of its shard under ``p.shard``)
+    into ``p.out_store``. Raises :class:`~mirkit.store.StoreError` when ``p.store`` is of the other
+    layout (a shard folder for an unsharded run, or an unsharded store for a sharded one)."""
     specs = p.specs()
+    shard = p.shard_index()
+    _check_layout(p.store, shard)
     tracks = load_tracks(p.input)
+    if shard is not None:
+        tracks = [t for t in tracks if store.shard_of(t.track_id, shard[1]) == shard[0]]
+    out = p.out_store
     report = MelsReport(n_tracks=len(tracks))
     device = pick(p.device)
     prints = [_track_fingerprint(t) for t in tracks]
@@ -122,13 +179,13 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
     sets: dict[str, store.FrameSet] = {}
     todo: dict[str, set[int]] = {}
     for name, spec in specs.items():
-        fs, status = store.create_or_open(p.store, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype)
+        fs, status = _open_set(out, name, spec, shard)
         stored = {r.track_id: r.fingerprint for r in fs.tracks}
         changed = [t.track_id for t, fp in zip(tracks, prints) if t.track_id in stored and fp is not None
                    and stored[t.track_id] != fp]
         if changed:  # an append-only set cannot replace a track in place: rebuild it
-            store.delete_set(p.store, name)
-            fs, _ = store.create_or_open(p.store, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype)
+            store.delete_set(out, name)
+            fs, _ = _open_set(out, name, spec, shard)
             status, stored = f"rebuilt ({len(changed)} changed)", {}
         sets[name] = fs
         todo[name] = {i for i, t in enumerate(tracks) if t.track_id not in stored}
@@ -189,9 +246,23 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
     compute_batch()
     for name in specs:
         commit(name)
-    write_failures(p.failures, report.failures)
+    write_failures(p.out_failures, report.failures)
     write_summary(p, report)
     return report
+
+
+def _check_layout(url: str, shard: tuple[int, int] | None) -> None:
+    """Never mix the two layouts in one place: readers would see only one of them."""
+    if shard is None and store.find_shards(url):
+        raise store.StoreError(f"{url}: holds shard stores; run with --shard i/n, or choose another mels.store")
+    if shard is not None and store.has_own_sets(url):
+        raise store.StoreError(f"{url}: is an unsharded feature store; shard stores need a folder of their own "
+                               f"(choose another mels.store)")
+
+
+def _open_set(url: str, name: str, spec: FeatureSpec, shard: tuple[int, int] | None) -> tuple[store.FrameSet, str]:
+    attrs = {"shard": f"{shard[0]}/{shard[1]}"} if shard else None
+    return store.create_or_open(url, name, spec.to_dict(), spec.bins, spec.frame_rate, spec.dtype, attrs=attrs)
 
 
 def _compute_fixed(front: FrontEnd, waves: list[np.ndarray], batch_size: int, device: torch.device) -> list[np.ndarray]:
@@ -222,7 +293,7 @@ def write_summary(p: MelsParams, report: MelsReport) -> None:
             "sets": {n: {"stored_now": r.stored, "skipped": r.skipped, "status": r.status}
                      for n, r in report.sets.items()},
             "params": {k: v for k, v in p.__dict__.items()}}
-    write_json(p.summary, data)
+    write_json(p.out_summary, data)
 
 
 def report_rows(report: MelsReport, store_url: str) -> list[tuple[Any, ...]]:

@@ -12,11 +12,17 @@ Appends write frames and index rows first and move the commit point last (one at
 write), so a killed run never exposes a half-written track: on re-open everything past the commit
 point is truncated away and the run continues, ending byte-equal to an uninterrupted one.
 A set whose stored ``spec`` differs from the requested one is replaced, never mixed.
+
+Scale-out (design.md section 4): a folder holding the shard stores ``shard-<i>-of-<n>.zarr`` (and no
+set of its own) reads as one store: :func:`open_set` returns a :class:`ShardedSet` that concatenates
+the shards in shard order. :func:`shard_of` decides which shard a track belongs to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -220,12 +226,171 @@ def delete_set(url: str, name: str) -> None:
         del root[name]
 
 
-def set_names(url: str) -> list[str]:
-    """Names of the frame sets in a store."""
-    root = open_root(url, "r")
+def _own_set_names(root: zarr.Group) -> list[str]:
     return sorted(k for k in root.group_keys() if root[k].attrs.get("format") == FORMAT)
 
 
-def open_set(url: str, name: str) -> FrameSet:
-    """Open a committed set read-only (raises :class:`StoreError` naming what is missing)."""
-    return FrameSet(url, name, mode="r")
+def has_own_sets(url: str) -> bool:
+    """Whether ``url`` is a Zarr store holding frame sets itself (as opposed to a shard folder)."""
+    try:
+        return bool(_own_set_names(open_root(url, "r")))
+    except StoreError:
+        return False
+
+
+def set_names(url: str) -> list[str]:
+    """Names of the frame sets in a store, or in any shard store of a shard folder."""
+    try:
+        root = open_root(url, "r")
+    except StoreError:
+        found = find_shards(url)
+        if not found:
+            raise
+        return sorted({name for shards in found.values() for u in shards.values() for name in set_names(u)})
+    return _own_set_names(root)
+
+
+def open_set(url: str, name: str) -> FrameSet | ShardedSet:
+    """Open a committed set read-only (raises :class:`StoreError` naming what is missing).
+
+    ``url`` is a store, or a folder of shard stores written by ``mirkit mels --shard i/n``: then the
+    result is a :class:`ShardedSet` with the same read API.
+    """
+    try:
+        return FrameSet(url, name, mode="r")
+    except StoreError:
+        urls = complete_shards(url)  # only looked at when ``url`` is not a store of its own
+        if urls is None:
+            raise
+    return ShardedSet(url, name, urls)
+
+
+# -- shards ----------------------------------------------------------------------------------------
+_SHARD_STORE = re.compile(r"^shard-(\d+)-of-(\d+)\.zarr$")
+
+
+def shard_of(track_id: str, n: int) -> int:
+    """The shard ``0..n-1`` of a track: SHA-1 of its id, mod ``n``.
+
+    Stable across processes, machines and Python versions (Python's ``hash`` of a str is salted per
+    process), so independent jobs agree on the partition without talking to each other.
+    """
+    return int.from_bytes(hashlib.sha1(track_id.encode("utf-8")).digest()[:8], "big") % n
+
+
+def shard_name(i: int, n: int) -> str:
+    """``shard-<i>-of-<n>``: the tag of shard ``i`` of ``n`` (store folder and file-name suffix)."""
+    return f"shard-{i}-of-{n}"
+
+
+def shard_url(url: str, i: int, n: int) -> str:
+    """The store of shard ``i`` of ``n`` inside the folder ``url``."""
+    return f"{str(url).rstrip('/')}/{shard_name(i, n)}.zarr"
+
+
+def find_shards(url: str) -> dict[int, dict[int, str]]:
+    """The shard stores present in the folder ``url``: ``{n: {i: store url}}`` ({} when none)."""
+    import fsspec  # only needed on this path; a plain store never lists its folder
+
+    url = str(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        entries = fs.ls(path, detail=False)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return {}
+    found: dict[int, dict[int, str]] = {}
+    for entry in entries:
+        m = _SHARD_STORE.match(str(entry).rstrip("/").rsplit("/", 1)[-1])
+        if m:
+            i, n = int(m.group(1)), int(m.group(2))
+            found.setdefault(n, {})[i] = shard_url(url, i, n)
+    return found
+
+
+def complete_shards(url: str) -> list[str] | None:
+    """Store urls of all ``n`` shards of the folder ``url`` in shard order; None when it holds none.
+
+    Raises :class:`StoreError` when shards are missing or stores of different ``n`` are mixed.
+    """
+    found = find_shards(url)
+    if not found:
+        return None
+    if len(found) > 1:
+        splits = ", ".join(f"{len(v)} of {n}" for n, v in sorted(found.items()))
+        raise StoreError(f"{url}: shard stores of different splits ({splits}); keep one split, remove the others")
+    (n, shards), = found.items()
+    missing = [i for i in range(n) if i not in shards]
+    if missing:
+        names = ", ".join(f"{shard_name(i, n)}.zarr" for i in missing)
+        raise StoreError(f"{url}: missing {len(missing)} of {n} shard store(s): {names} "
+                         f"(run `mirkit mels --shard i/{n}` for each)")
+    return [shards[i] for i in range(n)]
+
+
+class ShardedSet:
+    """Set ``name`` across the shard stores of a folder, read as one set (shards in order 0..n-1).
+
+    Same read API as :class:`FrameSet` (the ``CropSource`` protocol plus ``tracks``, ``index_of``,
+    ``iter_frames``, ``load_into_memory``); picklable. ``tracks[k].start`` counts frames in the
+    concatenation, the order :meth:`iter_frames` yields them in. Read-only.
+    """
+
+    def __init__(self, url: str, name: str, shard_urls: Sequence[str]):
+        self.url, self.name, self.mode = str(url), name, "r"
+        self.shards = [FrameSet(u, name, mode="r") for u in shard_urls]
+        n = len(self.shards)
+        first = self.shards[0]
+        for i, part in enumerate(self.shards):
+            tag = part.attrs.get("shard")
+            if tag is not None and tag != f"{i}/{n}":
+                raise StoreError(f"{part.url}: holds shard {tag} by its attrs, not {i}/{n} as its name says")
+            differing = sorted(k for k in set(first.spec) | set(part.spec)
+                               if _canonical({"v": first.spec.get(k)}) != _canonical({"v": part.spec.get(k)}))
+            if part.attrs.get("dtype") != first.attrs.get("dtype"):
+                differing.append("dtype")
+            if differing:
+                raise StoreError(f"{part.url}/{name}: computed with other parameters than {first.url}/{name} "
+                                 f"(differs in {', '.join(differing)}); re-run that shard with the same parameters")
+        self.spec: dict[str, Any] = first.spec
+        self.n_bins: int = first.n_bins
+        self.frame_rate: float = first.frame_rate
+        self.tracks: list[TrackRecord] = []
+        self._where: list[tuple[int, int]] = []
+        offset = 0
+        for k, part in enumerate(self.shards):
+            self.tracks += [TrackRecord(t.track_id, t.source, t.fingerprint, offset + t.start, t.n_frames)
+                            for t in part.tracks]
+            self._where += [(k, j) for j in range(len(part))]
+            offset += part.total_frames
+        self._by_id = {t.track_id: i for i, t in enumerate(self.tracks)}
+        attrs = {k: v for k, v in first.attrs.items() if k != "shard"}
+        self.attrs: dict[str, Any] = {**attrs, "shards": n, "n_tracks": len(self.tracks), "total_frames": offset}
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.attrs["total_frames"])
+
+    def n_frames(self, track: int) -> int:
+        return self.tracks[track].n_frames
+
+    def index_of(self, track_id: str) -> int | None:
+        return self._by_id.get(track_id)
+
+    def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        """Frames ``[start, start+length)`` of a track; zero rows where the range leaves the track."""
+        k, j = self._where[track]
+        return self.shards[k].read(j, start, length)
+
+    def load_into_memory(self) -> "ShardedSet":
+        """Read all committed frames of every shard once."""
+        for part in self.shards:
+            part.load_into_memory()
+        return self
+
+    def iter_frames(self, block: int = 65536) -> Iterable[np.ndarray]:
+        """All committed frames, shard after shard, in blocks of at most ``block`` rows."""
+        for part in self.shards:
+            yield from part.iter_frames(block)

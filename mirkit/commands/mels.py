@@ -17,7 +17,12 @@ define more under `mels.custom` in params.yaml. Re-runs skip tracks already stor
 a set whose parameters changed. Bad files get one line (file + reason) in the summary and in the failures
 file; the rest is processed. Exit code 1 only when nothing succeeded (or on any failure with --strict).
 
+Scale out with --shard i/n: shard i of n takes the tracks whose sha1(track_id) mod n == i and writes the
+store <store>/shard-i-of-n.zarr (failures and summary files get a .shard-i-of-n suffix). Run the n shards
+with any scheduler (SLURM array, Dask, Ray, DVC foreach); every reader treats the folder as one store.
+
 Example: mirkit mels --set input=my_audio/ --set 'feature_sets=[mel16k, mel24k]'
+Example: mirkit mels --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
 """
 
 
@@ -27,14 +32,17 @@ def register(app: typer.Typer) -> None:
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `mels` is read"),
         input: Optional[str] = typer.Option(None, help="manifest CSV or audio folder (overrides mels.input)"),
         store_url: Optional[str] = typer.Option(None, "--store", help="store path or fsspec URL (overrides mels.store)"),
+        shard: Optional[str] = typer.Option(None, "--shard", help="i/n: process shard i of n (overrides mels.shard)"),
         strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
         set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
     ) -> None:
         from mirkit.mels import MelsParams, report_rows, run
         from mirkit.manifest import ManifestError
+        from mirkit.store import StoreError
         with stage_errors():
             ov = overrides(set_)
-            ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict}.items() if v is not None})
+            ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict,
+                                          "shard": shard}.items() if v is not None})
             p = P.load(MelsParams, "mels", params, ov)
         print_params("mels", p)
         try:
@@ -42,13 +50,13 @@ def register(app: typer.Typer) -> None:
                 task = bar.add_task("features", total=None, info="")
                 report = run(p, lambda done, total: bar.update(task, completed=done, total=total,
                                                                info=f"{done}/{total} files"))
-        except ManifestError as exc:
+        except (ManifestError, StoreError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
-        console.print(table("mels: feature sets", ["set", "status", "added", "skipped", "tracks", "frames", "minutes"],
-                            report_rows(report, p.store)))
+        console.print(table(f"mels: feature sets in {p.out_store}", ["set", "status", "added", "skipped", "tracks", "frames", "minutes"],
+                            report_rows(report, p.out_store)))
         if report.failures:
-            console.print(table(f"mels: {len(report.failures)} file(s) rejected (also in {p.failures})",
+            console.print(table(f"mels: {len(report.failures)} file(s) rejected (also in {p.out_failures})",
                                 ["file", "reason"], report.failures[:50]))
         if report.n_tracks and report.succeeded == 0:
             console.print("[red]no file could be processed[/red]")
