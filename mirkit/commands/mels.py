@@ -22,7 +22,8 @@ store <store>/shard-i-of-n.zarr (failures and summary files get a .shard-i-of-n 
 with any scheduler (SLURM array, Dask, Ray, DVC foreach); every reader treats the folder as one store.
 
 Example: mirkit mels --set input=my_audio/ --set 'feature_sets=[mel16k, mel24k]'
-Example: mirkit mels --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+
+Example (one job of a SLURM array): mirkit mels --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
 """
 
 
