@@ -344,8 +344,7 @@ class ShardedSet:
             tag = part.attrs.get("shard")
             if tag is not None and tag != f"{i}/{n}":
                 raise StoreError(f"{part.url}: holds shard {tag} by its attrs, not {i}/{n} as its name says")
-            differing = sorted(k for k in set(first.spec) | set(part.spec)
-                               if _canonical({"v": first.spec.get(k)}) != _canonical({"v": part.spec.get(k)}))
+            differing = sorted(k for k in first.spec.keys() | part.spec.keys() if first.spec.get(k) != part.spec.get(k))
             if part.attrs.get("dtype") != first.attrs.get("dtype"):
                 differing.append("dtype")
             if differing:
