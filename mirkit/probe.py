@@ -70,6 +70,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     eval_rows: int = 8192     # rows per forward pass when evaluating
+    stack: int = 0            # most configurations trained together (0 = a whole (batch, hidden) group)
 
 
 @dataclass
@@ -80,14 +81,6 @@ class ConfigResult:
     best_step: int
     steps: int
     params: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- stacked probe
@@ -287,7 +280,10 @@ def train_configs(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, s
         groups.setdefault((c.batch_size, c.hidden), []).append((cid, c))
     results = []
     for key in sorted(groups):
-        results.extend(train_group(groups[key], data, settings, on_eval))
+        group = groups[key]
+        size = settings.stack or len(group)
+        for lo in range(0, len(group), size):
+            results.extend(train_group(group[lo: lo + size], data, settings, on_eval))
     return sorted(results, key=lambda r: r.config_id)
 
 

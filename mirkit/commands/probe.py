@@ -16,7 +16,8 @@ import typer
 
 from mirkit import ui
 from mirkit.params import ParamsError, load, param, to_dict
-from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task, resolve_device
+from mirkit.device import pick as resolve_device
+from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task
 from mirkit.tasks import TaskSpec, check_columns, make_task, parse_tasks
 
 
@@ -33,6 +34,8 @@ class ProbeParams:
     max_steps: int = param(10000, ge=1, help="step cap per configuration")
     eval_every: int = param(8, ge=1, help="steps between validation evaluations (JukeMIR: 8)")
     patience: int = param(256, ge=1, help="evaluations without improvement before stopping (JukeMIR: 256)")
+    stack: int | None = param(None, ge=0, help="grid configurations trained together; null = all of a "
+                              "(batch, hidden) group on CUDA, 6 on CPU (cache-sized; see docs/benchmarks.md)")
 
     def check(self) -> None:
         if not self.runs:
@@ -60,9 +63,10 @@ def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tup
     """Metrics ``{run: {task: {metric}}}`` and details; a failing task is reported and skipped."""
     specs = parse_tasks(params.tasks)
     stores = stores if stores is not None else open_stores(params, specs)
+    device = resolve_device(params.device)
+    stack = params.stack if params.stack is not None else (0 if device.type == "cuda" else 6)
     settings = TrainSettings(max_steps=params.max_steps, eval_every=params.eval_every,
-                             patience=params.patience, seed=params.seed,
-                             device=str(resolve_device(params.device)))
+                             patience=params.patience, seed=params.seed, device=str(device), stack=stack)
     metrics: dict[str, dict] = {}
     details: dict[str, dict] = {}
     with ui.progress() as bar:
