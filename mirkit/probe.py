@@ -10,6 +10,13 @@ configuration alone. Unlike JukeMIR (one vector per clip), examples are chunk em
 their track's label and chunk outputs are averaged per track before scoring (late fusion, as in
 Myna's evaluate.py and MARBLE).
 
+Song-level ensembling (a task with ``group``, JukeMIR's GiantSteps protocol): the validation score
+that drives early stopping and the grid selection is JukeMIR's ``score``, the song-level primary
+metric of the strategy that is best on validation (i.e. the best of the four on validation); the
+chosen configuration's VALIDATION outputs then fix the strategy, and test is scored once with it.
+Test metrics: the song-level primary metric (and accuracy) under the chosen strategy, plus the
+clip-level ones prefixed ``clip_``.
+
 Batching: configurations that share (batch size, hidden size) are trained together as stacked
 weights ``(G, in, out)`` with ``torch.baddbmm`` and a manual batched Adam (per-configuration lr and
 L2 weight decay, the torch.optim.Adam update). They see the same minibatch indices (the sampler is
@@ -33,7 +40,7 @@ import numpy as np
 import torch
 
 from mirkit.embeddings import Embeddings
-from mirkit.tasks import FrameTask, Task, TaskDataError
+from mirkit.tasks import ENSEMBLES, FrameTask, Songs, Task, TaskDataError, best_ensemble
 
 PROTOCOLS = ("quick", "jukemir")
 
@@ -335,22 +342,45 @@ def evaluate_track_task(store: Embeddings, task: Task, configs: Sequence[tuple[i
     x_tr, g_tr = rows["train"]
     y_rows = torch.as_tensor(y_track["train"], device=device)[g_tr]
     val_x, val_g = rows["valid"]
-    n_val = len(splits["valid"])
+    songs = ({s: Songs.of([store.tracks[i] for i in idx], task.spec.group) for s, idx in splits.items()}
+             if task.spec.group else {})
+
+    def track_outputs(outputs: torch.Tensor, split: str) -> np.ndarray:
+        """Chunk outputs ``(G, rows, out)`` -> per-track outputs ``(G, tracks, out)`` (late fusion)."""
+        return fuse(outputs, rows[split][1], len(splits[split])).float().cpu().numpy()
 
     def val_score(outputs: torch.Tensor) -> np.ndarray:
-        fused = fuse(outputs, val_g, n_val).float().cpu().numpy()
+        fused = track_outputs(outputs, "valid")
+        if songs:   # JukeMIR's `score`: the best strategy's song-level score on valid
+            return np.array([max(m[task.primary] for m in task.score_songs(f, y_track["valid"], songs["valid"]).values())
+                             for f in fused])
         return np.array([task.score(f, y_track["valid"])[task.primary] for f in fused])
 
     data = TrainData(x_tr, y_rows, val_x, val_score, task.n_outputs, task.loss)
     results = train_configs(configs, data, settings, on_eval)
     chosen = select(results)
-    test_x, test_g = rows["test"]
-    test_out = fuse(predict_one(chosen, test_x).unsqueeze(0), test_g, len(splits["test"]))[0]
-    metrics = task.score(test_out.cpu().numpy(), y_track["test"])   # the only look at test
-    metrics[f"valid_{task.primary}"] = chosen.valid_score
     details = {"config": asdict(chosen.config), "config_id": chosen.config_id, "best_step": chosen.best_step,
                "n_configs": len(results), "tracks": {s: len(v) for s, v in splits.items()},
                "chunks": {s: int(len(r[0])) for s, r in rows.items()}}
+
+    def chosen_outputs(split: str) -> np.ndarray:
+        return track_outputs(predict_one(chosen, rows[split][0]).unsqueeze(0), split)[0]
+
+    if not songs:
+        metrics = task.score(chosen_outputs("test"), y_track["test"])   # the only look at test
+        metrics[f"valid_{task.primary}"] = chosen.valid_score
+        return TaskResult(metrics, details)
+    valid = task.score_songs(chosen_outputs("valid"), y_track["valid"], songs["valid"])
+    strategy = best_ensemble(valid, task.primary)   # fixed before test is looked at
+    test_out = chosen_outputs("test")
+    test = task.score_songs(test_out, y_track["test"], songs["test"])   # the only look at test labels
+    metrics = dict(test[strategy])
+    metrics.update({f"clip_{k}": v for k, v in task.score(test_out, y_track["test"]).items()})
+    metrics[f"valid_{task.primary}"] = chosen.valid_score
+    details["ensemble"] = {"strategy": strategy, "group": task.spec.group,
+                           "songs": {s: len(v.ids) for s, v in songs.items()},
+                           "valid": {e: valid[e][task.primary] for e in ENSEMBLES},
+                           "test": {e: test[e][task.primary] for e in ENSEMBLES}}
     return TaskResult(metrics, details)
 
 

@@ -7,13 +7,21 @@ Track-level types (one label per manifest row, scored after late fusion of chunk
 Frame-level types (label = path of an annotation file, probe applied to every frame embedding,
 as the CoJEPA/MT2 local tasks): ``beats`` (peak picking -> ``mir_eval.beat.f_measure``, ±70 ms) and
 ``chords`` (majmin + N per frame -> smoothed argmax segments -> ``mir_eval.chord`` majmin weighted accuracy).
+Annotation files: beat times as text (first column) or JAMS (``beat``/``beat_position`` namespace);
+chords as ``start end label`` .lab or JAMS (``chord``/``chord_harte`` namespace).
 
-Task spec (section ``probe.tasks`` of params): ``{name: {type: ..., label: column or [columns]}}``;
-multilabel columns hold ``;``-separated tags.
+Song-level ensembling (JukeMIR's GiantSteps protocol, ``jukemir/probe/__init__.py``): for a
+multiclass or key task with ``group: <column>``, the outputs of clips cut from the same song (same
+value in that column) are ensembled with each of :data:`ENSEMBLES` and scored per song; the
+strategy with the best VALIDATION score is the one reported for test.
+
+Task spec (section ``probe.tasks`` of params): ``{name: {type: ..., label: column or [columns],
+group: column (optional), options: {...}}}``; multilabel columns hold ``;``-separated tags.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -32,6 +40,7 @@ from mirkit.params import ParamsError
 TRACK_TYPES = ("multiclass", "multilabel", "regression", "key")
 FRAME_TYPES = ("beats", "chords")
 TASK_TYPES = TRACK_TYPES + FRAME_TYPES
+GROUPED_TYPES = ("multiclass", "key")   # the types whose clips can be ensembled per song
 IGNORE = -100   # frame target ignored by the loss (e.g. a chord outside the majmin vocabulary)
 
 
@@ -46,6 +55,7 @@ class TaskSpec:
     type: str
     label: list[str]
     options: dict[str, Any] = field(default_factory=dict)
+    group: str = ""     # column naming the song a clip was cut from ("" = no song-level ensembling)
 
 
 def parse_tasks(raw: dict[str, Any], key: str = "probe.tasks") -> dict[str, TaskSpec]:
@@ -57,9 +67,9 @@ def parse_tasks(raw: dict[str, Any], key: str = "probe.tasks") -> dict[str, Task
         k = f"{key}.{name}"
         if not isinstance(spec, dict):
             raise ParamsError(f"{k}: expected a mapping with 'type' and 'label'")
-        unknown = set(spec) - {"type", "label", "options"}
+        unknown = set(spec) - {"type", "label", "options", "group"}
         if unknown:
-            raise ParamsError(f"{k}.{sorted(unknown)[0]}: unknown key (known: label, options, type)")
+            raise ParamsError(f"{k}.{sorted(unknown)[0]}: unknown key (known: group, label, options, type)")
         ttype = spec.get("type")
         if ttype not in TASK_TYPES:
             raise ParamsError(f"{k}.type={ttype!r}: allowed values are {', '.join(TASK_TYPES)}")
@@ -69,7 +79,13 @@ def parse_tasks(raw: dict[str, Any], key: str = "probe.tasks") -> dict[str, Task
             raise ParamsError(f"{k}.label={label!r}: expected a column name or a list of column names")
         if len(labels) > 1 and ttype != "regression":
             raise ParamsError(f"{k}.label={label!r}: only regression tasks take several columns")
-        specs[str(name)] = TaskSpec(str(name), ttype, list(labels), dict(spec.get("options") or {}))
+        group = spec.get("group") or ""
+        if not isinstance(group, str):
+            raise ParamsError(f"{k}.group={group!r}: expected the name of the column naming each clip's song")
+        if group and ttype not in GROUPED_TYPES:
+            raise ParamsError(f"{k}.group: song-level ensembling applies to {', '.join(GROUPED_TYPES)} "
+                              f"tasks, not {ttype}")
+        specs[str(name)] = TaskSpec(str(name), ttype, list(labels), dict(spec.get("options") or {}), group)
     return specs
 
 
@@ -78,10 +94,11 @@ def check_columns(specs: dict[str, TaskSpec], tracks: Sequence[dict], where: str
     """Fail before any work when a task's label column is absent from a store's tracks."""
     columns = set().union(*(t.keys() for t in tracks)) if tracks else set()
     for spec in specs.values():
-        for col in spec.label:
-            if col not in columns:
-                raise ParamsError(f"{key}.{spec.name}.label: column '{col}' is not in {where} "
-                                  f"(columns: {', '.join(sorted(columns))})")
+        for field_name, cols in (("label", spec.label), ("group", [spec.group] if spec.group else [])):
+            for col in cols:
+                if col not in columns:
+                    raise ParamsError(f"{key}.{spec.name}.{field_name}: column '{col}' is not in {where} "
+                                      f"(columns: {', '.join(sorted(columns))})")
 
 
 def _missing(v: Any) -> bool:
@@ -107,13 +124,68 @@ def normalise_key(label: str) -> str:
 
 
 # --------------------------------------------------------------------------- annotation files
+def read_jams(path: str | Path, namespaces: Sequence[str]) -> list[dict[str, Any]]:
+    """Observations ``{time, duration, value, confidence}`` of the first annotation in a JAMS file
+    whose namespace is the earliest of ``namespaces`` present. JAMS is JSON, read with ``json``;
+    ``data`` may be a list of observations (JAMS 0.3) or a dict of columns (older dense form)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        annotations = doc.get("annotations", []) if isinstance(doc, dict) else []
+        for ns in namespaces:
+            for ann in annotations:
+                if isinstance(ann, dict) and ann.get("namespace") == ns:
+                    return _jams_observations(ann.get("data", []))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise TaskDataError(f"{path}: cannot read JAMS ({exc})") from exc
+    found = sorted({a.get("namespace") for a in annotations if isinstance(a, dict)} - {None})
+    raise TaskDataError(f"{path}: no {' or '.join(namespaces)} annotation in this JAMS file "
+                        f"(namespaces: {', '.join(found) or 'none'})")
+
+
+def _jams_observations(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):   # dense: {"time": [...], "duration": [...], "value": [...], ...}
+        n = len(data.get("time", []))
+        return [{k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in data.items()}
+                for i in range(n)]
+    return [dict(obs) for obs in data]
+
+
+def is_jams(path: str | Path) -> bool:
+    return str(path).lower().endswith(".jams")
+
+
 def read_beats(path: str | Path) -> np.ndarray:
-    """Beat times (s) from a text file whose first column is the time (.txt/.beats/.lab)."""
+    """Beat times (s): from a JAMS file (``beat``, else ``beat_position`` namespace) or a text
+    file whose first column is the time (.txt/.beats/.lab)."""
+    if is_jams(path):
+        obs = read_jams(path, ("beat", "beat_position"))
+        try:
+            return np.array(sorted(float(o["time"]) for o in obs))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TaskDataError(f"{path}: bad beat time in JAMS ({exc})") from exc
     try:
         rows = [line.split() for line in Path(path).read_text().splitlines()]
         return np.array(sorted(float(r[0]) for r in rows if r and not r[0].startswith("#")))
     except (OSError, ValueError) as exc:
         raise TaskDataError(f"{path}: cannot read beat times ({exc})") from exc
+
+
+def read_chords(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Chord intervals (n, 2) and labels from a JAMS file (``chord``, else ``chord_harte``
+    namespace; interval = [time, time + duration]) or a ``start end label`` .lab file."""
+    if not is_jams(path):
+        return read_lab(path)
+    obs = read_jams(path, ("chord", "chord_harte"))
+    try:
+        obs = sorted(obs, key=lambda o: float(o["time"]))
+        intervals = np.array([[float(o["time"]), float(o["time"]) + float(o["duration"])] for o in obs],
+                             dtype=np.float64).reshape(-1, 2)
+        labels = [str(o["value"]) for o in obs]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TaskDataError(f"{path}: bad chord observation in JAMS ({exc})") from exc
+    if not labels:
+        raise TaskDataError(f"{path}: the JAMS chord annotation is empty")
+    return intervals, labels
 
 
 def read_lab(path: str | Path) -> tuple[np.ndarray, list[str]]:
@@ -196,7 +268,16 @@ class Multiclass(Task):
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
 
     def score(self, outputs, targets):
-        return {"accuracy": float(accuracy_score(targets, outputs.argmax(-1)))}
+        return self.score_labels(outputs.argmax(-1), targets)
+
+    def score_labels(self, pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Metrics of predicted class indices."""
+        return {"accuracy": float(accuracy_score(targets, pred))}
+
+    def score_songs(self, outputs: np.ndarray, targets: np.ndarray, songs: "Songs") -> dict[str, dict[str, float]]:
+        """Song-level metrics of every ensemble strategy: ``{strategy: {metric: value}}``."""
+        y = songs.song_targets(targets)
+        return {name: self.score_labels(pred, y) for name, pred in ensemble(outputs, songs).items()}
 
 
 class Key(Multiclass):
@@ -210,10 +291,79 @@ class Key(Multiclass):
     def _label(self, t) -> str:
         return normalise_key(t[self.spec.label[0]])
 
-    def score(self, outputs, targets):
-        pred = outputs.argmax(-1)
-        weighted = [mir_eval.key.weighted_score(KEY_CLASSES[r], KEY_CLASSES[p]) for r, p in zip(targets, pred)]
+    def score_labels(self, pred, targets):
+        weighted = key_score_table()[np.asarray(targets), np.asarray(pred)]
         return {"weighted_score": float(np.mean(weighted)), "accuracy": float(np.mean(pred == targets))}
+
+
+_KEY_SCORES: np.ndarray | None = None
+
+
+def key_score_table() -> np.ndarray:
+    """``[reference, estimate]`` -> ``mir_eval.key.weighted_score`` over the 24 key classes (computed
+    once: the probe scores every validation evaluation of every configuration with it)."""
+    global _KEY_SCORES
+    if _KEY_SCORES is None:
+        _KEY_SCORES = np.array([[mir_eval.key.weighted_score(r, e) for e in KEY_CLASSES] for r in KEY_CLASSES])
+    return _KEY_SCORES
+
+
+# --------------------------------------------------------------------------- song-level ensembles
+ENSEMBLES = ("vote", "max", "gmean", "mean")   # JukeMIR's order: ties in validation go to the earlier
+
+
+@dataclass
+class Songs:
+    """Which song each clip (row of a split) belongs to: ``index[i]`` = position of clip i's song in ``ids``."""
+
+    index: np.ndarray
+    ids: list[str]
+
+    @classmethod
+    def of(cls, tracks: Sequence[dict], column: str) -> "Songs":
+        names = []
+        for t in tracks:
+            if _missing(t.get(column)):
+                raise TaskDataError(f"track {t.get('track_id')!r}: no song id in column '{column}'")
+            names.append(str(t[column]))
+        ids = sorted(set(names))
+        pos = {s: i for i, s in enumerate(ids)}
+        return cls(np.array([pos[s] for s in names], dtype=np.int64), ids)
+
+    def song_targets(self, targets: np.ndarray) -> np.ndarray:
+        """One class per song; every clip of a song must carry the same label."""
+        y = np.full(len(self.ids), -1, dtype=np.int64)
+        for song, target in zip(self.index, targets):
+            if y[song] not in (-1, target):
+                raise TaskDataError(f"song {self.ids[song]!r}: its clips carry different labels")
+            y[song] = target
+        return y
+
+
+def ensemble(outputs: np.ndarray, songs: Songs) -> dict[str, np.ndarray]:
+    """Predicted class per song with each of JukeMIR's strategies, from clip logits ``(clips, C)``:
+    vote = most frequent clip argmax (the smallest class among ties, as scipy's mode), max = argmax
+    of the per-class max logit, gmean = argmax of the mean logit (the geometric mean of the clip
+    softmaxes has the same argmax), mean = argmax of the mean softmax."""
+    n, c = len(songs.ids), outputs.shape[-1]
+    logits = np.asarray(outputs, dtype=np.float64)
+    counts = np.bincount(songs.index, minlength=n).astype(np.float64)[:, None]
+    votes = np.zeros((n, c))
+    np.add.at(votes, (songs.index, logits.argmax(-1)), 1.0)
+    peak = np.full((n, c), -np.inf)
+    np.maximum.at(peak, songs.index, logits)
+    total = np.zeros((n, c))
+    np.add.at(total, songs.index, logits)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    prob = np.zeros((n, c))
+    np.add.at(prob, songs.index, z / z.sum(-1, keepdims=True))
+    return {"vote": votes.argmax(-1), "max": peak.argmax(-1), "gmean": (total / counts).argmax(-1),
+            "mean": (prob / counts).argmax(-1)}
+
+
+def best_ensemble(scores: dict[str, dict[str, float]], primary: str) -> str:
+    """The strategy with the highest ``primary``; ties go to the earlier of :data:`ENSEMBLES`."""
+    return max(ENSEMBLES, key=lambda s: (scores[s][primary], -ENSEMBLES.index(s)))
 
 
 def split_tags(value: Any) -> list[str]:
@@ -396,11 +546,11 @@ class Chords(FrameTask):
         self.smooth = float(self.spec.options.get("smooth", self.smooth))
 
     def frame_targets(self, track, times):
-        intervals, labels = read_lab(track[self.spec.label[0]])
+        intervals, labels = read_chords(track[self.spec.label[0]])
         return chord_targets(intervals, labels, times)
 
     def reference(self, track):
-        return read_lab(track[self.spec.label[0]])
+        return read_chords(track[self.spec.label[0]])
 
     def loss(self, outputs, targets):
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
