@@ -1,4 +1,5 @@
-"""Task metrics against hand-computed values and against mir_eval / sklearn directly; decoding."""
+"""Task metrics against hand-computed values and against mir_eval / sklearn directly; decoding;
+song-level ensembles; JAMS annotations."""
 
 import mir_eval
 import numpy as np
@@ -7,9 +8,10 @@ import torch
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
 from mirkit.params import ParamsError
-from mirkit.tasks import (CHORD_CLASSES, IGNORE, KEY_CLASSES, TaskDataError, TaskSpec, beat_targets,
-                          check_columns, chord_class, chord_targets, decode_chords, majmin_score, make_task,
-                          normalise_key, parse_tasks, pick_peaks)
+from mirkit.tasks import (CHORD_CLASSES, ENSEMBLES, IGNORE, KEY_CLASSES, Songs, TaskDataError, TaskSpec,
+                          beat_targets, best_ensemble, check_columns, chord_class, chord_targets, decode_chords,
+                          ensemble, majmin_score, make_task, normalise_key, parse_tasks, pick_peaks, read_beats,
+                          read_chords)
 
 
 def task(ttype, label="y", **options):
@@ -186,3 +188,133 @@ def test_regression_targets_are_standardised_with_train_statistics_only():
     raw = np.array([[80.0], [100.0], [120.0], [1000.0]])
     pred = raw * 0.9 + 7
     assert task.score((pred - task.mean) / task.std, z)["r2"] == pytest.approx(r2_score(raw, pred), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- song-level ensembles
+def test_group_option_is_parsed_and_checked():
+    specs = parse_tasks({"key": {"type": "key", "label": "key", "group": "song"}})
+    assert specs["key"].group == "song"
+    assert parse_tasks({"g": {"type": "multiclass", "label": "genre"}})["g"].group == ""
+    with pytest.raises(ParamsError, match=r"probe.tasks.emo.group: song-level ensembling"):
+        parse_tasks({"emo": {"type": "regression", "label": "arousal", "group": "song"}})
+    with pytest.raises(ParamsError, match=r"probe.tasks.key.group=3"):
+        parse_tasks({"key": {"type": "key", "label": "key", "group": 3}})
+    with pytest.raises(ParamsError, match=r"probe.tasks.key.group: column 'song'"):
+        check_columns(specs, [{"track_id": "a", "key": "C major"}], "store")
+
+
+def test_ensemble_strategies_hand_case():
+    songs = Songs.of([{"song": s} for s in ["a", "a", "b", "a"]], "song")
+    assert songs.ids == ["a", "b"] and list(songs.index) == [0, 0, 1, 0]
+    out = np.array([[6.0, 5.0, -9.0],    # song a: clip argmax 0
+                    [-9.0, 1.0, 3.0],    # song a: clip argmax 2
+                    [0.0, 2.0, 1.0],     # song b: its only clip, argmax 1
+                    [-9.0, 1.0, 3.0]])   # song a: clip argmax 2
+    pred = ensemble(out, songs)
+    # song a: vote 2 (two clips of three); max logits [6, 5, 3] -> 0; mean logits [-4, 2.33, -1] -> 1;
+    # mean softmax [.24, .17, .59] -> 2
+    assert {k: list(v) for k, v in pred.items()} == {"vote": [2, 1], "max": [0, 1], "gmean": [1, 1], "mean": [2, 1]}
+    assert tuple(pred) == ENSEMBLES
+
+
+def test_ensemble_matches_per_song_reference_on_random_logits():
+    from scipy.stats import mode
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(60, 5)) * 3
+    tracks = [{"song": f"s{rng.integers(12)}"} for _ in range(60)]
+    songs = Songs.of(tracks, "song")
+    pred = ensemble(out, songs)
+    for k, sid in enumerate(songs.ids):
+        clips = out[[t["song"] == sid for t in tracks]]
+        prob = np.exp(clips) / np.exp(clips).sum(-1, keepdims=True)
+        assert pred["vote"][k] == mode(clips.argmax(-1), keepdims=False).mode
+        assert pred["max"][k] == clips.max(0).argmax()
+        assert pred["gmean"][k] == clips.mean(0).argmax()
+        assert pred["mean"][k] == prob.mean(0).argmax()
+
+
+def test_key_song_scores_and_strategy_choice():
+    t = task("key")
+    t.fit([])
+    songs = Songs.of([{"s": "x"}, {"s": "x"}, {"s": "y"}], "s")
+    y = t.targets([{"y": "C major"}, {"y": "C major"}, {"y": "A minor"}])
+    c, g, am = (KEY_CLASSES.index(k) for k in ("C major", "G major", "A minor"))
+    out = np.full((3, 24), -5.0)
+    out[0, c], out[0, g] = 4.0, 3.0      # song x: clip 0 says C (G close), clip 1 says G
+    out[1, g] = 4.0
+    out[2, am] = 4.0
+    scores = t.score_songs(out, y, songs)
+    # vote: tie C/G -> the smaller class (C): x exact; max: C (4 = 4, first) exact; y exact everywhere
+    assert scores["vote"] == {"weighted_score": 1.0, "accuracy": 1.0}
+    # gmean / mean: G wins on average (3.5 vs -0.5) -> fifth above C = 0.5 for x
+    assert scores["gmean"] == {"weighted_score": pytest.approx(0.75), "accuracy": 0.5}
+    assert best_ensemble(scores, "weighted_score") == "vote"          # vote and max tie: the earlier
+    assert best_ensemble({**scores, "mean": {"weighted_score": 2.0}}, "weighted_score") == "mean"
+    with pytest.raises(TaskDataError, match="different labels"):
+        songs.song_targets(np.array([c, g, am]))
+    with pytest.raises(TaskDataError, match="no song id"):
+        Songs.of([{"track_id": "t", "s": ""}], "s")
+
+
+def test_key_score_table_is_mir_eval():
+    from mirkit.tasks import key_score_table
+    table = key_score_table()
+    for r in (0, 5, 13, 21):
+        for e in range(24):
+            assert table[r, e] == mir_eval.key.weighted_score(KEY_CLASSES[r], KEY_CLASSES[e])
+
+
+# --------------------------------------------------------------------------- JAMS annotations
+def write_jams(path, annotations):
+    import json
+    path.write_text(json.dumps({"file_metadata": {"duration": 10.0}, "annotations": annotations, "sandbox": {}}))
+    return path
+
+
+def test_jams_beats_match_text_reader(tmp_path):
+    times = [0.5, 1.0, 1.52, 2.0]
+    txt = tmp_path / "b.txt"
+    txt.write_text("".join(f"{b}\t{k % 4 + 1}\n" for k, b in enumerate(times)))
+    tempo = {"namespace": "tempo", "data": [{"time": 0.0, "duration": 10.0, "value": 120.0, "confidence": 1.0}]}
+    beat = {"namespace": "beat", "data": [{"time": b, "duration": 0.0, "value": k + 1, "confidence": None}
+                                          for k, b in reversed(list(enumerate(times)))]}
+    jams = write_jams(tmp_path / "b.jams", [tempo, beat])
+    np.testing.assert_allclose(read_beats(jams), read_beats(txt))
+    # beat_position, stored in the dense column form of older JAMS files
+    dense = {"namespace": "beat_position", "data": {
+        "time": times, "duration": [0.0] * 4, "confidence": [1.0] * 4,
+        "value": [{"position": k + 1, "measure": 1, "num_beats": 4, "beat_units": 4} for k in range(4)]}}
+    np.testing.assert_allclose(read_beats(write_jams(tmp_path / "p.JAMS", [dense])), times)
+    t = task("beats", "ann")
+    t.fit([])
+    frames = np.arange(50) * 0.05 + 0.025
+    np.testing.assert_array_equal(t.frame_targets({"ann": str(jams)}, frames),
+                                  t.frame_targets({"ann": str(txt)}, frames))
+    with pytest.raises(TaskDataError, match=r"no beat or beat_position annotation.*namespaces: tempo"):
+        read_beats(write_jams(tmp_path / "t.jams", [tempo]))
+    (tmp_path / "bad.jams").write_text("{not json")
+    with pytest.raises(TaskDataError, match="cannot read JAMS"):
+        read_beats(tmp_path / "bad.jams")
+
+
+def test_jams_chords_match_lab_reader(tmp_path):
+    lab = tmp_path / "c.lab"
+    lab.write_text("0.0 1.5 C:maj\n1.5 2.0 A:min7\n2.0 3.0 N\n")
+    chord = {"namespace": "chord", "data": [{"time": 1.5, "duration": 0.5, "value": "A:min7", "confidence": 1},
+                                            {"time": 0.0, "duration": 1.5, "value": "C:maj", "confidence": 1},
+                                            {"time": 2.0, "duration": 1.0, "value": "N", "confidence": 1}]}
+    key = {"namespace": "key_mode", "data": [{"time": 0.0, "duration": 3.0, "value": "C:major", "confidence": 1}]}
+    jams = write_jams(tmp_path / "c.jams", [key, chord])
+    ref_int, ref_lab = read_chords(lab)
+    intervals, labels = read_chords(jams)
+    np.testing.assert_allclose(intervals, ref_int)
+    assert labels == ref_lab == ["C:maj", "A:min7", "N"]
+    t = task("chords", "ann")
+    t.fit([])
+    frames = np.arange(30) * 0.1 + 0.05
+    np.testing.assert_array_equal(t.frame_targets({"ann": str(jams)}, frames),
+                                  t.frame_targets({"ann": str(lab)}, frames))
+    harte = {**chord, "namespace": "chord_harte"}
+    assert read_chords(write_jams(tmp_path / "h.jams", [harte]))[1] == ["C:maj", "A:min7", "N"]
+    with pytest.raises(TaskDataError, match="no chord or chord_harte annotation"):
+        read_chords(write_jams(tmp_path / "k.jams", [key]))
