@@ -166,3 +166,21 @@ def test_ddp_two_processes_match_one_process(tmp_path, tiny_corpus, recipe, extr
     assert set(ddp["grads"]) == set(grads)
     for name, g in grads.items():
         torch.testing.assert_close(ddp["grads"][name], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_trains_muse_lq_with_ddp(tmp_path, tiny_corpus):
+    """The real entry point under torchrun (gloo, 2 ranks): rank 0 writes one checkpoint and one log."""
+    import yaml
+    p = make_params(tmp_path, tiny_corpus, "muse-lq", steps=3, checkpoint_every=3, log_every=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"pretrain": {**p.__dict__, "manifest": None}}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(30500 + os.getpid() % 1000), "-m", "mirkit", "pretrain", "--params",
+                          str(tmp_path / "params.yaml")], env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((Path(p.out) / "config.json").read_text())
+    assert config["step"] == 3 and config["recipe"] == "muse-lq"
+    rows = Path(p.log).read_text().splitlines()
+    assert len(rows) == 4 and all(np.isfinite(float(r.split("\t")[1])) for r in rows[1:])
+    checkpoint.load_model(p.out)
