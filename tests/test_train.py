@@ -184,3 +184,18 @@ def test_torchrun_cli_trains_muse_lq_with_ddp(tmp_path, tiny_corpus):
     rows = Path(p.log).read_text().splitlines()
     assert len(rows) == 4 and all(np.isfinite(float(r.split("\t")[1])) for r in rows[1:])
     checkpoint.load_model(p.out)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
+    """`pretrain.compile: true` (inductor on CPU) reaches the eager run's weights within float tolerance."""
+    kw = dict(steps=2, checkpoint_every=2, recipe_params={"myna": {**TINY["myna"], "mask_ratio": 0.0}})
+    eager = make_params(tmp_path / "eager", tiny_corpus, "myna", **kw)
+    compiled = make_params(tmp_path / "compiled", tiny_corpus, "myna", compile=True, **kw)
+    train(eager)
+    train(compiled)
+    a = load_file(str(Path(eager.out) / "model.safetensors"))
+    b = load_file(str(Path(compiled.out) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
