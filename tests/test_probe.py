@@ -1,5 +1,5 @@
 """Embeddings store round trip and resume; batched probe grid; selection on validation only;
-late fusion; determinism; frame-level probes; `mirkit probe` parameter validation and outputs."""
+late fusion; determinism; song-level ensembles; frame-level probes; `mirkit probe` parameter validation and outputs."""
 
 import json
 import uuid
@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mirkit import probe as P
 from mirkit.embeddings import Embeddings, EmbeddingsWriter
-from mirkit.tasks import TaskSpec, make_task
+from mirkit.tasks import ENSEMBLES, TaskSpec, make_task
 
 DIM = 8
 SETTINGS = P.TrainSettings(max_steps=60, eval_every=10, patience=3, seed=0)
@@ -195,6 +195,70 @@ def test_quick_probe_learns_and_is_deterministic():
     assert a.metrics == b.metrics and a.details == b.details
     assert a.metrics["accuracy"] > 0.9
     assert a.details["config"]["hidden"] == 0 and a.details["n_configs"] == 1
+
+
+# --------------------------------------------------------------------------- song-level ensembles
+SONG_KEYS = ("C major", "A minor", "G major")
+
+
+def song_store(url, seed=0):
+    """Songs cut into 3 clips of 2 chunks each; a clip's embedding is its key's centre plus noise
+    large enough that single clips are often wrong. 24/15/9 songs in train/valid/test."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, DIM)) * 2
+    pattern = ["train"] * 8 + ["valid"] * 5 + ["test"] * 3
+    with EmbeddingsWriter(url, DIM, layer=-1, model={"recipe": "test"}) as w:
+        for s in range(48):
+            k, split = s % 3, pattern[s // 3]
+            for c in range(3):
+                clip = centres[k] + rng.normal(size=DIM) * 1.5
+                w.append({"track_id": f"{s:04d}-{c}", "split": split, "key": SONG_KEYS[k], "song": f"{s:04d}"},
+                         clip + rng.normal(size=(2, DIM)) * 0.3)
+    return Embeddings(url)
+
+
+def test_song_ensemble_reports_the_strategy_best_on_valid():
+    store = song_store(f"memory://{uuid.uuid4().hex}")
+    spec = TaskSpec("key", "key", ["key"], group="song")
+    r = P.evaluate_task(store, make_task(spec), "quick", P.TrainSettings(max_steps=400, eval_every=10, patience=8))
+    e = r.details["ensemble"]
+    assert e["songs"] == {"train": 24, "valid": 15, "test": 9} and r.details["tracks"]["test"] == 27
+    assert set(e["valid"]) == set(e["test"]) == set(ENSEMBLES)
+    assert e["strategy"] == max(ENSEMBLES, key=lambda k: (e["valid"][k], -ENSEMBLES.index(k)))
+    assert r.metrics["weighted_score"] == e["test"][e["strategy"]]
+    assert r.metrics["valid_weighted_score"] == pytest.approx(e["valid"][e["strategy"]])
+    assert {"accuracy", "clip_weighted_score", "clip_accuracy"} <= set(r.metrics)
+    assert r.metrics["clip_accuracy"] < 1.0 and r.metrics["accuracy"] > r.metrics["clip_accuracy"]
+
+
+def test_song_ensemble_strategy_never_looks_at_test_labels(monkeypatch):
+    store = song_store(f"memory://{uuid.uuid4().hex}", seed=1)
+    configs = [(i, c) for i, c in enumerate(P.jukemir_grid())
+               if c.hidden == 0 and c.batch_size == 64 and c.lr == 1e-3][::4]
+    settings = P.TrainSettings(max_steps=400, eval_every=10, patience=8, seed=0)
+    spec = TaskSpec("key", "key", ["key"], group="song")
+    key_type = type(make_task(spec))
+    calls = []
+    real = key_type.score_labels
+
+    def spy(self, pred, targets):
+        calls.append(len(targets))
+        return real(self, pred, targets)
+
+    monkeypatch.setattr(key_type, "score_labels", spy)
+    honest = P.evaluate_track_task(store, make_task(spec), configs, settings)
+    # test: 9 songs (one call per strategy) and 27 clips, scored only after training and the choice
+    assert calls.count(9) == 4 and calls.count(27) == 1 and set(calls[-5:]) == {9, 27}
+    rotate = dict(zip(SONG_KEYS, SONG_KEYS[1:] + SONG_KEYS[:1]))
+    for i in store.split("test"):   # adversarial test labels (still one key per song)
+        store.tracks[i]["key"] = rotate[store.tracks[i]["key"]]
+    adversarial = P.evaluate_track_task(store, make_task(spec), configs, settings)
+    for k in ("strategy", "valid"):
+        assert adversarial.details["ensemble"][k] == honest.details["ensemble"][k]
+    assert adversarial.details["config_id"] == honest.details["config_id"]
+    assert adversarial.metrics["valid_weighted_score"] == honest.metrics["valid_weighted_score"]
+    assert adversarial.details["ensemble"]["test"] != honest.details["ensemble"]["test"]
+    assert adversarial.metrics["accuracy"] < honest.metrics["accuracy"]
 
 
 # --------------------------------------------------------------------------- frame-level tasks
