@@ -62,7 +62,28 @@ def open_root(url: str, mode: str = "r") -> zarr.Group:
         raise StoreError(f"{url}: no Zarr store here ({exc.__class__.__name__})") from None
 
 
-class FrameSet:
+class _TrackIndex:
+    """Lookups shared by single and sharded sets (``tracks``, ``_by_id`` and ``attrs`` are set by them)."""
+
+    tracks: list[TrackRecord]
+    attrs: dict[str, Any]
+    _by_id: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.attrs["total_frames"])
+
+    def n_frames(self, track: int) -> int:
+        return self.tracks[track].n_frames
+
+    def index_of(self, track_id: str) -> int | None:
+        return self._by_id.get(track_id)
+
+
+class FrameSet(_TrackIndex):
     """One named set: random access to each track's ``(n_frames, n_bins)`` frames.
 
     Implements the ``CropSource`` protocol of :mod:`mirkit.recipes.base`. Picklable (it reopens
@@ -110,19 +131,6 @@ class FrameSet:
             self._frames = open_root(self.url, "r")[self.name]["frames"]
 
     # -- CropSource --------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    @property
-    def total_frames(self) -> int:
-        return int(self.attrs["total_frames"])
-
-    def n_frames(self, track: int) -> int:
-        return self.tracks[track].n_frames
-
-    def index_of(self, track_id: str) -> int | None:
-        return self._by_id.get(track_id)
-
     def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Frames ``[start, start+length)`` of a track; zero rows where the range leaves the track."""
         rec = self.tracks[track]
@@ -327,7 +335,7 @@ def complete_shards(url: str) -> list[str] | None:
     return [shards[i] for i in range(n)]
 
 
-class ShardedSet:
+class ShardedSet(_TrackIndex):
     """Set ``name`` across the shard stores of a folder, read as one set (shards in order 0..n-1).
 
     Same read API as :class:`FrameSet` (the ``CropSource`` protocol plus ``tracks``, ``index_of``,
@@ -364,19 +372,6 @@ class ShardedSet:
         self._by_id = {t.track_id: i for i, t in enumerate(self.tracks)}
         attrs = {k: v for k, v in first.attrs.items() if k != "shard"}
         self.attrs: dict[str, Any] = {**attrs, "shards": n, "n_tracks": len(self.tracks), "total_frames": offset}
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    @property
-    def total_frames(self) -> int:
-        return int(self.attrs["total_frames"])
-
-    def n_frames(self, track: int) -> int:
-        return self.tracks[track].n_frames
-
-    def index_of(self, track_id: str) -> int | None:
-        return self._by_id.get(track_id)
 
     def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """Frames ``[start, start+length)`` of a track; zero rows where the range leaves the track."""

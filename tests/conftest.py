@@ -25,3 +25,13 @@ def tiny_corpus(tmp_path_factory):
     run_tokens(TokensParams(features=features, feature_set="mel24k", out=tokens, codebook_size=64,
                             quantizer=str(root / "quantizer.safetensors"), metrics=str(root / "tokens.json")))
     return {"audio": root / "audio", "features": features, "tokens": tokens}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded on the shared 2-core machines."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

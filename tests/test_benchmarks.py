@@ -9,7 +9,10 @@ import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
-from mirkit.benchmarks import BENCHMARKS, build_manifest, load_metadata, write_manifest
+from mirkit.benchmarks import (BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata,
+                               write_manifest)
+from mirkit.manifest import read_manifest
+from mirkit.tasks import Songs, check_columns, parse_tasks
 
 
 def tiny_audio(path: Path) -> None:
@@ -70,6 +73,28 @@ def test_giantsteps_manifest_has_clip_bounds(tmp_path):
         assert r["offset"] == e["clip"]["clip_offset"] and r["duration"] == e["clip"]["clip_duration"]
         assert r["key"] == e["y"]
     assert sorted(by_id[u]["offset"] for u, _ in train) == [0.0, 30.0, 60.0]
+    # the song column groups the clips of a song (probe task `group: song`)
+    assert {by_id[u][SONG_COLUMNS["giantsteps"]] for u, _ in train} == {train[0][1]["clip"]["audio_uid"]}
+    assert by_id[test[0][0]]["song"] == test[0][1]["clip"]["audio_uid"] != by_id[train[0][0]]["song"]
+    out = tmp_path / "gs.csv"
+    write_manifest(rows, out)
+    tracks = read_manifest(out)
+    specs = parse_tasks({"key": {"type": "key", "label": "key", "group": "song"}})
+    check_columns(specs, [{**t.labels, "track_id": t.track_id} for t in tracks], str(out))
+    songs = Songs.of([t.labels for t in tracks if t.track_id in dict(train)], "song")
+    assert songs.ids == [train[0][1]["clip"]["audio_uid"]] and list(songs.index) == [0, 0, 0]
+
+
+def test_giantsteps_song_counts_match_jukemir():
+    class FoundEverything:
+        def stem(self, *candidates):
+            return Path(candidates[0])
+    songs = {"train": set(), "valid": set(), "test": set()}
+    for uid, e in load_metadata("giantsteps").items():
+        _, row = ROW_BUILDERS["giantsteps"](uid, e, FoundEverything())
+        songs[e["split"]].add(row["song"])
+    assert {k: len(v) for k, v in songs.items()} == {"train": 923, "valid": 236, "test": 604}
+    assert not (songs["train"] & songs["valid"]) and not (songs["test"] & (songs["train"] | songs["valid"]))
 
 
 def test_mtt_manifest_matches_relative_mp3_path(tmp_path):

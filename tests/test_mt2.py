@@ -21,12 +21,7 @@ MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
 HARMONICS = [(h, int(round(12 * np.log2(h)))) for h in range(1, 7)]   # (partial, bins above f0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stone_scale(power: np.ndarray) -> np.ndarray:

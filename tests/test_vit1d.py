@@ -17,13 +17,7 @@ from mirkit.recipes.contrastive import (ContrastiveParams, ContrastiveRecipe, db
 from memory_source import MemorySource
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on the shared 2-core machines."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro(**kw) -> ViT1D:
