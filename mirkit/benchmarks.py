@@ -8,10 +8,12 @@ local copy of each dataset against that metadata.
 | name | metadata | audio file matched by | label columns |
 |---|---|---|---|
 | gtzan | gtzan_ff (fault-filtered split) | file stem == ``extra.id`` (``jazz.00024.wav``/``.au``) | genre |
-| giantsteps | giantsteps_clips (30 s clips) | stem ``<id>.LOFI``, ``<id>`` or the padded uid | key (+ offset/duration of the clip) |
+| giantsteps | giantsteps_clips (30 s clips) | stem ``<id>.LOFI``, ``<id>`` or the padded uid | key (+ offset/duration of the clip, ``song``) |
 | mtt | magnatagatune (top-50 tags) | relative path ending in ``extra.mp3_path`` (``f/...mp3``) | tags (``;``-separated) |
 | emomusic | emomusic (45 s clips) | stem == song id (``clips_45seconds/2.mp3``) | arousal, valence (z-scored, as JukeMIR) |
 
+GiantSteps clips carry ``song`` (``clip.audio_uid``, the song a clip was cut from), so that the probe
+task ``{type: key, label: key, group: song}`` ensembles clips per song as JukeMIR does.
 MTT and EmoMusic audio files are already the clips, so their manifests have no offset.
 MTT entries without a split (JukeMIR's unused clips) are left out.
 
@@ -45,6 +47,7 @@ METADATA = {"gtzan": "gtzan_ff.json.gz", "giantsteps": "giantsteps_clips.json.gz
             "mtt": "magnatagatune.json.gz", "emomusic": "emomusic.json.gz"}
 BENCHMARKS = tuple(METADATA)
 LABEL_COLUMNS = {"gtzan": ["genre"], "giantsteps": ["key"], "mtt": ["tags"], "emomusic": ["arousal", "valence"]}
+SONG_COLUMNS = {"giantsteps": "song"}   # column naming the song of a clip (probe task option `group`)
 
 
 def load_metadata(name: str) -> dict[str, dict[str, Any]]:
@@ -91,7 +94,8 @@ def _gtzan(uid, e, index):
 def _giantsteps(uid, e, index):
     clip, ident = e["clip"], e["extra"]["id"]
     path = index.stem(f"{ident}.LOFI", str(ident), clip["audio_uid"])
-    return path, {"offset": clip["clip_offset"], "duration": clip["clip_duration"], "key": e["y"]}
+    return path, {"offset": clip["clip_offset"], "duration": clip["clip_duration"], "song": clip["audio_uid"],
+                  "key": e["y"]}
 
 
 def _mtt(uid, e, index):

@@ -24,8 +24,9 @@ from mirkit.tasks import TaskSpec, check_columns, make_task, parse_tasks
 @dataclass
 class ProbeParams:
     runs: dict = param({}, help="run name -> embeddings store path/URL (e.g. pretrained, random-init)")
-    tasks: dict = param({}, help="task name -> {type, label}; types: multiclass, multilabel, regression, "
-                                 "key, beats, chords")
+    tasks: dict = param({}, help="task name -> {type, label, group?, options?}; types: multiclass, multilabel, "
+                                 "regression, key, beats, chords; group (multiclass/key) = column naming each "
+                                 "clip's song: clips are ensembled per song, JukeMIR's strategy chosen on valid")
     protocol: str = param("quick", choices=PROTOCOLS, help="quick: one configuration; jukemir: 216-config grid")
     out: str = param("metrics/probe.json", help="metrics JSON")
     plot: str = param("plots/probe.png", help="bar plot PNG comparing the runs")
@@ -137,7 +138,10 @@ HELP = """Train probes on frozen embeddings and score them on the test split.
 Each run in `probe.runs` is an embeddings store (from `mirkit extract`); each task in `probe.tasks` names a
 type (multiclass, multilabel, regression, key, beats, chords) and a manifest label column. Protocol `quick`
 trains one configuration; `jukemir` trains the 216-configuration grid batched on one device, picks the best
-on the validation split and scores the test split once. Chunk outputs are averaged per track.
+on the validation split and scores the test split once. Chunk outputs are averaged per track. A multiclass or
+key task with `group: <column>` (e.g. GiantSteps: `{type: key, label: key, group: song}`) also ensembles the
+clips of each song (vote, max, gmean, mean; JukeMIR) and reports the strategy best on validation.
+Beat and chord annotations are text/.lab files or JAMS.
 Writes metrics JSON (`dvc metrics show`), details JSON and a bar plot comparing runs.
 
 Example: mirkit probe --set protocol=jukemir --set 'runs={mine: data/embeddings/mine.zarr}'
@@ -165,9 +169,11 @@ def register(app: typer.Typer) -> None:
         rows = []
         for run, tasks in metrics.items():
             for task, values in tasks.items():
+                d = details[run][task]
                 rows.append((run, task, ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
-                             details[run][task].get("config", {}).get("hidden", "")))
-        ui.console.print(ui.table(f"probe ({params.protocol}): all test metrics", ["run", "task", "test metrics", "hidden"], rows))
+                             d.get("config", {}).get("hidden", ""), d.get("ensemble", {}).get("strategy", "")))
+        ui.console.print(ui.table(f"probe ({params.protocol}): all test metrics",
+                                  ["run", "task", "test metrics", "hidden", "ensemble"], rows))
         ui.out_console.print(comparison_table(metrics, specs, params))
         failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
         if failed:
