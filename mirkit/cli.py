@@ -13,7 +13,7 @@ import typer
 app = typer.Typer(
     name="mirkit",
     help=("Self-supervised music representation learning as one cached pipeline:\n\n"
-          "synth -> mels -> tokens -> pretrain -> extract -> probe\n\n"
+          "synth -> mels -> tokens -> pretrain -> extract -> probe -> inspect\n\n"
           "Every command reads its section of params.yaml (--params to point elsewhere); "
           "--set key=value overrides single values. `dvc repro` runs the whole chain."),
     no_args_is_help=True,
@@ -23,8 +23,16 @@ app = typer.Typer(
 
 
 
+def _version(value: bool) -> None:
+    if value:
+        import mirkit
+        typer.echo(f"mirkit {mirkit.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """mirkit: features -> tokens -> pretraining -> embeddings -> probes."""
 
 
