@@ -328,6 +328,9 @@ def test_probe_command_validates_before_work(tmp_path):
     write_params(params, runs={"a": url}, tasks={"g": {"type": "multiclass", "label": "mood"}})
     res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
     assert res.exit_code == 2 and "column 'mood'" in res.output
+    write_params(params, runs={"a": url}, tasks={"g": {"type": "multiclass", "label": "genre", "group": "song"}})
+    res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 2 and "probe.tasks.g.group: column 'song'" in " ".join(res.output.split())
     write_params(params, runs={"a": str(tmp_path / "nope.zarr")}, tasks={"g": {"type": "multiclass", "label": "genre"}})
     res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
     assert res.exit_code == 2 and "probe.runs.a" in res.output

@@ -127,7 +127,8 @@ def comparison_table(metrics: dict, specs: dict[str, TaskSpec], params: ProbePar
         primary = make_task(spec).primary
         values = {r: metrics[r].get(name, {}).get(primary) for r in runs}
         best = max((v for v in values.values() if v is not None), default=None)
-        rows.append([name, primary] + [("-" if v is None else (f"[bold]{v:.4f}[/bold]" if v == best and len(runs) > 1
+        shown = f"{primary} per {spec.group}" if spec.group else primary
+        rows.append([name, shown] + [("-" if v is None else (f"[bold]{v:.4f}[/bold]" if v == best and len(runs) > 1
                                                               else f"{v:.4f}")) for v in values.values()])
     return ui.table(f"probe results ({params.protocol} protocol, test split) -> {params.out}",
                     ["task", "metric"] + runs, rows)
