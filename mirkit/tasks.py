@@ -332,11 +332,12 @@ class Songs:
 
     def song_targets(self, targets: np.ndarray) -> np.ndarray:
         """One class per song; every clip of a song must carry the same label."""
+        targets = np.asarray(targets, dtype=np.int64)
         y = np.full(len(self.ids), -1, dtype=np.int64)
-        for song, target in zip(self.index, targets):
-            if y[song] not in (-1, target):
-                raise TaskDataError(f"song {self.ids[song]!r}: its clips carry different labels")
-            y[song] = target
+        y[self.index] = targets
+        differ = np.flatnonzero(y[self.index] != targets)
+        if len(differ):
+            raise TaskDataError(f"song {self.ids[self.index[differ[0]]]!r}: its clips carry different labels")
         return y
 
 
