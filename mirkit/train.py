@@ -178,6 +178,13 @@ def init_distributed(device_name: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DDP over the model whose forward computes the loss (so the gradient hooks see the whole objective).
+    Every recipe uses all its parameters at every step, so no unused-parameter search is needed."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+
+
 def _mean_across(values: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:
     if info.world == 1:
         return values
@@ -231,10 +238,7 @@ def train(p: PretrainParams, resume: bool = False,
                                              f"(step {state['step']}) are from different moments")
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-    train_module: torch.nn.Module = model
-    if info.world > 1:
-        train_module = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    train_module: torch.nn.Module = wrap_ddp(model, device) if info.world > 1 else model
     if p.compile:
         train_module = torch.compile(train_module)
 

@@ -12,7 +12,8 @@ import torch.distributed as dist
 from torch.utils.data import default_collate
 
 from mirkit.params import resolve
-from mirkit.train import PretrainParams, ExampleStream, batch_indices, init_distributed, make_recipe, open_sources
+from mirkit.train import (ExampleStream, PretrainParams, batch_indices, init_distributed, make_recipe,
+                          open_sources, wrap_ddp)
 
 
 def grads_on_global_batch(p: PretrainParams, rank: int, world: int):
@@ -23,7 +24,7 @@ def grads_on_global_batch(p: PretrainParams, rank: int, world: int):
     model = recipe.build_model()
     module = model
     if world > 1:
-        module = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        module = wrap_ddp(model, torch.device("cpu"))
     stream = ExampleStream(recipe, sources, tracks, p.seed)
     batch = default_collate([stream[k] for k in batch_indices(0, 1, p.batch_size, rank, world)[0]])
     out = module(batch)
