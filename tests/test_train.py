@@ -199,3 +199,22 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe, extra", [("myna", {"patch": "hybrid"}), ("myna", {"patch": "vertical"}),
+                                           ("mt2", {"objectives": "cpsd"}), ("mt2", {"objectives": "ntxent"}),
+                                           ("mt2", {}), ("contrastive", {}), ("muse-lq", {}),
+                                           ("muse-lq", {"preset": "cnf-att-tiny"})])
+def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
+    """DDP runs without the unused-parameter search, so every recipe variant must use all its parameters."""
+    from torch.utils.data import default_collate
+    from mirkit.train import ExampleStream, make_recipe, open_sources
+    p = PretrainParams(recipe=recipe, recipe_params={recipe: {**TINY[recipe], **extra}}, manifest=None,
+                       features=tiny_corpus["features"], tokens=tiny_corpus["tokens"], batch_size=4)
+    r = make_recipe(p)
+    sources, tracks = open_sources(p, r)
+    r.prepare(sources)
+    model = r.build_model()
+    stream = ExampleStream(r, sources, tracks, 0)
+    model(default_collate([stream[k] for k in range(4)]))["loss"].backward()
+    assert [n for n, q in model.named_parameters() if q.grad is None] == []
