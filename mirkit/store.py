@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -119,10 +120,13 @@ class FrameSet(_TrackIndex):
         self._by_id = {t.track_id: i for i, t in enumerate(self.tracks)}
         self._frames = g["frames"]
         self._cache: np.ndarray | None = None
+        self._track_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._track_budget = self._track_bytes = 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_group"] = state["_frames"] = None
+        state["_track_cache"], state["_track_bytes"] = OrderedDict(), 0   # each process fills its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -139,9 +143,36 @@ class FrameSet(_TrackIndex):
         out = np.zeros((max(length, 0), self.n_bins), dtype=out_dtype)
         lo, hi = max(start, 0), min(start + length, rec.n_frames)
         if hi > lo:
-            src = self._cache if self._cache is not None else self._frames
-            out[lo - start: hi - start] = src[rec.start + lo: rec.start + hi]
+            if self._cache is not None:
+                out[lo - start: hi - start] = self._cache[rec.start + lo: rec.start + hi]
+            elif self._track_budget:
+                out[lo - start: hi - start] = self._cached_track(track)[lo:hi]
+            else:
+                out[lo - start: hi - start] = self._frames[rec.start + lo: rec.start + hi]
         return out
+
+    def cache_tracks(self, max_bytes: int) -> "FrameSet":
+        """Keep recently read tracks in RAM, least recently used out first, at most ``max_bytes``
+        (0 turns it off). A Zarr call costs ~2 ms whatever its size, so reading a whole track once
+        and slicing every later crop of it (the views of one example, later epochs) is much cheaper;
+        a set smaller than the budget ends up entirely in RAM after one epoch."""
+        self._track_cache, self._track_bytes, self._track_budget = OrderedDict(), 0, int(max_bytes)
+        return self
+
+    def _cached_track(self, track: int) -> np.ndarray:
+        hit = self._track_cache.get(track)
+        if hit is not None:
+            self._track_cache.move_to_end(track)
+            return hit
+        rec = self.tracks[track]
+        frames = np.asarray(self._frames[rec.start: rec.start + rec.n_frames])
+        if frames.nbytes <= self._track_budget // 4:   # a very long track is read, not cached
+            self._track_cache[track] = frames
+            self._track_bytes += frames.nbytes
+            while self._track_bytes > self._track_budget:
+                _, old = self._track_cache.popitem(last=False)
+                self._track_bytes -= old.nbytes
+        return frames
 
     def load_into_memory(self) -> "FrameSet":
         """Read all committed frames once (for small stores and training speed)."""
@@ -377,6 +408,12 @@ class ShardedSet(_TrackIndex):
         """Frames ``[start, start+length)`` of a track; zero rows where the range leaves the track."""
         k, j = self._where[track]
         return self.shards[k].read(j, start, length)
+
+    def cache_tracks(self, max_bytes: int) -> "ShardedSet":
+        """Per-shard LRU track caches sharing ``max_bytes`` evenly (see :meth:`FrameSet.cache_tracks`)."""
+        for part in self.shards:
+            part.cache_tracks(max_bytes // len(self.shards))
+        return self
 
     def load_into_memory(self) -> "ShardedSet":
         """Read all committed frames of every shard once."""

@@ -58,7 +58,8 @@ class PretrainParams:
     grad_clip: float = param(1.0, ge=0.0, help="max gradient norm; 0 disables")
     seed: int = param(42)
     num_workers: int = param(0, ge=0)
-    in_memory: bool = param(True, help="load the feature set into RAM (small corpora)")
+    in_memory: bool = param(True, help="load the feature set into RAM; false: read from the store, keeping "
+                                       "recently used tracks in a 1 GiB cache per loader process")
     compile: bool = param(False, help="torch.compile the model")
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
@@ -70,6 +71,10 @@ class PretrainParams:
             raise ParamsError(f"pretrain.betas={self.betas}: expected two numbers in [0, 1)")
         if self.warmup_steps >= self.steps and self.steps > 1:
             raise ParamsError(f"pretrain.warmup_steps={self.warmup_steps}: must be < steps ({self.steps})")
+
+
+#: per-process LRU of whole tracks when the set is not loaded into RAM (``in_memory: false``)
+TRACK_CACHE_BYTES = 1 << 30
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,10 +107,9 @@ def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]
             raise store.StoreError(f"{exc} — run `mirkit tokens` on feature set '{recipe.feature_set}'") from None
         if [t.track_id for t in tokens.tracks] != [t.track_id for t in feats.tracks]:
             raise store.StoreError(f"{p.tokens}: tokens are not aligned with {p.features} (re-run `mirkit tokens`)")
-    if p.in_memory:
-        feats.load_into_memory()
-        if tokens is not None:
-            tokens.load_into_memory()
+    for frames in (feats, tokens):
+        if frames is not None:
+            frames.load_into_memory() if p.in_memory else frames.cache_tracks(TRACK_CACHE_BYTES)
     chosen = list(range(len(feats)))
     if p.manifest:
         wanted = {t.track_id for t in read_manifest(p.manifest) if t.split in p.splits}

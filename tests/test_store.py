@@ -62,3 +62,19 @@ def test_wrong_width_is_rejected(tmp_path):
     fs, _ = create_or_open(str(tmp_path / "s.zarr"), "mel", {}, 4, 10.0)
     with pytest.raises(StoreError, match="t9"):
         fs.append([("t9", "s", "f", np.zeros((3, 5)))])
+
+
+def test_track_cache_returns_the_same_frames_and_respects_its_budget(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    fs, _ = create_or_open(url, "mel", {}, 4, 10.0, dtype="float32", chunk_frames=8)
+    fs.append([(f"t{i}", "s", "f", frames(30 + i, value=10 * i)) for i in range(6)])
+    plain = open_set(url, "mel")
+    budget = 2300                                      # tracks are 480-560 bytes: room for 4
+    cached = open_set(url, "mel").cache_tracks(max_bytes=budget)
+    reads = [(0, 0, 10), (0, 25, 10), (3, -2, 5), (5, 10, 40), (1, 3, 3), (2, 0, 30), (4, 1, 2), (0, 5, 5)]
+    for track, start, length in reads:
+        np.testing.assert_array_equal(cached.read(track, start, length), plain.read(track, start, length))
+    assert cached._track_bytes <= budget and 3 <= len(cached._track_cache) <= 4   # evicted, never over budget
+    assert list(cached._track_cache)[-1] == 0                                     # most recently used last
+    clone = pickle.loads(pickle.dumps(cached))
+    assert len(clone._track_cache) == 0 and np.array_equal(clone.read(2), plain.read(2))
