@@ -84,15 +84,15 @@ class Recipe(ABC):
         self.params = params
 
     # --- what to read ---------------------------------------------------------------------
-    @property
-    @abstractmethod
-    def feature_set(self) -> str:
-        """Name of the stored feature set this recipe trains on (e.g. ``mel16k``)."""
+    #: name of the stored feature set this recipe trains on (e.g. ``mel16k``)
+    feature_set: ClassVar[str]
+    #: the parameter that holds the crop length in input frames
+    crop_param: ClassVar[str] = "crop_frames"
 
     @property
-    @abstractmethod
     def crop_frames(self) -> int:
         """Length of one training crop in input frames (extraction chunks use the same length)."""
+        return int(getattr(self.params, self.crop_param))
 
     def prepare(self, sources: Sources) -> None:
         """Hook called once before training with the sources (e.g. to copy normalisation stats

@@ -160,14 +160,8 @@ class ContrastiveRecipe(Recipe):
     paper = "Kong et al., Emergent musical properties of a transformer under contrastive SSL (ISMIR 2025)"
     Params = ContrastiveParams
     presets = _presets(MEL_BINS, SEGMENT_FRAMES, 1, "1 class token, mel 128")
-
-    @property
-    def feature_set(self) -> str:
-        return "mel16k-db"
-
-    @property
-    def crop_frames(self) -> int:
-        return self.params.segment_frames
+    feature_set = "mel16k-db"
+    crop_param = "segment_frames"
 
     def prepare(self, sources: Sources) -> None:
         n_bins = sources.features.n_bins

@@ -133,13 +133,8 @@ class MT2Recipe(Recipe):
                             cpu_sized=name != "vit1d-tiny")
                for name, size in VIT1D_SIZES.items()}
 
-    @property
-    def feature_set(self) -> str:
-        return "cqt22k"
-
-    @property
-    def crop_frames(self) -> int:
-        return self.params.segment_frames
+    feature_set = "cqt22k"
+    crop_param = "segment_frames"
 
     @property
     def n_cls(self) -> int:

@@ -124,14 +124,7 @@ class MuseLQRecipe(Recipe):
     Params = MuseLQParams
     presets = PRESETS
     needs_tokens = True
-
-    @property
-    def feature_set(self) -> str:
-        return "mel24k"
-
-    @property
-    def crop_frames(self) -> int:
-        return self.params.crop_frames
+    feature_set = "mel24k"
 
     def prepare(self, sources: Sources) -> None:
         """Copy the token store's normalisation stats and codebook shape into the params."""

@@ -86,14 +86,7 @@ class MynaRecipe(Recipe):
     paper = "Myna: Masking-Based Contrastive Learning of Musical Representations (arXiv 2502.12511)"
     Params = MynaParams
     presets = PRESETS
-
-    @property
-    def feature_set(self) -> str:
-        return "mel16k"
-
-    @property
-    def crop_frames(self) -> int:
-        return self.params.crop_frames
+    feature_set = "mel16k"
 
     def prepare(self, sources: Sources) -> None:
         if sources.features.n_bins != N_MELS:
