@@ -1,26 +1,26 @@
-"""Registry of pretraining recipes: name -> Recipe subclass (one module each)."""
+"""Registry of pretraining recipes: every module here that defines ``RECIPE`` is one.
+
+A new recipe is one new file in this package (a :class:`~mirkit.recipes.base.Recipe` subclass bound to
+``RECIPE``); nothing else needs to change.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 
 from mirkit.recipes.base import Preset, Recipe
 
-#: recipe name -> module that defines it (a module not yet present is skipped)
-_MODULES = {"myna": "myna", "contrastive": "contrastive", "mt2": "mt2", "muse-lq": "muse_lq"}
 
-
+@functools.cache
 def available() -> dict[str, type[Recipe]]:
-    """All importable recipes, by name."""
+    """All recipes of this package, by name."""
     found = {}
-    for name, module in _MODULES.items():
-        try:
-            mod = importlib.import_module(f"mirkit.recipes.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mirkit.recipes.{module}":
-                raise
-            continue
-        found[name] = mod.RECIPE
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        recipe = getattr(importlib.import_module(f"{__name__}.{info.name}"), "RECIPE", None)
+        if recipe is not None:
+            found[recipe.name] = recipe
     return found
 
 

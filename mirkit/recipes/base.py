@@ -11,8 +11,8 @@ The training loop (``mirkit.train``) knows nothing about any paper. It asks the 
   ``encoder`` attribute is the :class:`~mirkit.models.base.Encoder` kept for extraction.
 
 A new recipe is one new module in ``mirkit/recipes/`` that subclasses :class:`Recipe`, declares
-its ``Params`` dataclass (validated by :mod:`mirkit.params`) and its ``presets``, and is listed
-in ``mirkit/recipes/__init__.py``.
+its ``Params`` dataclass (validated by :mod:`mirkit.params`) and its ``presets``, and binds the class
+to ``RECIPE``; the registry finds it.
 """
 
 from __future__ import annotations
