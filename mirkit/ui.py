@@ -25,9 +25,10 @@ def progress(transient: bool = False) -> Progress:
                     TimeRemainingColumn(), console=console, transient=transient)
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
+def table(title: str, columns: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> Table:
+    """A summary table; ``columns=None`` gives a two-column key/value table without a header."""
+    t = Table(title=title, title_justify="left", show_header=columns is not None)
+    for c in columns if columns is not None else ("", ""):
         t.add_column(str(c))
     for r in rows:
         t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])

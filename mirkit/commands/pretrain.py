@@ -56,8 +56,12 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]parameter error:[/red] {exc}")
             raise typer.Exit(2) from None
         first = result.history[0]["loss"] if result.history else float("nan")
-        console.print(table("pretrain", ["recipe", "preset", "params", "steps", "first loss", "final loss",
-                                         "samples/s", "seconds", "checkpoint"],
-                            [(r.name, r.params.preset, f"{result.n_params / 1e6:.2f} M",
-                              f"{result.resumed_from}->{result.steps}", first, result.final_loss,
-                              f"{result.samples_per_s:.1f}", f"{result.seconds:.1f}", result.out)]))
+        console.print(table(f"pretrain: {r.name} ({r.params.preset})", None, [
+            ("parameters", f"{result.n_params / 1e6:.2f} M"),
+            ("steps", f"{result.resumed_from} -> {result.steps}"),
+            ("loss (first logged -> last)", f"{first:.4f} -> {result.final_loss:.4f}"),
+            ("throughput", f"{result.samples_per_s:.1f} samples/s"),
+            ("time", f"{result.seconds:.1f} s"),
+            ("checkpoint", f"{result.out}/model.safetensors + config.json"),
+            ("curve / summary", f"{p.log} / {p.summary}"),
+        ]))
