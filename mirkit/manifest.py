@@ -8,6 +8,7 @@ A folder of audio files is read as a manifest without labels.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def read_manifest(manifest: str | Path) -> list[Track]:
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise ManifestError(f"{manifest}: needs a 'path' column (has: {', '.join(reader.fieldnames or [])})")
         rows = list(reader)
+    uses = Counter((row.get("path") or "").strip() for row in rows)
     tracks, seen = [], set()
     for i, row in enumerate(rows, start=2):
         rel = (row.get("path") or "").strip()
@@ -56,8 +58,11 @@ def read_manifest(manifest: str | Path) -> list[Track]:
             raise ManifestError(f"{manifest}: row {i}: empty path")
         offset = _float(row.get("offset"), "offset", i, manifest) or 0.0
         duration = _float(row.get("duration"), "duration", i, manifest)
-        tid = (row.get("track_id") or "").strip() or (rel if not offset and duration is None
-                                                       else f"{rel}@{offset:g}+{duration if duration is not None else ''}")
+        # a whole file (or its start) is named by its path, as for a folder input; a clip cut out of a
+        # file, or one of several clips of a file, by path@offset+duration
+        tid = (row.get("track_id") or "").strip() or (rel if uses[rel] == 1 and not offset
+                                                       else f"{rel}@{offset:g}+{duration:g}" if duration is not None
+                                                       else f"{rel}@{offset:g}+")
         if tid in seen:
             raise ManifestError(f"{manifest}: row {i}: duplicate track id {tid!r}")
         seen.add(tid)

@@ -140,7 +140,7 @@ def test_extract_store_layout_times_and_labels(workspace):
     report = run(p)
     assert report.embedded == 4 and not report.failures and report.from_store == 4 and report.computed == 0
     emb = Embeddings(p.out)
-    assert [t["track_id"] for t in emb.tracks] == ["a.wav", "b.wav", "c.wav@1.5+7.0", "d.wav"]
+    assert [t["track_id"] for t in emb.tracks] == ["a.wav", "b.wav", "c.wav@1.5+7", "d.wav"]
     assert emb.layer == -1 and emb.pooling == "mean"
     assert emb.model["recipe"] == "myna" and emb.model["preset"] == "myna-tiny" and emb.model["random_init"] is False
     assert emb.frame_rate == pytest.approx(SR / HOP / 16)          # square patches: 16 frames per column

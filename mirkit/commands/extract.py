@@ -53,12 +53,14 @@ def register(app: typer.Typer) -> None:
         if report.feature_note:
             console.print(f"[yellow]note:[/yellow] {report.feature_note}")
         weights = "random init" if p.random_init else "pretrained"
-        console.print(table("extract", ["store", "status", "model", "tracks", "embedded", "skipped", "failed",
-                                        "features (store/audio)", "chunks", "frames", "dim", "frame rate"],
-                            [(p.out, report.status, f"{p.model} ({weights})", report.n_tracks, report.embedded,
-                              report.skipped, len(report.failures), f"{report.from_store}/{report.computed}",
-                              report.chunks, report.frames, report.dim,
-                              f"{report.frame_rate:.3g} Hz" if report.frame_rate else "-")]))
+        console.print(table(f"extract -> {p.out} ({report.status})", None, [
+            ("model", f"{p.model} ({weights})"),
+            ("tracks", f"{report.n_tracks}: {report.embedded} embedded, {report.skipped} already there, "
+                       f"{len(report.failures)} failed"),
+            ("features", f"{report.from_store} from the store, {report.computed} computed from audio"),
+            ("embeddings", f"{report.chunks} chunks, {report.frames} frames, dim {report.dim}"),
+            ("frame rate", f"{report.frame_rate:.3g} Hz" if report.frame_rate else "-"),
+        ]))
         if report.failures:
             console.print(table(f"extract: {len(report.failures)} file(s) rejected", ["file", "reason"],
                                 report.failures[:50]))
