@@ -17,7 +17,7 @@ seed gives byte-identical files.
 
 Output layout (design.md section 2)::
 
-    out_dir/manifest.csv            path,split,key,tempo,timbre,duration,beats,chords
+    out_dir/manifest.csv            path,split,key,tempo,timbre,seconds,beats,chords
     out_dir/clip_0000.wav           mono 16-bit PCM
     out_dir/clip_0000.beats.txt     one beat time (s) per line
     out_dir/clip_0000.chords.lab    "start end label" with mir_eval chord labels (C:maj, A:min/b3)
@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 
 MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = ("path", "split", "key", "tempo", "timbre", "duration", "beats", "chords")
+MANIFEST_COLUMNS = ("path", "split", "key", "tempo", "timbre", "seconds", "beats", "chords")
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 TEMPO_RANGE = (70.0, 160.0)
@@ -530,7 +530,7 @@ class ClipInfo:
     def row(self) -> dict[str, str]:
         return {"path": f"{self.name}.wav", "split": self.split, "key": self.key,
                 "tempo": f"{self.tempo:.1f}", "timbre": self.timbre,
-                "duration": f"{self.duration:.6f}", "beats": f"{self.name}.beats.txt",
+                "seconds": f"{self.duration:.6f}", "beats": f"{self.name}.beats.txt",
                 "chords": f"{self.name}.chords.lab"}
 
 

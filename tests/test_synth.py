@@ -85,18 +85,18 @@ def test_manifest_columns_and_paths_resolve(corpus):
             assert (out / row[column]).is_file(), row[column]
         info = sf.info(out / row["path"])
         assert (info.samplerate, info.channels, info.subtype, info.format) == (8000, 1, "PCM_16", "WAV")
-        assert info.frames / info.samplerate == pytest.approx(float(row["duration"]), abs=1e-5)
+        assert info.frames / info.samplerate == pytest.approx(float(row["seconds"]), abs=1e-5)
         audio = sf.read(out / row["path"], dtype="int16")[0]
         assert 0 < np.abs(audio.astype(int)).max() < 32767      # peak-normalised, never clipping
         assert row["timbre"] in TIMBRES
-    assert result.total_seconds == pytest.approx(sum(float(r["duration"]) for r in rows))
+    assert result.total_seconds == pytest.approx(sum(float(r["seconds"]) for r in rows))
 
 
 def test_labels_are_valid_mir_eval_and_cover_the_clip(corpus):
     out, _, rows = corpus
     for row in rows:
         mir_eval.key.validate_key(row["key"])
-        duration, tempo = float(row["duration"]), float(row["tempo"])
+        duration, tempo = float(row["seconds"]), float(row["tempo"])
         beats = np.loadtxt(out / row["beats"], ndmin=1)
         assert beats.min() >= 0 and beats.max() < duration
         assert np.median(np.diff(beats)) == pytest.approx(60.0 / tempo, abs=1e-4)
