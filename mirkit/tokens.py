@@ -51,7 +51,7 @@ class TokensParams:
     feature_set: str = param("mel24k", help="feature set to tokenise; the token set gets the same name")
     out: str = param("data/tokens.zarr", help="token store (path or fsspec URL)")
     quantizer: str = param("", help="quantizer file (.safetensors + .json sidecar); empty: beside `out`")
-    metrics: str = param("metrics/tokens.json", help="codebook usage statistics (DVC metrics)")
+    metrics: str = param("results/tokens.json", help="codebook usage statistics (DVC metrics)")
     stack: int = param(4, ge=1, help="frames concatenated per token (4: 100 fps -> 25 Hz, MusicFM)")
     codebook_size: int = param(8192, ge=2, help="codes per codebook (MuSE-LQ 8192; MusicFM 4096)")
     codebook_dim: int = param(16, ge=1, help="projection / codeword dimension (BEST-RQ 16)")

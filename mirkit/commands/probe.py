@@ -28,8 +28,8 @@ class ProbeParams:
                                  "regression, key, beats, chords; group (multiclass/key) = column naming each "
                                  "clip's song: clips are ensembled per song, JukeMIR's strategy chosen on valid")
     protocol: str = param("quick", choices=PROTOCOLS, help="quick: one configuration; jukemir: 216-config grid")
-    out: str = param("metrics/probe.json", help="metrics JSON")
-    plot: str = param("plots/probe.png", help="bar plot PNG comparing the runs")
+    out: str = param("results/probe.json", help="metrics JSON")
+    plot: str = param("results/probe.png", help="bar plot PNG comparing the runs")
     seed: int = param(0, ge=0)
     device: str = param("auto", choices=("auto", "cpu", "cuda"))
     max_steps: int = param(10000, ge=1, help="step cap per configuration")
