@@ -69,7 +69,7 @@ def main() -> None:
     base = dict(recipe=args.recipe, preset=args.preset, features=args.store, manifest=None, batch_size=args.batch,
                 tokens=args.store.replace("features", "tokens"))
     step = step_rate(PretrainParams(**base), args.steps, args.device)
-    print(f"| source | workers | crops/s | crops/s per training-step crop/s |\n|---|---|---|---|")
+    print("| source | workers | crops/s | crops/s per training-step crop/s |\n|---|---|---|---|")
     for name, in_memory, cache in (("Zarr, a call per crop", False, False), ("Zarr + LRU track cache", False, True),
                                    ("RAM (in_memory)", True, True)):
         for w in args.workers:

@@ -57,7 +57,7 @@ def main() -> None:
         run(MelsParams(input=str(tmp / "audio"), store=str(tmp / "f.zarr"), feature_sets=sets, num_workers=0,
                        failures=str(tmp / "f.tsv"), summary=str(tmp / "s.json")))
         total = time.perf_counter() - t0
-    print(f"| what | wall s | audio s / s |\n|---|---|---|")
+    print("| what | wall s | audio s / s |\n|---|---|---|")
     print(f"| decode + resample only (floor) | {floor:.2f} | {audio_s / floor:.0f} |")
     print(f"| mirkit mels ({', '.join(sets)}) | {total:.2f} | {audio_s / total:.0f} |")
     print(f"\nfeatures + storage share of the total: {(total - floor) / total:.0%} "

@@ -20,7 +20,7 @@ to the committed counts and resumes after the last committed track (``writer.don
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -230,5 +230,3 @@ class Embeddings:
         mask = pos[self._chunk_track] >= 0
         return self._chunks_cache[mask], pos[self._chunk_track[mask]]
 
-    def frame_tracks(self, indices: Iterable[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [self.frames(i) for i in indices]

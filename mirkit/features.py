@@ -17,7 +17,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 

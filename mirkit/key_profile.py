@@ -97,11 +97,6 @@ def _same_length_batches(chunks: list[torch.Tensor], size: int):
         i = j
 
 
-def key_signature(profile: np.ndarray, offset: int) -> int:
-    """Key-signature index (see :data:`KEY_SIGNATURES`) of a raw profile given the calibration offset."""
-    return int((int(np.argmax(profile)) - offset) % 12)
-
-
 @dataclass
 class KeyReadout:
     """Calibrated key-signature estimates from an encoder and its 12-way key head.

@@ -177,11 +177,3 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def describe(cls: type) -> list[tuple[str, str, str]]:
-    """(name, default, help) rows for ``--help`` style listings."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        rows.append((f.name, repr(default), f.metadata.get("help", "")))
-    return rows

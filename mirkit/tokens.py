@@ -33,7 +33,7 @@ from mirkit.device import DEVICES, pick
 from mirkit.files import write_json
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
-from mirkit.store import FrameSet, StoreError, create_or_open, delete_set, open_set
+from mirkit.store import FrameSet, create_or_open, delete_set, open_set
 
 TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks

@@ -7,7 +7,6 @@ import uuid
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from mirkit import probe as P

@@ -16,7 +16,7 @@ from mirkit.cli import app
 from mirkit.params import ParamsError, resolve
 from mirkit.quantizer import QuantizerFileError, RandomProjectionQuantizer, sidecar_path
 from mirkit.store import create_or_open, open_set
-from mirkit.tokens import (TokensParams, code_counts, codebook_stats, feature_stats, run, stack_frames,
+from mirkit.tokens import (TokensParams, codebook_stats, feature_stats, run, stack_frames,
                            tokenize)
 
 BINS, STACK, CODES = 8, 4, 64

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from mirkit import checkpoint
 from mirkit.cli import app
-from mirkit.params import ParamsError
 from mirkit.train import PretrainParams, TrainingDiverged, batch_indices, lr_factor, train
 
 ROOT = Path(__file__).parent.parent

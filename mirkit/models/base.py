@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 POOLINGS = ("mean", "cls", "cls2", "cls-mean", "seq-mean")
