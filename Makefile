@@ -1,15 +1,17 @@
 # Quick start: `make demo` (whole pipeline on the sample clips) and `make test` (test suite).
+# Both install from requirements.lock (exact versions); `make lock` regenerates it (docs/install.md).
 PY ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -c "import mirkit.audio"   # fails with a clear message if torch/torchaudio disagree
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,6 +22,16 @@ demo: install
 
 test: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-fast: install
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check mirkit tests bench
+	$(BIN)/mypy mirkit
+
+lock:
+	PY=$(PY) .ci/lock
 
 clean:
 	rm -rf data/samples data/*.zarr data/embeddings models results .dvc/cache dvc.lock

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.transforms as T
+
+from mirkit.binaries import load_torchaudio
+
+T = load_torchaudio().transforms
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
