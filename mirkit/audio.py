@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import functools
 import os
 from pathlib import Path
@@ -17,7 +19,7 @@ T = load_torchaudio().transforms
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
 
-class AudioError(Exception):
+class AudioError(InputError):
     """A file that cannot be used, with the reason (the message names no path; callers add it)."""
 
 

@@ -8,6 +8,8 @@ version. Weights are read with safetensors only; the training state with
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import json
 import os
 from pathlib import Path
@@ -27,7 +29,7 @@ FORMAT = "mirkit.checkpoint/1"
 MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "train_state.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A checkpoint is missing, truncated, of another format or does not fit its model."""
 
 

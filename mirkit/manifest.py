@@ -7,6 +7,8 @@ A folder of audio files is read as a manifest without labels.
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import csv
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from mirkit.audio import find_audio
 RESERVED = ("path", "split", "offset", "duration", "track_id")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """The manifest itself is unusable (missing, no ``path`` column, duplicate ids, bad numbers)."""
 
 

@@ -7,6 +7,8 @@ before any work with a :class:`ParamsError` naming the key, the value and what i
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import dataclasses
 import json
 import types
@@ -21,7 +23,7 @@ T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A parameter is missing, unknown, of the wrong type or out of range."""
 
 

@@ -19,6 +19,8 @@ normalisation stats). Paths may be local or fsspec URLs.
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import json
 import math
 import os
@@ -34,7 +36,7 @@ FORMAT = "mirkit.rpq/1"
 _LOOKUP_ROWS = 4096   # rows per lookup block: bounds the (rows x codebook_size) similarity matrix
 
 
-class QuantizerFileError(RuntimeError):
+class QuantizerFileError(InputError):
     """A saved quantizer is missing, unreadable or inconsistent with its hyper-parameters."""
 
 

@@ -20,6 +20,8 @@ the shards in shard order. :func:`shard_of` decides which shard a track belongs 
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import hashlib
 import json
 import re
@@ -38,7 +40,7 @@ _INDEX_INT = ("start", "n_frames")
 warnings.filterwarnings("ignore", message=".*(not part of the Zarr format 3|vlen-utf8|StringDType|VariableLengthUTF8).*")
 
 
-class StoreError(RuntimeError):
+class StoreError(InputError):
     """A store or set is missing, unreadable or of an unexpected format."""
 
 

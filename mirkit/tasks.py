@@ -21,6 +21,8 @@ group: column (optional), options: {...}}}``; multilabel columns hold ``;``-sepa
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import json
 import math
 import re
@@ -44,7 +46,7 @@ GROUPED_TYPES = ("multiclass", "key")   # the types whose clips can be ensembled
 IGNORE = -100   # frame target ignored by the loss (e.g. a chord outside the majmin vocabulary)
 
 
-class TaskDataError(ValueError):
+class TaskDataError(InputError):
     """A task cannot run on this data (missing labels, unreadable annotation, ...)."""
 
 

@@ -21,6 +21,8 @@ computed over the whole feature set, so adding tracks to the features rebuilds t
 
 from __future__ import annotations
 
+from mirkit.errors import InputError
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks
 
 
-class TokensError(RuntimeError):
+class TokensError(InputError):
     """The stage cannot run on this input (empty feature set, degenerate statistics, ...)."""
 
 

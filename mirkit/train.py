@@ -13,6 +13,8 @@ under DDP the global batch holds the same examples whatever the number of proces
 
 from __future__ import annotations
 
+from mirkit.errors import MirkitError
+
 import math
 import os
 import time
@@ -77,7 +79,7 @@ class PretrainParams:
 TRACK_CACHE_BYTES = 1 << 30
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(MirkitError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
