@@ -13,6 +13,14 @@ from typing import Any, Callable
 from mirkit.errors import InputError
 
 
+#: upper bounds shared by the parameter sections (typed in params.yaml and in a checkpoint's config.json)
+MAX_FRAMES = 16384        # a training crop / view: 164 s at 100 frames/s (MuSE uses 3000)
+MAX_WIDTH = 65536         # a hidden or projection size
+MAX_CODES = 65536         # codes per codebook (MuSE-LQ 8192, MusicFM 4096)
+MAX_CODEBOOKS = 64
+MAX_STACK = 64            # frames stacked per token
+
+
 class ResourceError(InputError):
     """A parameter or input would need more memory than the budget."""
 

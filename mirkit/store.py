@@ -373,7 +373,7 @@ class FrameSet(_TrackIndex):
         sizes = [int(f.shape[0]) for *_, f in items]
         seen = set()
         for tid, _, _, f in items:
-            if f.ndim != 2 or f.shape[1] != self.n_bins or f.shape[0] < 1:
+            if f.ndim != 2 or f.shape[1] != self.n_bins:
                 raise StoreError(f"{tid}: frames of shape {f.shape} do not fit a set of {self.n_bins} bins")
             if tid in self._by_id or tid in seen:
                 raise StoreError(f"{self.url}/{self.name}: track {tid!r} is already stored")
@@ -514,7 +514,7 @@ def _verify_index(where: str, cols: dict[str, np.ndarray], total: int) -> None:
     sizes = np.asarray(cols["n_frames"], np.int64)
     starts = np.asarray(cols["start"], np.int64)
     expect = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    bad = np.nonzero((sizes < 1) | (starts != expect))[0]
+    bad = np.nonzero((sizes < 0) | (starts != expect))[0]
     if len(bad):
         i = int(bad[0])
         raise StoreError(f"{where}: damaged index: track {i} ({cols['track_id'][i]!r}) has start={starts[i]}, "
