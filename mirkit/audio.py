@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import contextlib
 import functools
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from mirkit.binaries import load_torchaudio
+from mirkit.errors import InputError
 
 T = load_torchaudio().transforms
 
@@ -134,10 +133,10 @@ def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
     try:
         with _captured_stderr(notes), sf.SoundFile(str(path)) as f:
             sr, fmt, total = f.samplerate, f.format, f.frames
-            start = int(round(offset * sr))
+            start = round(offset * sr)
             if start:
                 f.seek(min(start, f.frames))
-            frames = -1 if duration is None else int(round(duration * sr))
+            frames = -1 if duration is None else round(duration * sr)
             data = f.read(frames=frames, dtype="float32", always_2d=True)
     except PermissionError:
         raise AudioError("permission denied") from None

@@ -8,10 +8,10 @@ K/M/G/T accepted, e.g. ``MIRKIT_MAX_BYTES=64G``).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mirkit.errors import InputError
-
 
 #: upper bounds shared by the parameter sections (typed in params.yaml and in a checkpoint's config.json)
 MAX_FRAMES = 16384        # a training crop / view: 164 s at 100 frames/s (MuSE uses 3000)

@@ -7,8 +7,6 @@ A folder of audio files is read as a manifest without labels.
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import csv
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mirkit.audio import AUDIO_EXTENSIONS, find_audio
+from mirkit.errors import InputError
 
 RESERVED = ("path", "split", "offset", "duration", "track_id")
 

@@ -33,8 +33,6 @@ the shards in shard order. :func:`shard_of` decides which shard a track belongs 
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import datetime
 import fcntl
 import hashlib
@@ -45,13 +43,16 @@ import socket
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
+
+from mirkit.errors import InputError
 
 FORMAT = "mirkit.frames/1"
 _INDEX_STR = ("track_id", "source", "fingerprint")
@@ -80,8 +81,7 @@ _HELD: dict[str, list[int]] = {}   # resolved store path -> [fd, depth, pid]
 
 def _local_path(url: str) -> Path | None:
     url = str(url)
-    if url.startswith("file://"):
-        url = url[len("file://"):]
+    url = url.removeprefix("file://")
     return None if "://" in url else Path(url)
 
 
@@ -124,7 +124,7 @@ def _acquire(root: Path, url: str, wait: float) -> int:
             continue
         # a non-empty file here was left by a killed writer: the kernel released its flock, we take over
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         return fd
@@ -244,7 +244,7 @@ class FrameSet(_TrackIndex):
         if n:
             try:
                 cols = {k: g[k][:n] for k in _INDEX_STR + _INDEX_INT}
-            except Exception as exc:   # zarr/numcodecs raise many types for damaged chunks
+            except Exception as exc:  # noqa: BLE001 - zarr/numcodecs raise many types for damaged chunks
                 raise StoreError(f"{where}: damaged index ({exc.__class__.__name__}: {exc}); "
                                  f"run `mirkit verify {self.url}`") from None
             self.tracks = [TrackRecord(str(cols["track_id"][i]), str(cols["source"][i]), str(cols["fingerprint"][i]),
@@ -305,12 +305,12 @@ class FrameSet(_TrackIndex):
                     out[lo - start: hi - start] = self._frames[rec.start + lo: rec.start + hi]
             except StoreError:
                 raise
-            except Exception as exc:   # a damaged chunk: zarr and its codecs raise many types
+            except Exception as exc:  # noqa: BLE001 - a damaged chunk: zarr and its codecs raise many types
                 raise StoreError(f"{self.url}/{self.name}: frames of track {rec.track_id!r} unreadable "
                                  f"({exc.__class__.__name__}: {exc}); run `mirkit verify {self.url}`") from None
         return out
 
-    def cache_tracks(self, max_bytes: int) -> "FrameSet":
+    def cache_tracks(self, max_bytes: int) -> FrameSet:
         """Keep recently read tracks in RAM, least recently used out first, at most ``max_bytes``
         (0 turns it off). A Zarr call costs ~2 ms whatever its size, so reading a whole track once
         and slicing every later crop of it (the views of one example, later epochs) is much cheaper;
@@ -333,7 +333,7 @@ class FrameSet(_TrackIndex):
                 self._track_bytes -= old.nbytes
         return frames
 
-    def load_into_memory(self) -> "FrameSet":
+    def load_into_memory(self) -> FrameSet:
         """Read all committed frames once (for small stores and training speed)."""
         self._cache = self._rows(0, self.total_frames)
         return self
@@ -346,7 +346,7 @@ class FrameSet(_TrackIndex):
     def _rows(self, lo: int, hi: int) -> np.ndarray:
         try:
             return np.asarray(self._frames[lo:hi])
-        except Exception as exc:   # a damaged chunk
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk
             raise StoreError(f"{self.url}/{self.name}: frames {lo}..{hi} unreadable ({exc.__class__.__name__}: "
                              f"{exc}); run `mirkit verify {self.url}`") from None
 
@@ -544,7 +544,7 @@ def missing_chunks(arr: zarr.Array, rows: int) -> list[str]:
     return sorted(expected - sync(listed()))
 
 
-def scan_set(fs: "FrameSet", block: int = 65536) -> list[str]:
+def scan_set(fs: FrameSet, block: int = 65536) -> list[str]:
     """Full check of an opened set: decode every committed frame; float sets must be finite, token
     sets within ``[0, codebook_size)``. Returns the problems found (empty when sound)."""
     problems: list[str] = []
@@ -553,7 +553,7 @@ def scan_set(fs: "FrameSet", block: int = 65536) -> list[str]:
         hi = min(lo + block, fs.total_frames)
         try:
             x = np.asarray(fs._frames[lo:hi])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every decoding failure is a finding
             problems.append(f"frames {lo}..{hi} unreadable ({exc.__class__.__name__}: {exc})")
             continue
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
@@ -668,13 +668,13 @@ class ShardedSet(_TrackIndex):
         k, j = self._where[track]
         return self.shards[k].read(j, start, length)
 
-    def cache_tracks(self, max_bytes: int) -> "ShardedSet":
+    def cache_tracks(self, max_bytes: int) -> ShardedSet:
         """Per-shard LRU track caches sharing ``max_bytes`` evenly (see :meth:`FrameSet.cache_tracks`)."""
         for part in self.shards:
             part.cache_tracks(max_bytes // len(self.shards))
         return self
 
-    def load_into_memory(self) -> "ShardedSet":
+    def load_into_memory(self) -> ShardedSet:
         """Read all committed frames of every shard once."""
         for part in self.shards:
             part.load_into_memory()

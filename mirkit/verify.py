@@ -11,9 +11,9 @@ checkpoint format registers its own consistency checks there) with functions ``P
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from mirkit.errors import InputError, MirkitError
 

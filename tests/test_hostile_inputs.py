@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from cli_runner import invoke
+from test_extract import SR, make_checkpoint, tone_clip
+
 from mirkit.audio import AudioError, read_audio
 from mirkit.embeddings import Embeddings
 from mirkit.errors import InputError
 from mirkit.manifest import ManifestError, load_tracks, read_manifest
-from mirkit.mels import MelsParams, run as run_mels
+from mirkit.mels import MelsParams
+from mirkit.mels import run as run_mels
 from mirkit.params import resolve
 from mirkit.store import open_set
-from test_extract import SR, make_checkpoint, tone_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +161,7 @@ def test_truncated_ogg_and_non_audio_mp3_get_accurate_reasons_and_no_decoder_noi
     # in a real process: the C decoder's notes must not reach the terminal
     code = ("from mirkit.audio import read_audio\ntry:\n    read_audio(r'%s')\nexcept Exception as e:\n    print(e)\n"
             % (tmp_path / "text.mp3"))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "format not recognised" in r.stdout and "MPEG" not in r.stderr + r.stdout and "Note:" not in r.stderr
 
@@ -181,3 +182,22 @@ def test_the_same_data_in_another_folder_gives_the_same_store_bytes(tmp_path):
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+
+
+# ----------------------------------------------------------------------------- item 4 in a stage
+def test_extract_never_reads_a_deleted_chunk_as_zeros(hostile, tmp_path):
+    """Before: with a frames chunk deleted, extract exited 0 with every chunk vector identical."""
+    store = tmp_path / "f.zarr"
+    mels(hostile / "data", store)
+    shards = sorted((store / "mel16k" / "frames" / "c").iterdir())
+    (shards[0] / "0").unlink()
+    args = ["--model", str(hostile / "ckpt"), "--set", f"manifest={hostile / 'data' / 'manifest.csv'}",
+            "--set", "device=cpu", "--params", str(tmp_path / "p.yaml")]
+    r = invoke("extract", *args, "--out", str(tmp_path / "a.zarr"), "--set", f"features={store}")
+    assert r.exit_code == 0 and "damaged" in r.text and "computing from audio" in r.text, r.text
+    assert "0 from the store, 3 computed from audio" in r.text
+    clean = invoke("extract", *args, "--out", str(tmp_path / "b.zarr"), "--set", f"features={tmp_path / 'none.zarr'}")
+    assert clean.exit_code == 0
+    a, b = Embeddings(str(tmp_path / "a.zarr")), Embeddings(str(tmp_path / "b.zarr"))
+    for i in range(len(a)):
+        np.testing.assert_array_equal(a.chunks(i), b.chunks(i))

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-
 from cli_runner import invoke
+from test_extract import make_checkpoint
+
 from mirkit import limits
 from mirkit.checkpoint import CheckpointError
 from mirkit.features import FeatureSpec, FrontEnd, validate_spec
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
-from test_extract import make_checkpoint
 
 
 @pytest.mark.parametrize("key, value, words", [("n_fft", 1e8, "n_fft=100000000: must be <= 65536"),
@@ -31,7 +30,7 @@ def test_feature_specs_are_bounded_and_name_their_source(key, value, words):
 
 def test_cqt_kernel_memory_is_estimated_before_allocating(monkeypatch):
     monkeypatch.setenv("MIRKIT_MAX_BYTES", "1G")
-    spec = dict(kind="cqt", sample_rate=22050, fmin=0.01, n_bins=99, bins_per_octave=12)
+    spec = {"kind": "cqt", "sample_rate": 22050, "fmin": 0.01, "n_bins": 99, "bins_per_octave": 12}
     with pytest.raises(limits.ResourceError, match="cqt kernels .* would need about .* GiB"):
         resolve(FeatureSpec, spec)
     assert FeatureSpec(kind="cqt", sample_rate=22050, fmin=27.5).kernel_samples == 16384   # nnAudio's value
