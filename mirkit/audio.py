@@ -100,6 +100,15 @@ def _captured_stderr(notes: list[str]) -> Iterator[None]:
                 notes.append(" ".join(text.split())[:300])
 
 
+def _check_decode_size(frames: int, channels: int, sr: int) -> None:
+    from mirkit.limits import budget, human
+    need = 4 * frames * channels * 2   # the decoded samples and their mono mix / resampled copy
+    if need > budget():
+        raise AudioError(f"too long to decode at once: {frames / sr:.0f} s x {channels} channel(s) would need about "
+                         f"{human(need)} (budget {human(budget())}, MIRKIT_MAX_BYTES); cut it into clips with "
+                         f"offset/duration in the manifest")
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).strip() or exc.__class__.__name__
     for words, meaning in _REASONS:
@@ -137,6 +146,8 @@ def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
             if start:
                 f.seek(min(start, f.frames))
             frames = -1 if duration is None else round(duration * sr)
+            _check_decode_size(max(0, (f.frames - start) if frames < 0 else min(frames, f.frames - start)),
+                               f.channels, sr)
             data = f.read(frames=frames, dtype="float32", always_2d=True)
     except PermissionError:
         raise AudioError("permission denied") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from cli_runner import invoke
 from test_extract import make_checkpoint
@@ -100,3 +101,14 @@ def test_verify_a_sound_model_dir(tmp_path):
     (ckpt / "config.json").write_text(json.dumps(config))
     r = invoke("verify", str(ckpt))
     assert r.exit_code == 2 and "missing crop_frames" in r.text
+
+
+def test_a_file_too_long_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from mirkit.audio import AudioError, read_audio
+    sf.write(tmp_path / "long.wav", np.full(16000 * 20, 0.1, np.float32), 16000)
+    monkeypatch.setenv("MIRKIT_MAX_BYTES", "1M")
+    with pytest.raises(AudioError, match="too long to decode at once: 20 s"):
+        read_audio(tmp_path / "long.wav")
+    assert read_audio(tmp_path / "long.wav", 0.0, 2.0)[0].shape == (32000,)   # a clip of it fits
