@@ -242,11 +242,7 @@ class FrameSet(_TrackIndex):
         self._frames = g["frames"]
         self._verify_shapes(n, total)
         if n:
-            try:
-                cols = {k: g[k][:n] for k in _INDEX_STR + _INDEX_INT}
-            except Exception as exc:  # noqa: BLE001 - zarr/numcodecs raise many types for damaged chunks
-                raise StoreError(f"{where}: damaged index ({exc.__class__.__name__}: {exc}); "
-                                 f"run `mirkit verify {self.url}`") from None
+            cols = {k: _read(g[k], 0, n, f"{where}: damaged index: '{k}'", self.url) for k in _INDEX_STR + _INDEX_INT}
             self.tracks = [TrackRecord(str(cols["track_id"][i]), str(cols["source"][i]), str(cols["fingerprint"][i]),
                                        int(cols["start"][i]), int(cols["n_frames"][i])) for i in range(n)]
             _verify_index(where, cols, total)
@@ -296,18 +292,12 @@ class FrameSet(_TrackIndex):
         out = np.zeros((max(length, 0), self.n_bins), dtype=out_dtype)
         lo, hi = max(start, 0), min(start + length, rec.n_frames)
         if hi > lo:
-            try:
-                if self._cache is not None:
-                    out[lo - start: hi - start] = self._cache[rec.start + lo: rec.start + hi]
-                elif self._track_budget:
-                    out[lo - start: hi - start] = self._cached_track(track)[lo:hi]
-                else:
-                    out[lo - start: hi - start] = self._frames[rec.start + lo: rec.start + hi]
-            except StoreError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a damaged chunk: zarr and its codecs raise many types
-                raise StoreError(f"{self.url}/{self.name}: frames of track {rec.track_id!r} unreadable "
-                                 f"({exc.__class__.__name__}: {exc}); run `mirkit verify {self.url}`") from None
+            if self._cache is not None:
+                out[lo - start: hi - start] = self._cache[rec.start + lo: rec.start + hi]
+            elif self._track_budget:
+                out[lo - start: hi - start] = self._cached_track(track)[lo:hi]
+            else:
+                out[lo - start: hi - start] = self._rows(rec.start + lo, rec.start + hi, rec.track_id)
         return out
 
     def cache_tracks(self, max_bytes: int) -> FrameSet:
@@ -324,7 +314,7 @@ class FrameSet(_TrackIndex):
             self._track_cache.move_to_end(track)
             return hit
         rec = self.tracks[track]
-        frames = np.asarray(self._frames[rec.start: rec.start + rec.n_frames])
+        frames = self._rows(rec.start, rec.start + rec.n_frames, rec.track_id)
         if frames.nbytes <= self._track_budget // 4:   # a very long track is read, not cached
             self._track_cache[track] = frames
             self._track_bytes += frames.nbytes
@@ -343,12 +333,9 @@ class FrameSet(_TrackIndex):
         for lo in range(0, self.total_frames, block):
             yield self._rows(lo, min(lo + block, self.total_frames))
 
-    def _rows(self, lo: int, hi: int) -> np.ndarray:
-        try:
-            return np.asarray(self._frames[lo:hi])
-        except Exception as exc:  # noqa: BLE001 - a damaged chunk
-            raise StoreError(f"{self.url}/{self.name}: frames {lo}..{hi} unreadable ({exc.__class__.__name__}: "
-                             f"{exc}); run `mirkit verify {self.url}`") from None
+    def _rows(self, lo: int, hi: int, track_id: str | None = None) -> np.ndarray:
+        what = f"frames of track {track_id!r}" if track_id is not None else f"frames {lo}..{hi}"
+        return _read(self._frames, lo, hi, f"{self.url}/{self.name}: {what}", self.url)
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, items: Sequence[tuple[str, str, str, np.ndarray]]) -> None:
@@ -502,6 +489,21 @@ def open_set(url: str, name: str) -> FrameSet | ShardedSet:
 
 
 # -- verification ----------------------------------------------------------------------------------
+#: attempts at decoding a chunk: Zarr rewrites local chunk files in place, so a reader racing a live
+#: writer can catch a chunk half-written; a retry reads it whole. Failing every time means damage.
+READ_TRIES = 3
+
+
+def _read(arr: zarr.Array, lo: int, hi: int, what: str, url: str) -> np.ndarray:
+    for attempt in range(READ_TRIES):
+        try:
+            return np.asarray(arr[lo:hi])
+        except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for a damaged chunk
+            if attempt == READ_TRIES - 1:
+                raise StoreError(f"{what} unreadable ({exc.__class__.__name__}: {exc}); "
+                                 f"run `mirkit verify {url}`") from None
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 def _count(value: Any, key: str, where: str, positive: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
         raise StoreError(f"{where}: damaged: {key}={value!r} is not a {'positive' if positive else 'non-negative'} "
