@@ -150,6 +150,10 @@ class FrozenEncoder:
         self.feature_set: str = config["feature_set"]
         self.spec = spec_from_dict(config["features"])
         self.window: int = int(config["crop_frames"])
+        from mirkit.limits import MAX_FRAMES
+        if not 0 < self.window <= MAX_FRAMES:   # bounded before a window of it is allocated
+            from mirkit.params import ParamsError
+            raise ParamsError(f"config.json: crop_frames={config['crop_frames']!r}: must be in 1..{MAX_FRAMES}")
         self.frame_rate: float = self.spec.frame_rate
         self.model_info = model_info or {}
         cls = type(encoder)

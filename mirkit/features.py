@@ -122,10 +122,9 @@ PRESETS: dict[str, FeatureSpec] = {
 }
 
 
-def spec_from_dict(d: dict) -> FeatureSpec:
-    from mirkit.params import resolve
-    d = {k: v for k, v in d.items() if k != "features_version"}
-    return resolve(FeatureSpec, d)
+def spec_from_dict(d: dict, source: str = "config.json") -> FeatureSpec:
+    """A stored spec as a :class:`FeatureSpec` (checked by :func:`validate_spec`, errors name ``source``)."""
+    return validate_spec(d, source)
 
 
 def validate_spec(spec: Any, source: str = "config.json", key: str = "features") -> FeatureSpec:

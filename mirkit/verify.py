@@ -117,7 +117,10 @@ def _model_config(path: Path) -> Iterable[Finding]:
         return
     try:
         validate_spec(config["features"], source=source)
-        checkpoint.build_recipe(config)
+        recipe = checkpoint.build_recipe(config)
+        if config["crop_frames"] != recipe.crop_frames:
+            raise InputError(f"{source}: crop_frames={config['crop_frames']!r} differs from the recipe's "
+                             f"{recipe.crop_frames}")
     except MirkitError as exc:
         yield Finding("config.json", "parameters within bounds", False, str(exc))
         return

@@ -88,6 +88,10 @@ def test_hostile_checkpoint_configs_are_refused_before_allocating(tmp_path, edit
         from mirkit.checkpoint import load_model
         with pytest.raises(CheckpointError, match=words):
             load_model(ckpt)
+    else:
+        from mirkit.api import load_encoder
+        with pytest.raises(ParamsError, match=words):
+            load_encoder(ckpt, device="cpu")
     r = invoke("verify", str(ckpt))
     assert r.exit_code == 2 and words.split(": ")[-1] in r.text, r.text
 
@@ -112,3 +116,15 @@ def test_a_file_too_long_to_decode_is_refused_before_decoding(tmp_path, monkeypa
     with pytest.raises(AudioError, match="too long to decode at once: 20 s"):
         read_audio(tmp_path / "long.wav")
     assert read_audio(tmp_path / "long.wav", 0.0, 2.0)[0].shape == (32000,)   # a clip of it fits
+
+
+def test_a_huge_top_level_crop_frames_is_refused_before_a_window_is_allocated(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", preset="myna-tiny")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["crop_frames"] = 1e9
+    (ckpt / "config.json").write_text(json.dumps(config))
+    from mirkit.api import load_encoder
+    with pytest.raises(ParamsError, match="config.json: crop_frames=1000000000.0: must be in 1..16384"):
+        load_encoder(ckpt, device="cpu")
+    r = invoke("verify", str(ckpt))
+    assert r.exit_code == 2 and "differs from the recipe" in r.text
