@@ -121,3 +121,26 @@ def test_writer_lock_refuses_in_process_callers_too(tmp_path):
         holder.wait()
     _, status = create_or_open(url, "mel", {}, 4, 10.0)   # stale lock recovered
     assert status == "created"
+
+
+def test_two_mels_runs_started_together_leave_a_sound_store(tmp_path):
+    """Before: both crashed and left attrs without arrays ("KeyError: 'frames'" on every later run).
+    Now one writes; the other either refuses (exit 2, naming the holder) or, started after it, resumes."""
+    audio, url = tmp_path / "audio", str(tmp_path / "features.zarr")
+    write_clips(audio, 4)
+    args = lambda k: [sys.executable, "-m", "mirkit", "mels", "--input", str(audio), "--store", url,  # noqa: E731
+                      "--set", "num_workers=0", "--set", f"failures={tmp_path}/f{k}.tsv",
+                      "--set", f"summary={tmp_path}/s{k}.json"]
+    procs = [subprocess.Popen(args(k), env={**ENV, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for k in range(2)]
+    outs = [" ".join(p.communicate(timeout=300)[0].split()) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes in ([0, 0], [0, 2]), outs
+    for p, out in zip(procs, outs, strict=True):
+        assert "Traceback" not in out
+        if p.returncode == 2:
+            assert "another mirkit process is writing this store" in out
+    assert [t.track_id for t in open_set(url, "mel16k").tracks] == [f"c{i}.wav" for i in range(4)]
+    r = subprocess.run([sys.executable, "-m", "mirkit", "verify", url], check=False, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
