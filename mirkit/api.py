@@ -70,8 +70,12 @@ class MirkitEncoder:
         """
         if return_tensors not in ("np", "pt"):
             raise ValueError(f"return_tensors={return_tensors!r}: choose 'np' or 'pt'")
+        from mirkit.audio import AudioError
+        from mirkit.extract import finite_embeddings
         feats = self.features(audio, sample_rate)
         [(_, emb)] = list(self.frozen.embed_tracks([(0, feats)], layer, pooling, frames, batch_size, min_tail))
+        if not finite_embeddings(emb):
+            raise AudioError("embeddings contain NaN/inf: the input is outside what the model handles")
         conv = (lambda a: torch.from_numpy(np.asarray(a))) if return_tensors == "pt" else (lambda a: a)
         if not frames:
             return conv(emb.chunks)
@@ -79,7 +83,7 @@ class MirkitEncoder:
 
     # -- input --------------------------------------------------------------------------------
     def _wave(self, audio: Any, sample_rate: int | None) -> np.ndarray:
-        from mirkit.audio import AudioError, load_audio, resample
+        from mirkit.audio import AudioError, check_rate, check_wave, load_audio, resample
         rate = self.sample_rate
         if isinstance(audio, (str, Path)):
             try:
@@ -88,6 +92,7 @@ class MirkitEncoder:
                 raise AudioError(f"{audio}: {exc}") from None
         if sample_rate is None:
             raise ValueError("a waveform needs its sample_rate (e.g. enc.embed(wave, sample_rate=44100))")
+        sample_rate = check_rate(sample_rate)
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
         wave = np.asarray(audio, dtype=np.float32)
@@ -95,9 +100,11 @@ class MirkitEncoder:
             wave = wave.mean(axis=0)
         if wave.ndim != 1 or wave.size == 0:
             raise ValueError(f"waveform of shape {np.shape(audio)}: expected (samples,) or (channels, samples)")
-        if not np.isfinite(wave).all():
-            raise ValueError("waveform contains NaN or infinite samples")
-        return resample(np.ascontiguousarray(wave), int(sample_rate), rate)
+        try:   # the same checks as decoded files (empty, NaN/inf, digital silence)
+            wave = check_wave(wave)
+        except AudioError as exc:
+            raise AudioError(f"waveform: {exc}") from None
+        return resample(wave, sample_rate, rate)
 
 
 def load_encoder(path: str | Path = "models/pretrain", device: str | torch.device | None = None,

@@ -25,7 +25,15 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
+from mirkit.errors import InputError
+
 ROW_CHUNK = 4096   # rows per Zarr chunk of the 2-D arrays
+# chunks equal to the fill value (track 0's ids) must be written: readers treat a missing chunk as damage
+zarr.config.set({"array.write_empty_chunks": True})
+
+
+class EmbeddingsError(InputError):
+    """An embeddings store is missing, of another kind, or damaged."""
 
 
 def _open(url: str, mode: str) -> zarr.Group:
@@ -109,6 +117,8 @@ class EmbeddingsWriter:
         if "track_id" not in track:
             raise ValueError("track row needs a 'track_id'")
         chunks = np.asarray(chunks, dtype=np.float32).reshape(-1, self.dim)
+        if not np.isfinite(chunks).all() or (frames is not None and not np.isfinite(frames).all()):
+            raise EmbeddingsError(f"track {track['track_id']}: embeddings contain NaN/inf; not stored")
         if self.with_frames:
             if frames is None or frame_times is None:
                 raise ValueError(f"track {track['track_id']}: this store keeps frames; pass frames and frame_times")
@@ -169,6 +179,30 @@ def _roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return value
+
+
+def scan(emb: "Embeddings", block: int = 65536) -> list[str]:
+    """Full check of an opened store: decode every committed row; values must be finite."""
+    problems = []
+    arrays = [("chunks", emb._n_chunks)] + ([("frames", emb._n_frames), ("frame_time", emb._n_frames)]
+                                            if emb.has_frames else [])
+    for key, n in arrays:
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            try:
+                x = np.asarray(emb.group[key][lo:hi])
+            except Exception as exc:
+                problems.append(f"{key} rows {lo}..{hi} unreadable ({exc.__class__.__name__}: {exc})")
+                continue
+            if not np.isfinite(x).all():
+                problems.append(f"{key} rows {lo}..{hi}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+    return problems
+
+
 def _offsets(track_of_row: np.ndarray, n_tracks: int) -> np.ndarray:
     counts = np.bincount(track_of_row, minlength=n_tracks)
     return np.concatenate([[0], np.cumsum(counts)])
@@ -179,26 +213,60 @@ class Embeddings:
 
     def __init__(self, url: str) -> None:
         self.url = str(url)
-        self.group = _open(self.url, "r")
+        try:
+            self.group = _open(self.url, "r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise EmbeddingsError(f"{self.url}: no embeddings store here") from None
         attrs = dict(self.group.attrs)
         if "committed" not in attrs:
-            raise ValueError(f"{self.url}: not an embeddings store (no 'committed' attr)")
+            raise EmbeddingsError(f"{self.url}: not an embeddings store (no 'committed' attr)")
         self.attrs = attrs
-        committed = attrs["committed"]
-        self.tracks: list[dict[str, Any]] = list(attrs["tracks"])[: committed["tracks"]]
-        self.dim: int = attrs["dim"]
+        try:
+            committed = attrs["committed"]
+            n_tracks, n_chunks, n_frames = (_count(committed[k]) for k in ("tracks", "chunks", "frames"))
+            self.tracks: list[dict[str, Any]] = list(attrs["tracks"])[:n_tracks]
+            self.dim: int = _count(attrs["dim"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EmbeddingsError(f"{self.url}: damaged attributes ({exc.__class__.__name__}: {exc}); "
+                                  f"re-run `mirkit extract`") from None
+        if len(self.tracks) != n_tracks:
+            raise EmbeddingsError(f"{self.url}: damaged: committed {n_tracks} tracks but lists {len(self.tracks)}")
         self.layer = attrs.get("layer")
         self.pooling = attrs.get("pooling")
         self.model = attrs.get("model")
         self.frame_rate = attrs.get("frame_rate")
-        self._n_chunks, self._n_frames = committed["chunks"], committed["frames"]
-        self._chunk_track = np.asarray(self.group["chunk_track"][: self._n_chunks])
-        self._chunk_off = _offsets(self._chunk_track, len(self.tracks))
+        self._n_chunks, self._n_frames = n_chunks, n_frames
         self.has_frames = "frames" in self.group
+        self._chunk_track = self._index("chunks", "chunk_track", n_chunks)
+        self._chunk_off = _offsets(self._chunk_track, len(self.tracks))
         if self.has_frames:
-            self._frame_track = np.asarray(self.group["frame_track"][: self._n_frames])
+            self._frame_track = self._index("frames", "frame_track", n_frames, "frame_time")
             self._frame_off = _offsets(self._frame_track, len(self.tracks))
         self._chunks_cache: np.ndarray | None = None
+
+    def _index(self, rows: str, owner: str, n: int, *more: str) -> np.ndarray:
+        """The track of each of the first ``n`` rows, after checking the arrays hold them (every chunk
+        file present: a missing one would read as zeros) and that each track owns a run of rows."""
+        from mirkit.store import missing_chunks
+        g = self.group
+        for key in (rows, owner, *more):
+            if key not in g:
+                raise EmbeddingsError(f"{self.url}: damaged: array '{key}' missing")
+            if g[key].shape[0] < n or (g[key].ndim == 2 and g[key].shape[1] != self.dim):
+                raise EmbeddingsError(f"{self.url}: damaged: '{key}' has shape {g[key].shape}, committed {n} rows "
+                                      f"of dim {self.dim}")
+            gone = missing_chunks(g[key], n)
+            if gone:
+                raise EmbeddingsError(f"{self.url}: damaged: {len(gone)} chunk file(s) of '{key}' missing "
+                                      f"(first: {gone[0]}); re-run `mirkit extract` into a new store")
+        try:
+            track = np.asarray(g[owner][:n])
+        except Exception as exc:
+            raise EmbeddingsError(f"{self.url}: '{owner}' unreadable ({exc.__class__.__name__}: {exc})") from None
+        if n and (track.min() < 0 or track.max() >= len(self.tracks) or (np.diff(track) < 0).any()):
+            raise EmbeddingsError(f"{self.url}: damaged: '{owner}' does not map rows to tracks 0..{len(self.tracks) - 1} "
+                                  f"in order")
+        return track
 
     def __len__(self) -> int:
         return len(self.tracks)

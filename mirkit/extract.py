@@ -150,6 +150,10 @@ class FrozenEncoder:
         self.feature_set: str = config["feature_set"]
         self.spec = spec_from_dict(config["features"])
         self.window: int = int(config["crop_frames"])
+        from mirkit.limits import MAX_FRAMES
+        if not 0 < self.window <= MAX_FRAMES:   # bounded before a window of it is allocated
+            from mirkit.params import ParamsError
+            raise ParamsError(f"config.json: crop_frames={config['crop_frames']!r}: must be in 1..{MAX_FRAMES}")
         self.frame_rate: float = self.spec.frame_rate
         self.model_info = model_info or {}
         cls = type(encoder)
@@ -327,10 +331,14 @@ class FeatureSource:
 
     def get(self, track: Any) -> tuple[np.ndarray, bool]:
         """``(frames, bins)`` float32 and whether they came from the store; raises AudioError."""
+        from mirkit.store import StoreError
         if self.set is not None:
             i = self.set.index_of(track.track_id)
             if i is not None and self._unchanged(track, self.set.tracks[i].fingerprint):
-                return self.set.read(i), True
+                try:
+                    return self.set.read(i), True
+                except StoreError as exc:   # a damaged chunk: never read as data; the audio is the truth
+                    self.note = f"{exc}: computing from audio"
         return compute_features(self.frozen, track.path, track.offset, track.duration, self), False
 
     @staticmethod
@@ -351,9 +359,20 @@ class FeatureSource:
 def features_of_wave(frozen: FrozenEncoder, wave: np.ndarray, front) -> np.ndarray:
     """Features of a mono waveform at the spec's rate, rounded through the spec's storage dtype so
     they equal what `mirkit mels` would have stored."""
+    from mirkit.audio import AudioError
     with torch.inference_mode():
         x = front(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(frozen.device))[0]
-    return x.cpu().numpy().astype(frozen.spec.dtype).astype(np.float32)
+    with np.errstate(over="ignore"):
+        stored = x.cpu().numpy().astype(frozen.spec.dtype)
+    if not np.isfinite(stored).all():   # checked as stored: a loud clip overflows float16 to inf
+        raise AudioError(f"features contain NaN/inf as {frozen.spec.dtype} (audio too loud or damaged; "
+                         f"peak amplitude {float(np.abs(wave).max()):.3g})")
+    return stored.astype(np.float32)
+
+
+def finite_embeddings(emb: TrackEmbeddings) -> bool:
+    """Whether every chunk and frame embedding is finite (NaN/inf are never reported as results)."""
+    return bool(np.isfinite(emb.chunks).all() and (emb.frames is None or np.isfinite(emb.frames).all()))
 
 
 def compute_features(frozen: FrozenEncoder, path: str | Path, offset: float, duration: float | None,
@@ -446,12 +465,16 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
 
     with writer:
         for t, emb in frozen.embed_tracks(inputs(), layer, pooling, p.frames, p.batch_size, p.min_tail):
-            times = emb.frame_times + t.offset if p.frames else None
-            writer.append(track_row(t, manifest_dir), emb.chunks, emb.frames, times)
-            report.embedded += 1
-            report.chunks += len(emb.chunks)
-            report.frames += 0 if emb.frames is None else len(emb.frames)
             count[0] += 1
+            if not finite_embeddings(emb):
+                report.failures.append((_shown_path(t.path, manifest_dir), "embeddings contain NaN/inf "
+                                        "(input outside what the model handles); not stored"))
+            else:
+                times = emb.frame_times + t.offset if p.frames else None
+                writer.append(track_row(t, manifest_dir), emb.chunks, emb.frames, times)
+                report.embedded += 1
+                report.chunks += len(emb.chunks)
+                report.frames += 0 if emb.frames is None else len(emb.frames)
             if on_progress:
                 on_progress(count[0], len(todo), t.track_id)
     return report

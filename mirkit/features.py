@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,27 +34,61 @@ class FeatureSpec:
 
     kind: str = param("mel", choices=("mel", "cqt"))
     sample_rate: int = param(16000, ge=4000, le=192000)
-    hop_length: int = param(512, ge=1)
-    n_fft: int = param(2048, ge=16, help="mel only")
-    n_mels: int = param(128, ge=1, help="mel only")
+    hop_length: int = param(512, ge=16, le=65536, help="samples between frames")
+    n_fft: int = param(2048, ge=16, le=65536, help="mel only")
+    n_mels: int = param(128, ge=1, le=1024, help="mel only")
     fmin: float = param(0.0, ge=0.0)
     fmax: float | None = param(None, help="mel only; null = Nyquist")
-    n_bins: int = param(99, ge=1, help="cqt only")
-    bins_per_octave: int = param(12, ge=1, help="cqt only")
+    n_bins: int = param(99, ge=1, le=1024, help="cqt only")
+    bins_per_octave: int = param(12, ge=1, le=120, help="cqt only")
     scale: str = param("power", choices=("power", "log1p", "db", "db-stone"))
     top_db: float | None = param(None, gt=0.0, help="dB floor below each track's maximum")
     dtype: str = param("float32", choices=("float16", "float32"))
 
     def check(self) -> None:
+        from mirkit import limits
         nyquist = self.sample_rate / 2
         if self.kind == "mel":
             if self.fmax is not None and not self.fmin < self.fmax <= nyquist:
                 raise ParamsError(f"fmax={self.fmax}: must be in (fmin, {nyquist:g}] for sample_rate {self.sample_rate}")
+            if self.hop_length > self.n_fft:
+                raise ParamsError(f"hop_length={self.hop_length}: must be <= n_fft ({self.n_fft}) or samples are skipped")
         else:
             top = self.fmin * 2 ** ((self.n_bins - 1) / self.bins_per_octave)
             if self.fmin <= 0 or top >= nyquist:
                 raise ParamsError(f"n_bins={self.n_bins}: the top CQT bin ({top:.0f} Hz) must lie below Nyquist "
                                   f"({nyquist:g} Hz) and fmin must be > 0")
+        limits.check_bytes(f"{self.kind} kernels (n_fft={self.n_fft}, fmin={self.fmin:g}, n_bins={self.bins})",
+                           self.kernel_bytes, "choose a smaller n_fft / n_bins or a higher fmin")
+
+    @property
+    def kernel_samples(self) -> int:
+        """Length of the analysis window: n_fft, or nnAudio CQT1992v2's kernel for the lowest bin
+        (next power of two of Q * sample_rate / fmin, Q = 1 / (2^(1/bins_per_octave) - 1))."""
+        if self.kind == "mel":
+            return self.n_fft
+        q = 1.0 / (2 ** (1.0 / self.bins_per_octave) - 1)
+        return 2 ** math.ceil(math.log2(math.ceil(q * self.sample_rate / self.fmin)))
+
+    @property
+    def min_samples(self) -> int:
+        """Shortest input (samples at ``sample_rate``): centred frames reflect-pad half a window,
+        which needs more input than the padding."""
+        return self.kernel_samples // 2 + 1
+
+    @property
+    def kernel_bytes(self) -> int:
+        """Memory of the front end's fixed kernels (mel filterbank + window, or the CQT kernels)."""
+        if self.kind == "mel":
+            return 4 * (self.n_mels + 1) * (self.n_fft // 2 + 1)
+        return 8 * self.n_bins * self.kernel_samples
+
+    def work_bytes(self, n_samples: int) -> int:
+        """Rough peak memory of computing the features of ``n_samples`` (the complex STFT / CQT
+        response, the power and the scaled output, float32)."""
+        frames = self.n_frames(n_samples)
+        inner = self.n_fft // 2 + 1 if self.kind == "mel" else self.n_bins
+        return 8 * frames * inner * 2 + 4 * frames * self.bins * 3 + 4 * n_samples * 2
 
     @property
     def bins(self) -> int:
@@ -86,10 +122,24 @@ PRESETS: dict[str, FeatureSpec] = {
 }
 
 
-def spec_from_dict(d: dict) -> FeatureSpec:
+def spec_from_dict(d: dict, source: str = "config.json") -> FeatureSpec:
+    """A stored spec as a :class:`FeatureSpec` (checked by :func:`validate_spec`, errors name ``source``)."""
+    return validate_spec(d, source)
+
+
+def validate_spec(spec: Any, source: str = "config.json", key: str = "features") -> FeatureSpec:
+    """A stored feature spec (a checkpoint's ``config.json``, a store's attrs) as a checked
+    :class:`FeatureSpec`: typed, bounded (window, hop, bins and kernel memory), no unknown keys.
+
+    Raises :class:`~mirkit.params.ParamsError` (an ``InputError``) naming ``source`` and the key.
+    """
+    if not isinstance(spec, dict):
+        raise ParamsError(f"{source}: '{key}' must be a mapping of feature parameters, got {type(spec).__name__}")
     from mirkit.params import resolve
-    d = {k: v for k, v in d.items() if k != "features_version"}
-    return resolve(FeatureSpec, d)
+    try:
+        return resolve(FeatureSpec, {k: v for k, v in spec.items() if k != "features_version"}, section=key)
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
 
 
 class FrontEnd(nn.Module):
@@ -98,6 +148,7 @@ class FrontEnd(nn.Module):
     def __init__(self, spec: FeatureSpec):
         super().__init__()
         self.spec = spec
+        spec.check()   # bounded before any kernel is allocated
         if spec.kind == "mel":
             self.transform = MelFFT(spec)
         else:
@@ -108,8 +159,26 @@ class FrontEnd(nn.Module):
                                        n_bins=spec.n_bins, bins_per_octave=spec.bins_per_octave,
                                        pad_mode="reflect", output_format="Magnitude", verbose=False)
 
+    def check_input(self, n_samples: int) -> None:
+        """Raise :class:`~mirkit.audio.AudioError` when a signal of ``n_samples`` is too short for the
+        window / CQT kernel, or would need more memory than :func:`mirkit.limits.budget`."""
+        from mirkit.audio import AudioError
+        from mirkit.limits import budget, human
+        sr = self.spec.sample_rate
+        if n_samples < self.spec.min_samples:
+            window = "CQT kernel" if self.spec.kind == "cqt" else "STFT window"
+            raise AudioError(f"too short for these features: {n_samples} samples ({n_samples / sr:.3f} s at "
+                             f"{sr} Hz); the {window} of {self.spec.kernel_samples} samples needs at least "
+                             f"{self.spec.min_samples}")
+        need = self.spec.work_bytes(n_samples)
+        if need > budget():
+            raise AudioError(f"too long to compute at once: {n_samples / sr:.0f} s would need about {human(need)} "
+                             f"(budget {human(budget())}, MIRKIT_MAX_BYTES); cut it into clips with "
+                             f"offset/duration in the manifest")
+
     @torch.no_grad()
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        self.check_input(wave.shape[-1])
         x = self.transform(wave.float())                       # (batch, bins, frames)
         n = self.spec.n_frames(wave.shape[-1])
         x = x[..., :n].clamp_min(0)

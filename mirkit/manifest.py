@@ -7,15 +7,14 @@ A folder of audio files is read as a manifest without labels.
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirkit.audio import find_audio
+from mirkit.audio import AUDIO_EXTENSIONS, find_audio
+from mirkit.errors import InputError
 
 RESERVED = ("path", "split", "offset", "duration", "track_id")
 
@@ -32,6 +31,9 @@ class Track:
     duration: float | None = None
     split: str = ""
     labels: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: the path as the manifest names it (relative to the manifest's folder, or to the input folder):
+    #: what stores record, so the same data in another folder gives the same bytes
+    source: str = ""
 
 
 def _float(value: str, what: str, row: int, manifest: Path) -> float | None:
@@ -60,6 +62,11 @@ def read_manifest(manifest: str | Path) -> list[Track]:
             raise ManifestError(f"{manifest}: row {i}: empty path")
         offset = _float(row.get("offset"), "offset", i, manifest) or 0.0
         duration = _float(row.get("duration"), "duration", i, manifest)
+        if not offset >= 0 or offset == float("inf"):
+            raise ManifestError(f"{manifest}: row {i}: offset={row.get('offset')!r}: must be a finite number >= 0 seconds")
+        if duration is not None and not 0 < duration < float("inf"):
+            raise ManifestError(f"{manifest}: row {i}: duration={row.get('duration')!r}: must be a finite number "
+                                f"> 0 seconds (or empty for the rest of the file)")
         # a whole file (or its start) is named by its path, as for a folder input; a clip cut out of a
         # file, or one of several clips of a file, by path@offset+duration
         tid = (row.get("track_id") or "").strip() or (rel if uses[rel] == 1 and not offset
@@ -70,13 +77,19 @@ def read_manifest(manifest: str | Path) -> list[Track]:
         seen.add(tid)
         labels = {k: v for k, v in row.items() if k not in RESERVED and k is not None}
         tracks.append(Track(tid, (manifest.parent / rel).resolve(), offset, duration,
-                            (row.get("split") or "").strip(), labels))
+                            (row.get("split") or "").strip(), labels, Path(rel).as_posix()))
+    if not tracks:
+        raise ManifestError(f"{manifest}: no tracks (the manifest has a header but no rows)")
     return tracks
 
 
 def load_tracks(source: str | Path) -> list[Track]:
-    """Tracks of a manifest CSV, or of every audio file under a folder."""
+    """Tracks of a manifest CSV, or of every audio file under a folder (an error when there are none)."""
     source = Path(source)
     if source.is_dir():
-        return [Track(p.relative_to(source).as_posix(), p.resolve()) for p in find_audio(source)]
+        tracks = [Track(p.relative_to(source).as_posix(), p.resolve(), source=p.relative_to(source).as_posix())
+                  for p in find_audio(source)]
+        if not tracks:
+            raise ManifestError(f"{source}: no audio files in this folder (looked for {', '.join(AUDIO_EXTENSIONS)})")
+        return tracks
     return read_manifest(source)

@@ -172,6 +172,13 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
     if shard is not None:
         tracks = [t for t in tracks if store.shard_of(t.track_id, shard[1]) == shard[0]]
     out = p.out_store
+    with store.writer_lock(out):   # one writer per store: a second run refuses at once (StoreBusy)
+        return _write(p, specs, tracks, out, on_progress)
+
+
+def _write(p: MelsParams, specs: dict[str, FeatureSpec], tracks: list[Track], out: str,
+           on_progress: Callable[[int, int], None] | None) -> MelsReport:
+    shard = p.shard_index()
     report = MelsReport(n_tracks=len(tracks))
     device = pick(p.device)
     prints = [_track_fingerprint(t) for t in tracks]
@@ -205,9 +212,21 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
 
     batch: list[tuple[int, dict[int, np.ndarray]]] = []
 
+    def shown(i: int) -> str:   # the path as the manifest names it: stores do not depend on where data lives
+        return tracks[i].source or str(tracks[i].path)
+
     def compute_batch() -> None:
         for name, spec in specs.items():
-            items = [(i, w[spec.sample_rate]) for i, w in batch if i in todo[name]]
+            items = []
+            for i, w in batch:
+                if i not in todo[name]:
+                    continue
+                try:   # too short for this set's window / CQT kernel, or too long for memory
+                    fronts[name].check_input(w[spec.sample_rate].shape[0])
+                except AudioError as exc:
+                    report.failures.append((shown(i), f"{name}: {exc}"))
+                    continue
+                items.append((i, w[spec.sample_rate]))
             by_len: dict[int, list[tuple[int, np.ndarray]]] = {}
             for i, w in items:
                 by_len.setdefault(w.shape[0], []).append((i, w))
@@ -219,11 +238,13 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
                                                                   p.batch_size, device)):
                         results[i] = feats
             for i, _ in items:  # commit in manifest order
-                feats = results[i]
+                with np.errstate(over="ignore"):   # checked as stored: float16 overflows to inf
+                    feats = results[i].astype(spec.dtype)
                 if not np.isfinite(feats).all():
-                    report.failures.append((str(tracks[i].path), f"{name}: features contain NaN/inf"))
+                    report.failures.append((shown(i), f"{name}: features contain NaN/inf as {spec.dtype} "
+                                                      f"(audio too loud or damaged)"))
                     continue
-                buffers[name].append((tracks[i].track_id, str(tracks[i].path), prints[i] or "", feats))
+                buffers[name].append((tracks[i].track_id, shown(i), prints[i] or "", feats))
                 rep = report.sets[name]
                 rep.stored += 1
                 rep.frames += feats.shape[0]
@@ -236,7 +257,7 @@ def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) ->
     for i, result in loader:
         done += 1
         if isinstance(result, str):
-            report.failures.append((str(tracks[i].path), result))
+            report.failures.append((shown(i), result))
         else:
             batch.append((i, result))
             if len(batch) >= p.batch_size:

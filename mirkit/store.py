@@ -13,6 +13,19 @@ write), so a killed run never exposes a half-written track: on re-open everythin
 point is truncated away and the run continues, ending byte-equal to an uninterrupted one.
 A set whose stored ``spec`` differs from the requested one is replaced, never mixed.
 
+Writers (docs/reliability.md): one process writes a store at a time. :func:`writer_lock` holds an
+exclusive ``flock`` on ``<store>/.mirkit-writer.lock`` (holder pid, host and start time inside); a
+second stage run on the same store refuses at once with a :class:`StoreBusy` naming the holder, and
+single calls (:func:`create_or_open`, :meth:`FrameSet.append`, :func:`delete_set`) wait a little for
+it. The kernel drops the lock when its holder dies, so a lock left by ``kill -9`` is recovered by
+the next writer. Appends re-read the commit point from disk under the lock (never in-memory counts).
+Stores at non-local URLs (``s3://``, ``memory://``) are not locked: write them with one process per
+shard store (``--shard i/n``).
+
+Readers verify what they open (:meth:`FrameSet._verify_index`): the index against the arrays'
+shapes, start offsets, and that every chunk holding committed rows exists (a deleted chunk would
+otherwise read as the fill value, zeros). :func:`scan_set` decodes everything (``mirkit verify``).
+
 Scale-out (design.md section 4): a folder holding the shard stores ``shard-<i>-of-<n>.zarr`` (and no
 set of its own) reads as one store: :func:`open_set` returns a :class:`ShardedSet` that concatenates
 the shards in shard order. :func:`shard_of` decides which shard a track belongs to.
@@ -20,28 +33,131 @@ the shards in shard order. :func:`shard_of` decides which shard a track belongs 
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
+import datetime
+import fcntl
 import hashlib
 import json
+import os
 import re
+import socket
+import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
+
+from mirkit.errors import InputError
 
 FORMAT = "mirkit.frames/1"
 _INDEX_STR = ("track_id", "source", "fingerprint")
 _INDEX_INT = ("start", "n_frames")
 
 warnings.filterwarnings("ignore", message=".*(not part of the Zarr format 3|vlen-utf8|StringDType|VariableLengthUTF8).*")
+# a chunk equal to the fill value must still be written: readers treat a missing chunk as damage
+zarr.config.set({"array.write_empty_chunks": True})
+
+LOCK_FILE = ".mirkit-writer.lock"
+#: seconds a single store call waits for another writer before giving up
+LOCK_WAIT = 30.0
 
 
 class StoreError(InputError):
-    """A store or set is missing, unreadable or of an unexpected format."""
+    """A store or set is missing, unreadable, damaged or of an unexpected format."""
+
+
+class StoreBusy(StoreError):
+    """Another process is writing the store."""
+
+
+# -- the writer lock -------------------------------------------------------------------------------
+_HELD: dict[str, list[int]] = {}   # resolved store path -> [fd, depth, pid]
+
+
+def _local_path(url: str) -> Path | None:
+    url = str(url)
+    url = url.removeprefix("file://")
+    return None if "://" in url else Path(url)
+
+
+def lock_holder(url: str) -> dict[str, Any] | None:
+    """What the lock file of a store says about its writer (None when there is none)."""
+    root = _local_path(url)
+    try:
+        text = (root / LOCK_FILE).read_text() if root is not None else ""
+    except OSError:
+        return None
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _acquire(root: Path, url: str, wait: float) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                h = lock_holder(url) or {}
+                raise StoreBusy(f"{url}: another mirkit process is writing this store (pid {h.get('pid', '?')} on "
+                                f"{h.get('host', '?')}, since {h.get('since', '?')}); wait for it to finish, or write "
+                                f"in parallel with --shard i/n (one store per shard)") from None
+            time.sleep(0.05)
+            continue
+        try:   # the previous holder may have removed the file between our open and our flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        # a non-empty file here was left by a killed writer: the kernel released its flock, we take over
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        return fd
+
+
+@contextmanager
+def writer_lock(url: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the store's writer lock (re-entrant within a process); raises :class:`StoreBusy` when
+    another process still holds it after ``wait`` seconds. A no-op for non-local URLs."""
+    root = _local_path(url)
+    if root is None:
+        yield
+        return
+    key = str(root.resolve())
+    held = _HELD.get(key)
+    if held is not None and held[2] == os.getpid():
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    fd = _acquire(root, str(url), wait)
+    _HELD[key] = [fd, 1, os.getpid()]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        try:
+            (root / LOCK_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -108,22 +224,53 @@ class FrameSet(_TrackIndex):
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{self.url}/{self.name}: not a mirkit frame set (format={attrs.get('format')!r})")
         self.attrs: dict[str, Any] = attrs
-        self.spec: dict[str, Any] = attrs["spec"]
-        self.n_bins: int = int(attrs["n_bins"])
-        self.frame_rate: float = float(attrs["frame_rate"])
-        n = int(attrs["n_tracks"])
+        where = f"{self.url}/{self.name}"
+        try:
+            self.spec: dict[str, Any] = dict(attrs["spec"])
+            self.n_bins: int = _count(attrs["n_bins"], "n_bins", where, positive=True)
+            self.frame_rate: float = float(attrs["frame_rate"])
+            n = _count(attrs["n_tracks"], "n_tracks", where)
+            total = _count(attrs["total_frames"], "total_frames", where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{where}: damaged attributes ({exc.__class__.__name__}: {exc}); "
+                             f"run `mirkit verify {self.url}`") from None
         g = self._group
+        missing = [k for k in ("frames",) + _INDEX_STR + _INDEX_INT if k not in g]
+        if missing:
+            raise StoreError(f"{where}: damaged: array(s) {', '.join(missing)} missing "
+                             f"(an interrupted creation or a deleted folder); delete the set and re-run")
+        self._frames = g["frames"]
+        self._verify_shapes(n, total)
         if n:
-            cols = {k: g[k][:n] for k in _INDEX_STR + _INDEX_INT}
+            cols = {k: _read(g[k], 0, n, f"{where}: damaged index: '{k}'", self.url) for k in _INDEX_STR + _INDEX_INT}
             self.tracks = [TrackRecord(str(cols["track_id"][i]), str(cols["source"][i]), str(cols["fingerprint"][i]),
                                        int(cols["start"][i]), int(cols["n_frames"][i])) for i in range(n)]
+            _verify_index(where, cols, total)
         else:
             self.tracks = []
         self._by_id = {t.track_id: i for i, t in enumerate(self.tracks)}
-        self._frames = g["frames"]
         self._cache: np.ndarray | None = None
         self._track_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._track_budget = self._track_bytes = 0
+
+    def _verify_shapes(self, n: int, total: int) -> None:
+        """The cheap checks on open: the commit point against the arrays, and every chunk that holds
+        committed rows present (a missing one would read as zeros)."""
+        where, g = f"{self.url}/{self.name}", self._group
+        shape = self._frames.shape
+        if len(shape) != 2 or shape[1] != self.n_bins:
+            raise StoreError(f"{where}: damaged: frames array of shape {shape} in a set of {self.n_bins} bins")
+        if shape[0] < total:
+            raise StoreError(f"{where}: damaged: total_frames={total} but the frames array holds {shape[0]} rows")
+        for key in _INDEX_STR + _INDEX_INT:
+            if g[key].shape[0] < n:
+                raise StoreError(f"{where}: damaged: n_tracks={n} but the '{key}' array holds {g[key].shape[0]} rows")
+        for key, rows in (("frames", total), *((k, n) for k in _INDEX_STR + _INDEX_INT)):
+            gone = missing_chunks(g[key], rows)
+            if gone:
+                raise StoreError(f"{where}: damaged: {len(gone)} chunk file(s) of '{key}' missing "
+                                 f"(first: {gone[0]}); they would read as zeros. Re-create the set "
+                                 f"(delete it and re-run the stage)")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -150,10 +297,10 @@ class FrameSet(_TrackIndex):
             elif self._track_budget:
                 out[lo - start: hi - start] = self._cached_track(track)[lo:hi]
             else:
-                out[lo - start: hi - start] = self._frames[rec.start + lo: rec.start + hi]
+                out[lo - start: hi - start] = self._rows(rec.start + lo, rec.start + hi, rec.track_id)
         return out
 
-    def cache_tracks(self, max_bytes: int) -> "FrameSet":
+    def cache_tracks(self, max_bytes: int) -> FrameSet:
         """Keep recently read tracks in RAM, least recently used out first, at most ``max_bytes``
         (0 turns it off). A Zarr call costs ~2 ms whatever its size, so reading a whole track once
         and slicing every later crop of it (the views of one example, later epochs) is much cheaper;
@@ -167,7 +314,7 @@ class FrameSet(_TrackIndex):
             self._track_cache.move_to_end(track)
             return hit
         rec = self.tracks[track]
-        frames = np.asarray(self._frames[rec.start: rec.start + rec.n_frames])
+        frames = self._rows(rec.start, rec.start + rec.n_frames, rec.track_id)
         if frames.nbytes <= self._track_budget // 4:   # a very long track is read, not cached
             self._track_cache[track] = frames
             self._track_bytes += frames.nbytes
@@ -176,15 +323,19 @@ class FrameSet(_TrackIndex):
                 self._track_bytes -= old.nbytes
         return frames
 
-    def load_into_memory(self) -> "FrameSet":
+    def load_into_memory(self) -> FrameSet:
         """Read all committed frames once (for small stores and training speed)."""
-        self._cache = np.asarray(self._frames[: self.total_frames])
+        self._cache = self._rows(0, self.total_frames)
         return self
 
     def iter_frames(self, block: int = 65536) -> Iterable[np.ndarray]:
         """All committed frames in blocks (for statistics over the whole set)."""
         for lo in range(0, self.total_frames, block):
-            yield np.asarray(self._frames[lo: min(lo + block, self.total_frames)])
+            yield self._rows(lo, min(lo + block, self.total_frames))
+
+    def _rows(self, lo: int, hi: int, track_id: str | None = None) -> np.ndarray:
+        what = f"frames of track {track_id!r}" if track_id is not None else f"frames {lo}..{hi}"
+        return _read(self._frames, lo, hi, f"{self.url}/{self.name}: {what}", self.url)
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, items: Sequence[tuple[str, str, str, np.ndarray]]) -> None:
@@ -193,13 +344,31 @@ class FrameSet(_TrackIndex):
             raise StoreError(f"{self.url}/{self.name}: opened read-only")
         if not items:
             return
+        with writer_lock(self.url, wait=LOCK_WAIT):
+            self._sync()
+            self._append(items)
+
+    def _sync(self) -> None:
+        """Reload the index when another writer moved the commit point since we read it."""
+        attrs = dict(open_root(self.url, "r")[self.name].attrs)
+        if (attrs.get("n_tracks"), attrs.get("total_frames")) != (len(self.tracks), self.total_frames):
+            self._load()
+
+    def _append(self, items: Sequence[tuple[str, str, str, np.ndarray]]) -> None:
         g = self._group
         n0, f0 = len(self.tracks), self.total_frames
         sizes = [int(f.shape[0]) for *_, f in items]
+        seen = set()
         for tid, _, _, f in items:
             if f.ndim != 2 or f.shape[1] != self.n_bins:
                 raise StoreError(f"{tid}: frames of shape {f.shape} do not fit a set of {self.n_bins} bins")
+            if tid in self._by_id or tid in seen:
+                raise StoreError(f"{self.url}/{self.name}: track {tid!r} is already stored")
+            seen.add(tid)
         frames = np.concatenate([f for *_, f in items]).astype(self._frames.dtype, copy=False)
+        if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
+            bad = next(tid for tid, _, _, f in items if not np.isfinite(f.astype(frames.dtype)).all())
+            raise StoreError(f"{self.url}/{self.name}: frames of track {bad!r} are not finite as {frames.dtype}")
         f1, n1 = f0 + frames.shape[0], n0 + len(items)
         self._frames.resize((f1, self.n_bins))
         self._frames[f0:f1] = frames
@@ -218,7 +387,7 @@ class FrameSet(_TrackIndex):
             self._by_id[tid] = n0 + k
 
     def truncate_uncommitted(self) -> None:
-        """Drop whatever a killed run wrote past the commit point."""
+        """Drop whatever a killed run wrote past the commit point (call with the writer lock held)."""
         g = self._group
         n, f = len(self.tracks), self.total_frames
         if self._frames.shape[0] != f:
@@ -237,15 +406,27 @@ def create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, frame
     spec differed from ``spec``: the old data is deleted rather than mixed with new). ``attrs``
     are extra top-level attributes written at creation (e.g. what a reader needs at a glance).
     """
+    with writer_lock(url, wait=LOCK_WAIT):
+        return _create_or_open(url, name, spec, n_bins, frame_rate, dtype, chunk_frames, shard_chunks, attrs)
+
+
+def _create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, frame_rate: float, dtype: str,
+                    chunk_frames: int, shard_chunks: int, attrs: dict[str, Any] | None) -> tuple[FrameSet, str]:
     root = open_root(url, "a")
     status = "created"
     if name in root:
         existing = dict(root[name].attrs)
         if existing.get("format") == FORMAT and _canonical(existing.get("spec", {})) == _canonical(spec) \
                 and existing.get("dtype") == dtype:
-            fs = FrameSet(url, name, mode="a")
-            fs.truncate_uncommitted()
-            return fs, "resumed"
+            try:
+                fs = FrameSet(url, name, mode="a")
+            except StoreError:
+                if existing.get("n_tracks"):   # committed work: never delete it silently
+                    raise
+                fs = None                       # nothing committed (an interrupted creation): rebuild
+            if fs is not None:
+                fs.truncate_uncommitted()
+                return fs, "resumed"
         del root[name]
         status = "replaced"
     g = root.create_group(name)
@@ -262,9 +443,10 @@ def create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, frame
 
 def delete_set(url: str, name: str) -> None:
     """Remove a set (to rebuild it from scratch)."""
-    root = open_root(url, "a")
-    if name in root:
-        del root[name]
+    with writer_lock(url, wait=LOCK_WAIT):
+        root = open_root(url, "a")
+        if name in root:
+            del root[name]
 
 
 def _own_set_names(root: zarr.Group) -> list[str]:
@@ -304,6 +486,83 @@ def open_set(url: str, name: str) -> FrameSet | ShardedSet:
         if urls is None:
             raise
     return ShardedSet(url, name, urls)
+
+
+# -- verification ----------------------------------------------------------------------------------
+#: attempts at decoding a chunk: Zarr rewrites local chunk files in place, so a reader racing a live
+#: writer can catch a chunk half-written; a retry reads it whole. Failing every time means damage.
+READ_TRIES = 3
+
+
+def _read(arr: zarr.Array, lo: int, hi: int, what: str, url: str) -> np.ndarray:
+    for attempt in range(READ_TRIES):
+        try:
+            return np.asarray(arr[lo:hi])
+        except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for a damaged chunk
+            if attempt == READ_TRIES - 1:
+                raise StoreError(f"{what} unreadable ({exc.__class__.__name__}: {exc}); "
+                                 f"run `mirkit verify {url}`") from None
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+def _count(value: Any, key: str, where: str, positive: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+        raise StoreError(f"{where}: damaged: {key}={value!r} is not a {'positive' if positive else 'non-negative'} "
+                         f"integer")
+    return value
+
+
+def _verify_index(where: str, cols: dict[str, np.ndarray], total: int) -> None:
+    """Start offsets must be the running sum of the track lengths, ending at ``total``; ids unique."""
+    sizes = np.asarray(cols["n_frames"], np.int64)
+    starts = np.asarray(cols["start"], np.int64)
+    expect = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    bad = np.nonzero((sizes < 0) | (starts != expect))[0]
+    if len(bad):
+        i = int(bad[0])
+        raise StoreError(f"{where}: damaged index: track {i} ({cols['track_id'][i]!r}) has start={starts[i]}, "
+                         f"n_frames={sizes[i]}; expected start={expect[i]} ({len(bad)} track(s) wrong). Re-create "
+                         f"the set")
+    if int(sizes.sum()) != total:
+        raise StoreError(f"{where}: damaged index: the tracks hold {int(sizes.sum())} frames, total_frames={total}")
+    ids = [str(t) for t in cols["track_id"]]
+    if "" in ids or len(set(ids)) != len(ids):
+        raise StoreError(f"{where}: damaged index: empty or repeated track ids")
+
+
+def missing_chunks(arr: zarr.Array, rows: int) -> list[str]:
+    """Store keys of the chunks (shards) that must hold rows ``[0, rows)`` of ``arr`` but do not exist."""
+    if rows <= 0:
+        return []
+    from zarr.core.sync import sync
+    per = (arr.shards or arr.chunks)[0]
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    prefix = arr.store_path.path
+    expected = {f"{prefix}/{encode((i,) + (0,) * (arr.ndim - 1))}" for i in range(-(-rows // per))}
+    store = arr.store_path.store
+
+    async def listed() -> set[str]:
+        return {k async for k in store.list_prefix(prefix + "/")}
+
+    return sorted(expected - sync(listed()))
+
+
+def scan_set(fs: FrameSet, block: int = 65536) -> list[str]:
+    """Full check of an opened set: decode every committed frame; float sets must be finite, token
+    sets within ``[0, codebook_size)``. Returns the problems found (empty when sound)."""
+    problems: list[str] = []
+    limit = fs.attrs.get("codebook_size")
+    for lo in range(0, fs.total_frames, block):
+        hi = min(lo + block, fs.total_frames)
+        try:
+            x = np.asarray(fs._frames[lo:hi])
+        except Exception as exc:  # noqa: BLE001 - every decoding failure is a finding
+            problems.append(f"frames {lo}..{hi} unreadable ({exc.__class__.__name__}: {exc})")
+            continue
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            problems.append(f"frames {lo}..{hi}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+        elif np.issubdtype(x.dtype, np.integer) and x.size and (x.min() < 0 or (limit and x.max() >= limit)):
+            problems.append(f"frames {lo}..{hi}: codes outside [0, {limit})")
+    return problems
 
 
 # -- shards ----------------------------------------------------------------------------------------
@@ -411,13 +670,13 @@ class ShardedSet(_TrackIndex):
         k, j = self._where[track]
         return self.shards[k].read(j, start, length)
 
-    def cache_tracks(self, max_bytes: int) -> "ShardedSet":
+    def cache_tracks(self, max_bytes: int) -> ShardedSet:
         """Per-shard LRU track caches sharing ``max_bytes`` evenly (see :meth:`FrameSet.cache_tracks`)."""
         for part in self.shards:
             part.cache_tracks(max_bytes // len(self.shards))
         return self
 
-    def load_into_memory(self) -> "ShardedSet":
+    def load_into_memory(self) -> ShardedSet:
         """Read all committed frames of every shard once."""
         for part in self.shards:
             part.load_into_memory()

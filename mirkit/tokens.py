@@ -21,6 +21,7 @@ computed over the whole feature set, so adding tracks to the features rebuilds t
 
 from __future__ import annotations
 
+from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_STACK, MAX_WIDTH
 from mirkit.errors import InputError
 
 import math
@@ -35,7 +36,7 @@ from mirkit.device import DEVICES, pick
 from mirkit.files import write_json
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
-from mirkit.store import FrameSet, create_or_open, delete_set, open_set
+from mirkit.store import FrameSet, create_or_open, delete_set, open_set, writer_lock
 
 TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks
@@ -54,19 +55,22 @@ class TokensParams:
     out: str = param("data/tokens.zarr", help="token store (path or fsspec URL)")
     quantizer: str = param("", help="quantizer file (.safetensors + .json sidecar); empty: beside `out`")
     metrics: str = param("results/tokens.json", help="codebook usage statistics (DVC metrics)")
-    stack: int = param(4, ge=1, help="frames concatenated per token (4: 100 fps -> 25 Hz, MusicFM)")
-    codebook_size: int = param(8192, ge=2, help="codes per codebook (MuSE-LQ 8192; MusicFM 4096)")
-    codebook_dim: int = param(16, ge=1, help="projection / codeword dimension (BEST-RQ 16)")
-    num_codebooks: int = param(1, ge=1, help="independent codebooks (seeds seed, seed+1, ...)")
+    stack: int = param(4, ge=1, le=MAX_STACK, help="frames concatenated per token (4: 100 fps -> 25 Hz, MusicFM)")
+    codebook_size: int = param(8192, ge=2, le=MAX_CODES, help="codes per codebook (MuSE-LQ 8192; MusicFM 4096)")
+    codebook_dim: int = param(16, ge=1, le=MAX_WIDTH, help="projection / codeword dimension (BEST-RQ 16)")
+    num_codebooks: int = param(1, ge=1, le=MAX_CODEBOOKS, help="independent codebooks (seeds seed, seed+1, ...)")
     seed: int = param(142, help="quantizer seed (MusicFM 142)")
     batch_tracks: int = param(64, ge=1, help="tracks per committed append")
     device: str = param("cpu", choices=DEVICES, help="where the lookup runs; cpu guarantees bit-identical "
                         "codes across machines (a GPU may break near-ties differently)")
 
     def check(self) -> None:
+        from mirkit.limits import check_bytes
         if _same_location(self.features, self.out):
             raise ParamsError(f"tokens.out={self.out!r}: must differ from tokens.features (the token set "
                               f"would replace the feature set of the same name)")
+        check_bytes(f"tokens: {self.num_codebooks} codebook(s) of {self.codebook_size} x {self.codebook_dim}",
+                    4 * self.num_codebooks * self.codebook_size * self.codebook_dim * 2)
 
     @property
     def quantizer_path(self) -> str:
@@ -180,6 +184,12 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
     mean, std = feature_stats(features)
     quantizer = RandomProjectionQuantizer(p.stack * features.n_bins, p.codebook_size, p.codebook_dim,
                                           p.num_codebooks, p.seed, mean, std).to(device)
+    with writer_lock(p.out):   # one writer per store: a second run refuses at once (StoreBusy)
+        return _write(p, features, quantizer, mean, std, report)
+
+
+def _write(p: TokensParams, features: FrameSet, quantizer: RandomProjectionQuantizer, mean: float, std: float,
+           report: Callable[[int, int], None] | None) -> TokensResult:
     tokens, status = _open_tokens(features, p, token_spec(features, p, mean, std))
     quantizer.save(p.quantizer_path)
 

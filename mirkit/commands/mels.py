@@ -17,6 +17,9 @@ define more under `mels.custom` in params.yaml. Re-runs skip tracks already stor
 a set whose parameters changed. Bad files get one line (file + reason) in the summary and in the failures
 file; the rest is processed. Exit code 1 only when nothing succeeded (or on any failure with --strict).
 
+One writer per store: a second run on a store that another process is writing refuses at once (exit 2,
+naming the holder); a lock left by a killed run is taken over. See docs/reliability.md.
+
 Scale out with --shard i/n: shard i of n takes the tracks whose sha1(track_id) mod n == i and writes the
 store <store>/shard-i-of-n.zarr (failures and summary files get a .shard-i-of-n suffix). Run the n shards
 with any scheduler (SLURM array, Dask, Ray, DVC foreach); every reader treats the folder as one store.

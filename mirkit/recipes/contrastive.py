@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mirkit.limits import MAX_FRAMES
 from mirkit.models.vit1d import PRESETS as VIT1D_SIZES, ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.params import ParamsError, param
@@ -120,7 +121,7 @@ def check_proj_dims(dims: list[int] | None, key: str = "proj_dims") -> None:
 @dataclass
 class ContrastiveParams:
     preset: str = param("vit1d-tiny", choices=tuple(VIT1D_SIZES), help="backbone size")
-    segment_frames: int = param(SEGMENT_FRAMES, ge=8, help="frames per view (126 = 4 s at 16 kHz, hop 512)")
+    segment_frames: int = param(SEGMENT_FRAMES, ge=8, le=MAX_FRAMES, help="frames per view (126 = 4 s at 16 kHz, hop 512)")
     temperature: float = param(0.1, gt=0, help="NT-Xent temperature")
     silence_db: float = param(-7.5, le=0, help="segments this many dB (power) below the track are silent")
     proj_dims: list[int] | None = param(None, help="projection head widths (default: per preset)")

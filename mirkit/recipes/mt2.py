@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mirkit.limits import MAX_FRAMES
 from mirkit.models.vit1d import PRESETS as VIT1D_SIZES, ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.objectives.cpsd import cpsd_terms
@@ -108,7 +109,7 @@ class MT2Model(PretrainModel):
 @dataclass
 class MT2Params:
     preset: str = param("vit1d-tiny", choices=tuple(VIT1D_SIZES), help="backbone size")
-    segment_frames: int = param(SEGMENT_FRAMES, ge=8, help="frames per view (172 = 4 s at 22.05 kHz, hop 512)")
+    segment_frames: int = param(SEGMENT_FRAMES, ge=8, le=MAX_FRAMES, help="frames per view (172 = 4 s at 22.05 kHz, hop 512)")
     crop_bins: int = param(CROP_BINS, ge=12, help="CQT bins the model sees (STONE: 84 = 7 octaves)")
     max_offset: int = param(CQT_BINS - CROP_BINS, ge=1, help="largest crop offset (pitch shift range, semitones)")
     objectives: str = param("both", choices=("both", "cpsd", "ntxent"),

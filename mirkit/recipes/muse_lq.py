@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_FRAMES
 from mirkit.models.muse import BLOCKS, MIXERS, STACK, MuseEncoder
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
 from mirkit.params import ParamsError, param
@@ -66,7 +67,7 @@ class MuseLQParams:
     preset: str = param("brn-sum-tiny", choices=PRESETS, help="model size (Table 2 rows or CPU-sized)")
     block: str | None = param(None, choices=BLOCKS, help="override the preset's block type")
     attention: str | None = param(None, choices=MIXERS, help="override the preset's global branch")
-    crop_frames: int = param(400, gt=0, help="training crop at 100 Hz (paper: 3000 = 30 s); multiple of mask_block_frames")
+    crop_frames: int = param(400, gt=0, le=MAX_FRAMES, help="training crop at 100 Hz (paper: 3000 = 30 s); multiple of mask_block_frames")
     mask_prob: float = param(0.2, ge=0.0, le=1.0, help="probability of masking each block (paper 0.2, MusicFM semantics)")
     mask_block_frames: int = param(40, gt=0, help="mask block length in mel frames (400 ms; multiple of stack)")
     noise_std: float = param(0.1, ge=0.0, help="std of the noise replacing masked normalised frames (BEST-RQ/MusicFM)")
@@ -74,8 +75,8 @@ class MuseLQParams:
     mse_weight: float = param(1.0, ge=0.0, help="weight of the mel reconstruction MSE")
     mean: float | None = param(None, help="global mel mean (copied from the token store by prepare)")
     std: float | None = param(None, gt=0.0, help="global mel std (copied from the token store by prepare)")
-    codebook_size: int | None = param(None, gt=1, help="token vocabulary (copied from the token store)")
-    num_codebooks: int | None = param(None, gt=0, help="codebooks per step (copied from the token store)")
+    codebook_size: int | None = param(None, gt=1, le=MAX_CODES, help="token vocabulary (copied from the token store)")
+    num_codebooks: int | None = param(None, gt=0, le=MAX_CODEBOOKS, help="codebooks per step (copied from the token store)")
     stack: int = param(STACK, choices=(STACK,), help="mel frames per token (the front end subsamples by 4)")
 
     def check(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor, nn
 
+from mirkit.limits import MAX_FRAMES, MAX_WIDTH
 from mirkit.models.vit import PATCH_KINDS, PATCH_SIZES, SimpleViT
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.params import ParamsError, param
@@ -44,10 +45,10 @@ class MynaParams:
                        help="square 16x16 (Myna-Base), vertical 128x2 (Myna-Vertical) or hybrid (both)")
     mask_ratio: float = param(0.9, ge=0.0, lt=1.0, help="share of tokens dropped from each view")
     temperature: float = param(0.1, gt=0.0, help="NT-Xent temperature")
-    crop_frames: int = param(96, gt=0, help="frames per crop (96 = 3 s at hop 512 / 16 kHz)")
+    crop_frames: int = param(96, gt=0, le=MAX_FRAMES, help="frames per crop (96 = 3 s at hop 512 / 16 kHz)")
     log1p: bool = param(False, help="apply log1p to the mel power inside the model (Myna --log_mel)")
-    proj_dim: int = param(128, ge=1, help="projection head output size")
-    proj_hidden: int = param(512, ge=1, help="projection head hidden size")
+    proj_dim: int = param(128, ge=1, le=MAX_WIDTH, help="projection head output size")
+    proj_hidden: int = param(512, ge=1, le=MAX_WIDTH, help="projection head hidden size")
 
     def check(self) -> None:
         for kind in PATCH_KINDS[self.patch]:

@@ -1,0 +1,135 @@
+"""Stores damaged on disk are named as damaged, never read as data (issue 13 item 4), and `mirkit verify`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_runner import invoke
+
+from mirkit.store import StoreError, create_or_open, open_set
+
+
+def make(tmp_path: Path, n: int = 6) -> Path:
+    url = tmp_path / "s.zarr"
+    fs, _ = create_or_open(str(url), "mel", {"a": 1}, 4, 10.0, dtype="float32", chunk_frames=8, shard_chunks=2)
+    fs.append([(f"t{i}", f"t{i}.wav", "fp", np.full((10 + i, 4), i + 1.0, np.float32)) for i in range(n)])
+    return url
+
+
+def set_attr(url: Path, **values) -> None:
+    meta = url / "mel" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"].update(values)
+    meta.write_text(json.dumps(doc))
+
+
+def damage(url: Path, how: str) -> None:
+    g = url / "mel"
+    if how == "frames chunk deleted":
+        (g / "frames" / "c" / "2" / "0").unlink()
+    elif how == "start chunk deleted":
+        (g / "start" / "c" / "0").unlink()
+    elif how == "track_id chunk deleted":
+        (g / "track_id" / "c" / "0").unlink()
+    elif how == "negative n_tracks":
+        set_attr(url, n_tracks=-3)
+    elif how == "smaller n_tracks":
+        set_attr(url, n_tracks=4)
+    elif how == "larger n_tracks":
+        set_attr(url, n_tracks=60)
+    elif how == "total_frames past the array":
+        set_attr(url, total_frames=10_000)
+    elif how == "n_bins changed":
+        set_attr(url, n_bins=5)
+    elif how == "spec removed":
+        doc = json.loads((g / "zarr.json").read_text())
+        del doc["attributes"]["spec"]
+        (g / "zarr.json").write_text(json.dumps(doc))
+    elif how == "frames array removed":
+        shutil.rmtree(g / "frames")
+    elif how == "start values tampered":
+        import zarr
+        zarr.open_group(str(url), mode="a")["mel"]["start"][2] = 0
+    else:
+        raise AssertionError(how)
+
+
+CASES = {
+    "frames chunk deleted": "chunk file.*'frames' missing",
+    "start chunk deleted": "chunk file.*'start' missing",
+    "track_id chunk deleted": "chunk file.*'track_id' missing",
+    "negative n_tracks": "n_tracks=-3",
+    "smaller n_tracks": "damaged index",
+    "larger n_tracks": "n_tracks=60 but",
+    "total_frames past the array": "total_frames=10000 but",
+    "n_bins changed": "shape",
+    "spec removed": "damaged attributes",
+    "frames array removed": "frames missing",
+    "start values tampered": "damaged index.*track 2",
+}
+
+
+@pytest.mark.parametrize("how", CASES)
+def test_damaged_store_is_named_on_open_and_by_verify(tmp_path, how):
+    url = make(tmp_path)
+    assert invoke("verify", str(url)).exit_code == 0
+    damage(url, how)
+    with pytest.raises(StoreError, match=CASES[how]) as info:
+        open_set(str(url), "mel")
+    assert str(url) in str(info.value)
+    r = invoke("verify", str(url))
+    assert r.exit_code == 2 and "DAMAGED" in r.text and "Traceback" not in r.text, r.text
+
+
+def test_corrupt_chunk_bytes_are_named_when_read_and_by_verify(tmp_path):
+    url = make(tmp_path)
+    shard = url / "mel" / "frames" / "c" / "1" / "0"
+    shard.write_bytes(b"\x00garbage" * 20)
+    fs = open_set(str(url), "mel")     # present chunks pass the cheap check; decoding them fails by name
+    with pytest.raises(StoreError, match=r"s\.zarr/mel: frames of track 't1' unreadable"):
+        for i in range(len(fs)):
+            fs.read(i)
+    r = invoke("verify", str(url))
+    assert r.exit_code == 2 and "unreadable" in r.text, r.text
+
+
+def test_a_resume_never_deletes_committed_work_of_a_damaged_set(tmp_path):
+    url = make(tmp_path)
+    damage(url, "start chunk deleted")
+    with pytest.raises(StoreError, match="missing"):
+        create_or_open(str(url), "mel", {"a": 1}, 4, 10.0, dtype="float32")
+    assert (url / "mel" / "frames" / "c" / "0" / "0").exists()
+
+
+def test_a_set_left_half_created_is_rebuilt(tmp_path):
+    """Before: attrs without arrays (two writers racing) failed every later run with KeyError 'frames'."""
+    url = tmp_path / "s.zarr"
+    create_or_open(str(url), "mel", {"a": 1}, 4, 10.0, dtype="float32")
+    shutil.rmtree(url / "mel" / "frames")
+    fs, status = create_or_open(str(url), "mel", {"a": 1}, 4, 10.0, dtype="float32")
+    assert status == "replaced" and len(fs) == 0
+
+
+def test_verify_embeddings_and_nonfinite_values(tmp_path):
+    from mirkit.embeddings import Embeddings, EmbeddingsError, EmbeddingsWriter
+    url = str(tmp_path / "e.zarr")
+    with EmbeddingsWriter(url, 3, frames=False) as w:
+        for i in range(3):
+            w.append({"track_id": f"t{i}"}, np.ones((2, 3)) * i)
+        with pytest.raises(EmbeddingsError, match="NaN"):
+            w.append({"track_id": "bad"}, np.full((2, 3), np.nan))
+    assert invoke("verify", url).exit_code == 0
+    import zarr
+    zarr.open_group(url, mode="a")["chunks"][1] = np.inf
+    r = invoke("verify", url)
+    assert r.exit_code == 2 and "NaN/inf" in r.text
+    (Path(url) / "chunk_track" / "c" / "0").unlink()
+    with pytest.raises(EmbeddingsError, match="chunk_track"):
+        Embeddings(url)
+
+
+def test_verify_names_what_is_not_an_artifact(tmp_path):
+    r = invoke("verify", str(tmp_path / "nothing"))
+    assert r.exit_code == 2 and "nothing here" in r.text
