@@ -41,7 +41,7 @@ def fingerprint(path: str | Path, offset: float = 0.0, duration: float | None = 
 
 
 @functools.lru_cache(maxsize=16)
-def _resampler(orig: int, new: int) -> T.Resample:
+def _resampler(orig: int, new: int) -> torch.nn.Module:
     """One cached resampler per rate pair (its sinc kernel is computed once)."""
     return T.Resample(orig, new)
 

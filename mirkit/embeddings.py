@@ -136,7 +136,7 @@ class EmbeddingsWriter:
         if not self._buffer:
             return
         g, first = self.group, len(self.tracks)
-        chunk_rows = np.concatenate([b[1] for b in self._buffer]) if self._buffer else None
+        chunk_rows = np.concatenate([b[1] for b in self._buffer])
         chunk_ids = np.concatenate([np.full(len(b[1]), first + i, np.int32) for i, b in enumerate(self._buffer)])
         n0, n1 = self.n_chunks, self.n_chunks + len(chunk_rows)
         g["chunks"].resize((n1, self.dim))
@@ -145,9 +145,10 @@ class EmbeddingsWriter:
         g["chunk_track"][n0:n1] = chunk_ids
         f1 = self.n_frames
         if self.with_frames:
-            frame_rows = np.concatenate([b[2] for b in self._buffer])
-            frame_ids = np.concatenate([np.full(len(b[2]), first + i, np.int32) for i, b in enumerate(self._buffer)])
-            times = np.concatenate([b[3] for b in self._buffer])
+            per_track = [(b[2], b[3]) for b in self._buffer if b[2] is not None and b[3] is not None]
+            frame_rows = np.concatenate([f for f, _ in per_track])
+            frame_ids = np.concatenate([np.full(len(f), first + i, np.int32) for i, (f, _) in enumerate(per_track)])
+            times = np.concatenate([t for _, t in per_track])
             f0, f1 = self.n_frames, self.n_frames + len(frame_rows)
             for name, size in (("frames", (f1, self.dim)), ("frame_track", (f1,)), ("frame_time", (f1,))):
                 g[name].resize(size)
@@ -292,9 +293,9 @@ class Embeddings:
         ``indices`` map (what late fusion averages over). Reads the chunk array once."""
         if self._chunks_cache is None:
             self._chunks_cache = np.asarray(self.group["chunks"][: self._n_chunks])
-        indices = np.asarray(list(indices), dtype=np.int64)
+        idx = np.asarray(list(indices), dtype=np.int64)
         pos = np.full(len(self.tracks), -1, np.int64)
-        pos[indices] = np.arange(len(indices))
+        pos[idx] = np.arange(len(idx))
         mask = pos[self._chunk_track] >= 0
         return self._chunks_cache[mask], pos[self._chunk_track[mask]]
 

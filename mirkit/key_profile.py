@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -119,7 +121,7 @@ class KeyReadout:
             self.offset = int(np.argmax(self.raw_profile(ref)))
 
     @classmethod
-    def from_model(cls, model: nn.Module, chunk_frames: int, **kwargs) -> "KeyReadout":
+    def from_model(cls, model: Any, chunk_frames: int, **kwargs: Any) -> "KeyReadout":
         """From a trained :class:`mirkit.recipes.mt2.MT2Model` (uses its ``key_head``)."""
         if getattr(model, "key_head", None) is None:
             raise ValueError("this model has no key head (trained without the CPSD objective)")
@@ -132,7 +134,7 @@ class KeyReadout:
 
     def profile(self, frames: np.ndarray) -> np.ndarray:
         """Calibrated profile: index k = :data:`KEY_SIGNATURES` [k]."""
-        return np.roll(self.raw_profile(frames), -self.offset)
+        return np.roll(self.raw_profile(frames), -int(self.offset or 0))
 
     def estimate(self, frames: np.ndarray) -> tuple[int, str]:
         """Key-signature index and name of one track's ``(frames, bins)`` features."""

@@ -36,7 +36,7 @@ class Track:
     source: str = ""
 
 
-def _float(value: str, what: str, row: int, manifest: Path) -> float | None:
+def _float(value: str | None, what: str, row: int, manifest: Path) -> float | None:
     if value is None or str(value).strip() == "":
         return None
     try:

@@ -49,6 +49,11 @@ def sidecar_path(path: str | os.PathLike) -> str:
 class RandomProjectionQuantizer(nn.Module):
     """Frozen random projection + random codebook(s); ``forward(x (..., input_dim)) -> (..., num_codebooks)`` int64."""
 
+    projection: Tensor   # (num_codebooks, input_dim, codebook_dim), buffer
+    codebook: Tensor     # (num_codebooks, codebook_size, codebook_dim), buffer
+    mean: float   # global input normalisation (set_stats)
+    std: float
+
     def __init__(self, input_dim: int, codebook_size: int = 8192, codebook_dim: int = 16,
                  num_codebooks: int = 1, seed: int = 142, mean: float = 0.0, std: float = 1.0):
         super().__init__()

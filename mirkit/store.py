@@ -211,7 +211,7 @@ class FrameSet(_TrackIndex):
 
     def __init__(self, url: str, name: str, mode: str = "r"):
         self.url, self.name, self.mode = str(url), name, mode
-        self._group: zarr.Group | None = None
+        self._group: Any = None   # zarr.Group once opened
         self._load()
 
     # -- opening -----------------------------------------------------------------------------

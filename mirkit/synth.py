@@ -32,7 +32,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import soundfile as sf
@@ -82,7 +82,8 @@ class Chord:
         """Chord tones from the bass up (rotated by the inversion)."""
         root = pitch_class(self.root)
         tones = [(root + i) % 12 for i in TRIADS[self.quality]]
-        return tuple(tones[self.inversion:] + tones[:self.inversion])
+        a, b, c = tones[self.inversion:] + tones[:self.inversion]
+        return a, b, c
 
     @property
     def label(self) -> str:
@@ -315,7 +316,10 @@ def plan_clip(index: int, seed: int = 0, sample_rate: int = 22050, min_seconds: 
 
     end = offset + duration
     n_spans = int(np.ceil(end / span))
-    main, extra, bass, segments = [], [], [], []
+    main: list[Any] = []
+    extra: list[Any] = []
+    bass: list[Any] = []
+    segments: list[Any] = []
     for k in range(n_spans):
         chord = chords[k % len(chords)]
         t0 = k * span
@@ -550,7 +554,7 @@ class SynthResult:
         return out
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)

@@ -36,7 +36,7 @@ from mirkit.device import DEVICES, pick
 from mirkit.files import write_json
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
-from mirkit.store import FrameSet, create_or_open, delete_set, open_set, writer_lock
+from mirkit.store import FrameSet, ShardedSet, create_or_open, delete_set, open_set, writer_lock
 
 TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks
@@ -95,7 +95,7 @@ class TokensResult:
 
 
 # -- the pieces ------------------------------------------------------------------------------------
-def feature_stats(features: FrameSet, block: int = 65536) -> tuple[float, float]:
+def feature_stats(features: FrameSet | ShardedSet, block: int = 65536) -> tuple[float, float]:
     """Global scalar mean and (population) std over every committed value, in float64.
 
     Streams over :meth:`FrameSet.iter_frames` and merges per-block moments (Chan et al.), which
@@ -160,7 +160,7 @@ def codebook_stats(counts: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def token_spec(features: FrameSet, p: TokensParams, mean: float, std: float) -> dict[str, Any]:
+def token_spec(features: FrameSet | ShardedSet, p: TokensParams, mean: float, std: float) -> dict[str, Any]:
     """Everything the codes depend on; a stored set with a different spec is rebuilt."""
     return {"kind": "rpq-tokens", "feature_set": features.name, "feature_spec": features.spec,
             "feature_bins": features.n_bins, "feature_frame_rate": features.frame_rate, "stack": p.stack,
@@ -188,7 +188,7 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
         return _write(p, features, quantizer, mean, std, report)
 
 
-def _write(p: TokensParams, features: FrameSet, quantizer: RandomProjectionQuantizer, mean: float, std: float,
+def _write(p: TokensParams, features: FrameSet | ShardedSet, quantizer: RandomProjectionQuantizer, mean: float, std: float,
            report: Callable[[int, int], None] | None) -> TokensResult:
     tokens, status = _open_tokens(features, p, token_spec(features, p, mean, std))
     quantizer.save(p.quantizer_path)
@@ -214,13 +214,13 @@ def _write(p: TokensParams, features: FrameSet, quantizer: RandomProjectionQuant
     return result
 
 
-def _open_tokens(features: FrameSet, p: TokensParams, spec: dict[str, Any]) -> tuple[FrameSet, str]:
+def _open_tokens(features: FrameSet | ShardedSet, p: TokensParams, spec: dict[str, Any]) -> tuple[FrameSet, str]:
     """Create, resume or rebuild the token set; on return its tracks are a prefix of the features'."""
     # top-level keys the recipes read as ``tokens.attrs[...]``
     attrs = {"feature_set": features.name, "stack": p.stack, "mean": spec["mean"], "std": spec["std"],
              "codebook_size": p.codebook_size, "codebook_dim": p.codebook_dim, "num_codebooks": p.num_codebooks,
              "seed": p.seed, "quantizer": p.quantizer_path}
-    kwargs = dict(n_bins=p.num_codebooks, frame_rate=features.frame_rate / p.stack, dtype=TOKEN_DTYPE,
+    kwargs: dict[str, Any] = dict(n_bins=p.num_codebooks, frame_rate=features.frame_rate / p.stack, dtype=TOKEN_DTYPE,
                   chunk_frames=TOKEN_CHUNK, attrs=attrs)
     tokens, status = create_or_open(p.out, features.name, spec, **kwargs)
     if not _is_prefix(tokens, features):
@@ -231,7 +231,7 @@ def _open_tokens(features: FrameSet, p: TokensParams, spec: dict[str, Any]) -> t
     return tokens, status
 
 
-def _is_prefix(tokens: FrameSet, features: FrameSet) -> bool:
+def _is_prefix(tokens: FrameSet, features: FrameSet | ShardedSet) -> bool:
     if len(tokens) > len(features):
         return False
     return all((t.track_id, t.fingerprint) == (f.track_id, f.fingerprint)
