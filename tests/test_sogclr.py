@@ -92,7 +92,7 @@ def test_first_step_gradient_is_two_tau_times_decoupled_infonce():
     g_sog = (z1.grad.clone(), z2.grad.clone())
     z1.grad = z2.grad = None
     decoupled_infonce(z1, z2, TAU).backward()
-    for a, b in zip(g_sog, (z1.grad, z2.grad)):
+    for a, b in zip(g_sog, (z1.grad, z2.grad), strict=True):
         torch.testing.assert_close(a, 2 * TAU * b, rtol=1e-4, atol=1e-6)
     cos = torch.nn.functional.cosine_similarity(torch.cat(g_sog).flatten(), torch.cat([z1.grad, z2.grad]).flatten(), 0)
     assert float(cos) == pytest.approx(1.0, abs=1e-5)
