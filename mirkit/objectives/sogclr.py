@@ -24,7 +24,7 @@ similarities by tau). The reported loss is this surrogate, as in LibAUC.
 state and a resumed run continues exactly. Under DDP each rank scores its own anchors against
 the gathered global batch, then all ranks gather (index, u) and apply the same update, so their
 buffers stay identical. Two occurrences of one item in a step are averaged. The state is only
-updated in training mode; in eval mode ``u_a = g_a``.
+updated in training mode; in eval mode ``u_a = g_a`` and no index is needed.
 
 Difference from LibAUC: "first visit" is decided per item (``u[i] == 0``) instead of per batch
 (``u[batch].sum() == 0`` while the epoch-0 flag is set). With Myna's loader (each item once per
@@ -61,12 +61,8 @@ class SogCLR(nn.Module):
         self.register_buffer("u", torch.zeros(n_items))
 
     def forward(self, z1: Tensor, z2: Tensor, index: Tensor | None) -> Tensor:
-        if index is None:
-            raise ValueError("SogCLR needs the dataset index of every example (batch['index'])")
-        index = index.reshape(-1).long()
-        if len(index) != len(z1) or (len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self.u)):
-            raise ValueError(f"SogCLR: batch indices must be {len(z1)} values in 0..{len(self.u) - 1} "
-                             f"(n_items={len(self.u)}), got {index.tolist()[:8]}")
+        """The loss of one batch; in training mode also the state update (``index`` is then required)."""
+        items = self._checked(index, len(z1)) if self.training else None
         sims, self_idx, positive = pair_similarities(z1, z2)
         rows = torch.arange(len(sims), device=sims.device)
         n_neg = sims.shape[1] - 2
@@ -75,19 +71,25 @@ class SogCLR(nn.Module):
         negative[rows, positive] = False
         with torch.no_grad():
             e = torch.exp(sims / self.temperature).masked_fill(~negative, 0.0)
-            estimate = e.sum(dim=1) / n_neg
-            if self.training:
-                old = self.u[torch.cat([index, index])].to(estimate.dtype)
-                u = torch.where(old > 0, (1 - self.gamma) * old + self.gamma * estimate, estimate)
-            else:
-                u = estimate
+            u = e.sum(dim=1) / n_neg                                      # this batch's estimate g_a
+            if items is not None:
+                old = self.u[torch.cat([items, items])].to(u.dtype)
+                u = torch.where(old > 0, (1 - self.gamma) * old + self.gamma * u, u)
             weights = e / u.clamp_min(self.eps)[:, None]
         per_anchor = -sims[rows, positive] + (weights * sims).sum(dim=1) / n_neg
         b = len(z1)
-        loss = (per_anchor[:b] + per_anchor[b:]).mean()
-        if self.training:
-            self._store(index, (u[:b] + u[b:]) / 2)
-        return loss
+        if items is not None:
+            self._store(items, (u[:b] + u[b:]) / 2)
+        return (per_anchor[:b] + per_anchor[b:]).mean()
+
+    def _checked(self, index: Tensor | None, batch: int) -> Tensor:
+        if index is None:
+            raise ValueError("SogCLR needs the dataset index of every example (batch['index'])")
+        index = index.reshape(-1).long()
+        if len(index) != batch or (batch and not 0 <= int(index.min()) <= int(index.max()) < len(self.u)):
+            raise ValueError(f"SogCLR: batch indices must be {batch} values in 0..{len(self.u) - 1} "
+                             f"(n_items={len(self.u)}), got {index.tolist()[:8]}")
+        return index
 
     @torch.no_grad()
     def _store(self, index: Tensor, values: Tensor) -> None:
