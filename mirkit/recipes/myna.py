@@ -79,11 +79,13 @@ class MynaParams:
                                                                     "hybrid) or 98 (vertical), i.e. 50000 samples at hop 512")
     log1p: bool = param(False, help="apply log1p to the mel power inside the model (Myna --log_mel)")
     proj_dims: list[int] = param([50], help="projection head widths, ReLU between layers (Myna: Linear(dim, 50))")
-    n_items: int | None = param(None, ge=1, help="tracks SogCLR keeps a moving average for (set by prepare)")
+    n_items: int | None = param(None, ge=1, le=2**31 - 1, help="tracks SogCLR keeps a moving average for "
+                                                                 "(set by prepare)")
 
     def check(self) -> None:
         if not self.proj_dims or any(not 1 <= int(w) <= MAX_WIDTH for w in self.proj_dims):
-            raise ParamsError(f"proj_dims={self.proj_dims}: expected one or more widths in 1..{MAX_WIDTH}")
+            raise ParamsError(f"proj_dims={self.proj_dims}: needs one or more widths; every width must be "
+                              f"<= {MAX_WIDTH} and >= 1")
         crop = self.crop_frames or default_crop(self.patch)
         for kind in PATCH_KINDS[self.patch]:
             width = PATCH_SIZES[kind][1]
