@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from memory_source import MemorySource
 from torch import nn
 
 import mirkit.objectives.contrastive as contrastive_objective
@@ -15,7 +16,6 @@ from mirkit.objectives.cpsd import cpsd_loss, cpsd_terms, key_phasor
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes.base import Sources
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe, draw_offsets
-from memory_source import MemorySource
 
 MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
 HARMONICS = [(h, int(round(12 * np.log2(h)))) for h in range(1, 7)]   # (partial, bins above f0)

@@ -16,7 +16,7 @@ mirkit sizes it by the actual concatenation, ``summary_out + d``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn

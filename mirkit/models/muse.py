@@ -13,7 +13,7 @@ then ``Linear(conv_dim * 32 -> dim)`` on the flattened (channel, freq) axis.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, n_mels: int, conv_dim: int, dim: int):
         super().__init__()
         self.blocks = nn.Sequential(ResidualConv2d(1, conv_dim), ResidualConv2d(conv_dim, conv_dim))
-        freq_out = -(-(-(-n_mels // 2)) // 2)              # ceil(ceil(n/2)/2)
+        freq_out = (n_mels + 3) // 4                        # ceil(ceil(n/2)/2): two stride-2 convs
         self.proj = nn.Linear(conv_dim * freq_out, dim)
 
     def forward(self, x: Tensor) -> Tensor:

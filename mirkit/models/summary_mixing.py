@@ -25,7 +25,7 @@ padded frames. Outputs at padded frames are zero, and padded inputs never reach 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,7 @@ def feed_forward(in_dim: int, hidden: Sequence[int], out_dim: int, activation: s
     """``in -> hidden... -> out`` with the activation after every layer (the last included)."""
     dims = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(a, b) if groups == 1 else GroupedLinear(a, b, groups), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
