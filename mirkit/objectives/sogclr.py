@@ -53,6 +53,8 @@ def _gather(x: Tensor) -> Tensor:
 class SogCLR(nn.Module):
     """SogCLR loss with its per-item moving average ``u`` (a buffer of ``n_items`` values)."""
 
+    u: Tensor
+
     def __init__(self, n_items: int, temperature: float = 0.1, gamma: float = 0.9, eps: float = 1e-8):
         super().__init__()
         if not 0.0 < gamma <= 1.0:
