@@ -5,7 +5,7 @@
 | mel16k      | myna         | 16 kHz, n_fft 2048, hop 512, 128 Slaney mels, mel POWER (Myna feeds raw power; its patch LayerNorm scales) |
 | mel16k-db   | contrastive  | 16 kHz, n_fft 1024, hop 512, 128 mels, dB with top_db 100 (Deezer multi-view SSL front end) |
 | cqt22k      | mt2          | 22.05 kHz CQT (nnAudio CQT1992v2; STONE: VQT gamma 0), fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512, dB top_db 80 then /80+1 (STONE) |
-| mel24k      | muse-lq      | 24 kHz, n_fft 2048, hop 240 (100 Hz), 128 mels, dB without top_db (MusicFM) |
+| mel24k      | muse-lq      | 24 kHz, n_fft 2048, hop 240 (100 Hz), 128 HTK mels without filter normalisation (torchaudio's defaults), dB without top_db (MusicFM ``MelSTFT``) |
 
 Frames are returned as ``(n_frames, n_bins)`` (time-major, the store's layout).
 """
@@ -27,6 +27,9 @@ from mirkit.params import ParamsError, param
 #: bump when the computation changes so stored sets are recomputed rather than mixed
 FEATURES_VERSION = 2
 
+#: mel filterbanks: nnAudio's (Myna, Deezer) and torchaudio's default one (MusicFM, hence MuSE-LQ)
+MEL_FILTERS = ("slaney", "htk")
+
 
 @dataclass
 class FeatureSpec:
@@ -37,6 +40,9 @@ class FeatureSpec:
     hop_length: int = param(512, ge=16, le=65536, help="samples between frames")
     n_fft: int = param(2048, ge=16, le=65536, help="mel only")
     n_mels: int = param(128, ge=1, le=1024, help="mel only")
+    mel_filters: str = param("slaney", choices=MEL_FILTERS,
+                             help="mel only: slaney = nnAudio/librosa filters (Slaney scale, area-normalised); "
+                                  "htk = torchaudio's defaults (HTK scale, peak 1, as MusicFM)")
     fmin: float = param(0.0, ge=0.0)
     fmax: float | None = param(None, help="mel only; null = Nyquist")
     n_bins: int = param(99, ge=1, le=1024, help="cqt only")
@@ -103,7 +109,11 @@ class FeatureSpec:
         return 1 + n_samples // self.hop_length
 
     def to_dict(self) -> dict:
+        """The spec as stored with the data. ``mel_filters`` is left out at its original value
+        (slaney), so sets and checkpoints written before the field existed keep an equal spec."""
         d = dataclasses.asdict(self)
+        if d["mel_filters"] == "slaney":
+            del d["mel_filters"]
         d["features_version"] = FEATURES_VERSION
         return d
 
@@ -117,8 +127,8 @@ PRESETS: dict[str, FeatureSpec] = {
                              top_db=100.0, dtype="float16"),
     "cqt22k": FeatureSpec(kind="cqt", sample_rate=22050, hop_length=512, fmin=27.5, n_bins=99, bins_per_octave=12,
                           scale="db-stone", top_db=80.0, dtype="float16"),
-    "mel24k": FeatureSpec(kind="mel", sample_rate=24000, n_fft=2048, hop_length=240, n_mels=128, scale="db",
-                          dtype="float16"),
+    "mel24k": FeatureSpec(kind="mel", sample_rate=24000, n_fft=2048, hop_length=240, n_mels=128, mel_filters="htk",
+                          scale="db", dtype="float16"),
 }
 
 
@@ -186,18 +196,30 @@ class FrontEnd(nn.Module):
 
 
 class MelFFT(nn.Module):
-    """nnAudio's mel spectrogram (Slaney filterbank, Hann window, centred reflect padding, power 2)
-    with the STFT done by FFT instead of nnAudio's convolution kernels: the same numbers (tested
-    against ``nnAudio.features.mel.MelSpectrogram``) at a fraction of the cost on CPU."""
+    """Mel power spectrogram: periodic Hann window, centred reflect padding, power 2, then a mel
+    filterbank. The STFT is one ``torch.stft`` call (much cheaper on CPU than nnAudio's convolution
+    kernels), which is what both references compute:
+
+    * ``mel_filters="slaney"``: nnAudio's ``MelSpectrogram`` filters (Slaney scale, area-normalised),
+      as Myna feeds them (tested equal to ``nnAudio.features.mel.MelSpectrogram``);
+    * ``mel_filters="htk"``: torchaudio's ``MelSpectrogram`` defaults (HTK scale, unnormalised
+      triangles of peak 1), as MusicFM's ``MelSTFT`` (tested equal to ``torchaudio.transforms.MelSpectrogram``).
+    """
 
     def __init__(self, spec: FeatureSpec):
         super().__init__()
-        from nnAudio.features.mel import MelSpectrogram
-        reference = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
-                                   hop_length=spec.hop_length, fmin=spec.fmin,
-                                   fmax=spec.fmax or spec.sample_rate / 2, center=True,
-                                   pad_mode="reflect", power=2.0, verbose=False)
-        self.register_buffer("mel_basis", reference.mel_basis.clone(), persistent=False)
+        fmax = spec.fmax or spec.sample_rate / 2
+        if spec.mel_filters == "htk":
+            from mirkit.binaries import load_torchaudio
+            torchaudio = load_torchaudio()
+            basis = torchaudio.functional.melscale_fbanks(spec.n_fft // 2 + 1, spec.fmin, fmax, spec.n_mels,
+                                                          spec.sample_rate, norm=None, mel_scale="htk").T
+        else:
+            from nnAudio.features.mel import MelSpectrogram
+            basis = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
+                                   hop_length=spec.hop_length, fmin=spec.fmin, fmax=fmax, center=True,
+                                   pad_mode="reflect", power=2.0, verbose=False).mel_basis
+        self.register_buffer("mel_basis", basis.clone().float(), persistent=False)
         self.register_buffer("window", torch.hann_window(spec.n_fft, periodic=True), persistent=False)
         self.n_fft, self.hop = spec.n_fft, spec.hop_length
 

@@ -122,7 +122,8 @@ def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]
 
 
 class ExampleStream(Dataset):
-    """Example ``k`` of the run: track from a per-epoch permutation, views from ``rng([seed, k])``."""
+    """Example ``k`` of the run: track from a per-epoch permutation, views from ``rng([seed, k])``;
+    ``index`` is the track's position in the feature set (per-item state such as SogCLR's keys on it)."""
 
     def __init__(self, recipe: Recipe, sources: Sources, tracks: list[int], seed: int):
         self.recipe, self.sources, self.tracks, self.seed = recipe, sources, tracks, seed
@@ -136,7 +137,9 @@ class ExampleStream(Dataset):
         return self.tracks[int(perm[k % n])]
 
     def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        return self.recipe.sample(self.sources, self.track_of(k), np.random.default_rng([self.seed, 1, k]))
+        track = self.track_of(k)
+        return {**self.recipe.sample(self.sources, track, np.random.default_rng([self.seed, 1, k])),
+                "index": np.int64(track)}
 
 
 def batch_indices(start_step: int, steps: int, batch: int, rank: int, world: int) -> list[list[int]]:

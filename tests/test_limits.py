@@ -46,7 +46,7 @@ def test_a_long_input_is_refused_before_the_stft(monkeypatch):
     front.check_input(16000 * 10)
 
 
-@pytest.mark.parametrize("recipe, key, value", [("myna", "crop_frames", 1e9), ("myna", "proj_hidden", 1e9),
+@pytest.mark.parametrize("recipe, key, value", [("myna", "crop_frames", 1e9), ("myna", "proj_dims", [10**9]),
                                                 ("mt2", "segment_frames", 100000),
                                                 ("contrastive", "segment_frames", 100000),
                                                 ("muse-lq", "codebook_size", 1e9), ("muse-lq", "crop_frames", 1e9)])
@@ -76,7 +76,7 @@ def test_model_memory_is_estimated_on_the_meta_device(monkeypatch):
 
 
 @pytest.mark.parametrize("edit, words", [(("recipe_params", "crop_frames", 1e9), "crop_frames=1000000000"),
-                                         (("recipe_params", "proj_hidden", 1e9), "proj_hidden=1000000000"),
+                                         (("recipe_params", "proj_dims", [10**9]), "every width must be <= 65536"),
                                          (("features", "n_fft", 1e8), "config.json: features.n_fft=100000000")])
 def test_hostile_checkpoint_configs_are_refused_before_allocating(tmp_path, edit, words):
     ckpt = make_checkpoint(tmp_path / "ckpt", preset="myna-tiny")

@@ -171,7 +171,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("name", ["mel16k", "mel16k-db", "mel24k"])
+@pytest.mark.parametrize("name", ["mel16k", "mel16k-db"])
 def test_fft_mel_equals_nnaudio_mel(name):
     from nnAudio.features.mel import MelSpectrogram
     spec = PRESETS[name]

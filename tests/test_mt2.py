@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from memory_source import MemorySource
 from torch import nn
 
 import mirkit.objectives.contrastive as contrastive_objective
@@ -15,7 +16,6 @@ from mirkit.objectives.cpsd import cpsd_loss, cpsd_terms, key_phasor
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes.base import Sources
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe, draw_offsets
-from memory_source import MemorySource
 
 MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
 HARMONICS = [(h, int(round(12 * np.log2(h)))) for h in range(1, 7)]   # (partial, bins above f0)
@@ -99,11 +99,32 @@ def test_recipe_crops_and_cpsd_sign_agree():
     assert cpsd_loss(y1, y2, y3, -d).item() > 1.0
 
 
-def test_offsets_stay_in_range_and_never_a_multiple_of_12():
+def stone_shift_probabilities() -> dict[int, float]:
+    """P(d) for STONE's draw, by enumerating its 12 x 11 equally likely (original, to_transpose) pairs."""
+    counts: dict[int, int] = {}
+    for original in range(1, 13):
+        for to_transpose in range(1, 12):
+            d = (original + to_transpose) % 12 - original
+            counts[d] = counts.get(d, 0) + 1
+    return {d: c / 132 for d, c in counts.items()}
+
+
+def test_offsets_follow_stones_distribution():
+    """STONE: view 1/2 offset in 1..12, view 3 offset in 0..11, d in -11..10 (never 0, 11 or |d| > 11)."""
+    p = stone_shift_probabilities()
+    assert sorted(p) == list(range(-11, 0)) + list(range(1, 11))
+    assert p[-1] == 12 / 132 and p[-11] == 2 / 132 and p[1] == 10 / 132 and p[10] == 1 / 132
     rng = np.random.default_rng(0)
-    pairs = [draw_offsets(rng, 15) for _ in range(500)]
-    assert all(0 <= a <= 15 and 0 <= b <= 15 and (b - a) % 12 for a, b in pairs)
-    assert {b - a for a, b in pairs} >= set(range(-11, 0)) | set(range(1, 12))
+    n = 66_000
+    pairs = np.array([draw_offsets(rng) for _ in range(n)])
+    o1, o2 = pairs[:, 0], pairs[:, 1]
+    assert o1.min() == 1 and o1.max() == 12 and o2.min() == 0 and o2.max() == 11
+    np.testing.assert_allclose(np.bincount(o1, minlength=13)[1:] / n, 1 / 12, atol=0.004)
+    d, counts = np.unique(o2 - o1, return_counts=True)
+    assert d.tolist() == sorted(p)
+    expected = np.array([p[int(k)] for k in d])
+    chi2 = float((((counts - n * expected) ** 2) / (n * expected)).sum())
+    assert chi2 < 45.3          # 99.9 % quantile of chi-square with 20 degrees of freedom
 
 
 # --- model and objectives ----------------------------------------------------------------------
@@ -182,7 +203,7 @@ def test_short_training_lowers_cpsd_and_ntxent():
 
 
 # --- params ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("key,value", [("objectives", "all"), ("c", 6), ("max_offset", 0), ("ntxent_weight", -1),
+@pytest.mark.parametrize("key,value", [("objectives", "all"), ("c", 6), ("ntxent_weight", -1),
                                        ("proj_dims", []), ("crop_bins", 4), ("preset", "big")])
 def test_bad_params_are_rejected_naming_the_key(key, value):
     with pytest.raises(ParamsError, match=key):
@@ -190,9 +211,9 @@ def test_bad_params_are_rejected_naming_the_key(key, value):
 
 
 def test_prepare_rejects_an_offset_range_beyond_the_stored_bins():
-    recipe = recipe_for(max_offset=16)
-    with pytest.raises(ParamsError, match="max_offset"):
-        recipe.prepare(Sources(MemorySource([np.zeros((10, 99), np.float32)])))
+    recipe_for().prepare(Sources(MemorySource([np.zeros((10, 99), np.float32)])))     # 84 + 12 <= 99
+    with pytest.raises(ParamsError, match="crop_bins=88"):
+        recipe_for(crop_bins=88).prepare(Sources(MemorySource([np.zeros((10, 99), np.float32)])))
     assert recipe_for().feature_set == "cqt22k"
 
 

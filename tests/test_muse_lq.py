@@ -13,7 +13,7 @@ from torch import nn
 
 from mirkit.models.branchformer import BranchformerBlock
 from mirkit.models.conformer import ConformerBlock
-from mirkit.models.muse import MuseEncoder, make_mixer
+from mirkit.models.muse import MuseEncoder, make_block
 from mirkit.models.rotary import RotarySelfAttention
 from mirkit.models.summary_mixing import GroupedLinear, SummaryMixing
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
@@ -88,7 +88,7 @@ def test_summary_mixing_equals_its_equation() -> None:
             if t in valid:
                 expected = F.gelu(combiner.weight @ torch.cat([mlp(sm.local, x[b, t]), s_bar]) + combiner.bias)
             else:
-                expected = torch.zeros(6)
+                expected = torch.zeros(3)                       # the combiner outputs summary_out
             torch.testing.assert_close(y[b, t], expected, atol=1e-5, rtol=1e-5)
 
 
@@ -148,8 +148,9 @@ def test_rotary_attention_is_relative_in_position() -> None:
 
 # ---------------------------------------------------------------- blocks
 def _block(kind: str, mixer: str) -> nn.Module:
-    cls = BranchformerBlock if kind == "branchformer" else ConformerBlock
-    return cls(16, make_mixer(mixer, 16, 4, 0.0, 10000.0, [16], 16, [16], 16, 1), units=32, kernel_size=5)
+    block = make_block(kind, mixer, 16, 4, 32, 5, 0.0, 10000.0, [16], 16, [12], 8, 1)
+    assert isinstance(block, BranchformerBlock if kind == "branchformer" else ConformerBlock)
+    return block
 
 
 @pytest.mark.parametrize("kind", ["branchformer", "conformer"])
@@ -324,7 +325,7 @@ def test_short_training_lowers_both_losses() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
     history = []
-    for _ in range(50):
+    for _ in range(80):                          # SummaryMixing merge ends in GELU (reference layout)
         examples = [r.sample(sources, int(rng.integers(len(sources.features))), rng) for _ in range(8)]
         batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
         out = model(batch)
@@ -369,3 +370,67 @@ def test_checkpoint_round_trip_is_self_contained(tmp_path) -> None:
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.encoder.embed(x), model.encoder.embed(x))
+
+
+# ---------------------------------------------------------------- SummaryMixing layouts (SamsungLabs)
+def _linear_params(i: int, o: int, groups: int = 1) -> int:
+    return i * o // groups + o
+
+
+def test_summary_mixing_layouts_have_the_reference_sizes() -> None:
+    """Counted from the layout, not from the modules: combiner to summary_out; Conformer's summary_out = d;
+    Branchformer merge (summary_out + d) -> summary_hidden -> d."""
+    d, U, k, g = 32, 64, 5, 4
+    sm = dict(sm_local_hidden=[8], sm_local_out=12, sm_summary_hidden=[20], sm_summary_out=16, sm_groups=g)
+    args = (d, 4, U, k, 0.0, 10000.0) + tuple(sm.values())
+    f = _linear_params(d, 8, g) + _linear_params(8, 12, g)
+    norms = 2 * d                                                        # one LayerNorm(d)
+
+    brn = make_block("branchformer", "summary", *args)
+    s = _linear_params(d, 20, g) + _linear_params(20, 16, g)
+    c = _linear_params(12 + 16, 16)
+    merge = _linear_params(16 + d, 20) + _linear_params(20, d)
+    cgmlp = _linear_params(d, U) + U + (U // 2) * k + U // 2 + _linear_params(U // 2, d)   # up, LN(U/2), dw conv, down
+    assert count_params(brn) == f + s + c + merge + cgmlp + 2 * norms
+    assert brn.mixer.out_dim == 16 and [type(m) for m in brn.merge] == [nn.Linear, nn.GELU, nn.Linear, nn.GELU]
+
+    cnf = make_block("conformer", "summary", *args)
+    s_d = _linear_params(d, 20, g) + _linear_params(20, d, g)             # summary_out = d
+    c_d = _linear_params(12 + d, d)
+    assert cnf.mixer.out_dim == d
+    assert count_params(cnf.mixer) == f + s_d + c_d
+
+    att = make_block("branchformer", "mhsa", *args)
+    assert isinstance(att.merge, nn.Linear) and (att.merge.in_features, att.merge.out_features) == (2 * d, d)
+
+
+def test_branchformer_summary_merge_equals_its_equation() -> None:
+    torch.manual_seed(0)
+    block = make_block("branchformer", "summary", 16, 4, 32, 5, 0.0, 10000.0, [8], 8, [12], 10, 1).eval()
+    x = torch.randn(2, 7, 16)
+    y, _ = block(x)
+    with torch.no_grad():
+        global_branch, _ = block.mixer(block.mixer_norm(x))
+        local_branch = block.mlp(block.mlp_norm(x))
+        l1, l2 = block.merge[0], block.merge[2]
+        h = F.gelu(torch.cat([global_branch, local_branch], -1) @ l1.weight.T + l1.bias)
+        expected = x + F.gelu(h @ l2.weight.T + l2.bias)
+    assert global_branch.shape[-1] == 10
+    torch.testing.assert_close(y, expected)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_rows_encoder_and_full_counts() -> None:
+    """Table 2 rows (millions): whole model within 5 %; SummaryMixing's saving per block type."""
+    full, encoder = {}, {}
+    for preset in PAPER_ROWS:
+        with torch.device("meta"):
+            model = recipe(preset=preset).build_model()
+        full[preset], encoder[preset] = count_params(model) / 1e6, count_params(model.encoder) / 1e6
+    assert full["cnf-sum-302m"] == pytest.approx(296.0, abs=0.1) and full["brn-sum-164m"] == pytest.approx(170.5, abs=0.1)
+    assert encoder["cnf-sum-302m"] == pytest.approx(287.1, abs=0.1) and encoder["brn-sum-164m"] == pytest.approx(161.5, abs=0.1)
+    assert 1 - full["cnf-sum-302m"] / full["cnf-att-330m"] == pytest.approx(0.090, abs=0.002)
+    assert 1 - full["brn-sum-164m"] / full["brn-att-187m"] == pytest.approx(0.089, abs=0.002)

@@ -11,7 +11,7 @@ import torch
 import mirkit.models.vit as vit
 from mirkit.models.base import count_parameters
 from mirkit.models.vit import SimpleViT, keep_tokens, patchify, random_keep_indices, sincos_2d
-from mirkit.objectives.contrastive import nt_xent
+from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.recipes.base import Sources
@@ -147,7 +147,7 @@ def test_views_get_independent_masks(monkeypatch):
 
     monkeypatch.setattr(vit, "random_keep_indices", recording)
     torch.manual_seed(0)
-    model = tiny_recipe().build_model()
+    model = tiny_recipe(loss="ntxent").build_model()
     view = torch.rand(8, 128, 96)
     model({"view1": view, "view2": view.clone()})
     assert len(calls) == 2 and all(c.shape == (8, 5) for c in calls)
@@ -197,7 +197,7 @@ def test_nt_xent_matches_reference(tau):
 
 def test_model_loss_is_nt_xent_of_projected_views_at_its_temperature():
     torch.manual_seed(0)
-    model = tiny_recipe(mask_ratio=0.0, temperature=0.3).build_model()
+    model = tiny_recipe(mask_ratio=0.0, temperature=0.3, loss="ntxent").build_model()
     tracks = structured_tracks(4, np.random.default_rng(0))     # distinct inputs -> spread embeddings
     v1 = torch.from_numpy(np.stack([t[:96].T for t in tracks]))
     v2 = torch.from_numpy(np.stack([t[-96:].T for t in tracks]))
@@ -229,9 +229,9 @@ def test_hybrid_embedding_concatenates_both_passes():
 
 def test_hybrid_loss_is_mean_of_the_two_passes():
     torch.manual_seed(0)
-    model = tiny_recipe(patch="hybrid").build_model()
+    model = tiny_recipe(patch="hybrid", n_items=4).build_model()
     assert len(model.encoder.patch_embeds) == 2 and len(model.encoder.blocks) == TINY["depth"]
-    out = model({"view1": torch.rand(4, 128, 96), "view2": torch.rand(4, 128, 96)})
+    out = model({"view1": torch.rand(4, 128, 96), "view2": torch.rand(4, 128, 96), "index": torch.arange(4)})
     total = float(out["loss"].detach())
     assert total == pytest.approx((float(out["loss_square"]) + float(out["loss_vertical"])) / 2)
 
@@ -242,6 +242,23 @@ def test_recipe_is_registered_and_names_its_features():
     recipe = tiny_recipe()
     assert get("myna") is MynaRecipe
     assert recipe.feature_set == "mel16k" and recipe.crop_frames == 96
+
+
+@pytest.mark.parametrize("patch, frames", [("square", 96), ("hybrid", 96), ("vertical", 98)])
+def test_default_crop_is_mynas_50000_samples(patch, frames):
+    """example.py: N_SAMPLES 50000 -> nnAudio's centred frames 1 + 50000 // 512 = 98, floored to the
+    time patch width (16 for square and hybrid, 2 for vertical)."""
+    assert tiny_recipe(patch=patch).crop_frames == frames
+    assert tiny_recipe(patch=patch, crop_frames=64).crop_frames == 64
+
+
+def test_projection_head_is_mynas_linear_head_or_relu_mlp():
+    """utils.add_proj_head: Linear per width, ReLU between layers and none after the last."""
+    head = tiny_recipe().build_model().head
+    assert [type(m) for m in head] == [torch.nn.Linear] and head[0].out_features == 50
+    head = tiny_recipe(proj_dims=[32, 16]).build_model().head
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert (head[0].in_features, head[0].out_features, head[2].out_features) == (TINY["dim"], 32, 16)
 
 
 def test_sample_two_independent_crops_of_one_track():
@@ -313,19 +330,23 @@ def test_a_few_cpu_steps_lower_the_loss():
     rng = np.random.default_rng(0)
     sources = Sources(features=ArraySource(structured_tracks(8, rng)))
     recipe = tiny_recipe(crop_frames=64, mask_ratio=0.5)
-    model = recipe.build_model()
+    recipe.prepare(sources)
+    model = recipe.build_model()                                   # SogCLR, one moving average per track
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def batch_of_pairs() -> dict[str, torch.Tensor]:
         examples = [recipe.sample(sources, t, rng) for t in range(len(sources.features))]
-        return {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in ("view1", "view2")}
+        batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in ("view1", "view2")}
+        return {**batch, "index": torch.arange(len(examples))}
 
     held_out = batch_of_pairs()
 
     def held_out_loss() -> float:
+        """Decoupled InfoNCE of the held-out pairs: a stateless measure of what SogCLR optimises."""
         torch.manual_seed(123)                                     # same masks before and after
         with torch.no_grad():
-            return float(model(held_out)["loss"])
+            z1, z2 = (model.head(model.encoder.pooled(held_out[v], "square", 0.5)) for v in ("view1", "view2"))
+            return float(decoupled_infonce(z1, z2, 0.1))
 
     before = held_out_loss()
     for _ in range(12):

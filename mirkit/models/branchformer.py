@@ -2,15 +2,26 @@
 
 Two parallel pre-norm branches read the same input: a global "mixer" (rotary multi-head
 self-attention or SummaryMixing) and a convolutional-gating MLP (cgMLP, Sakuma et al. 2022) for
-local context. Their outputs are concatenated and merged by one linear layer (the paper prefers
-concatenation to a weighted average), then added to the input. No feed-forward/macaron module.
+local context. Their outputs are concatenated (the paper prefers concatenation to a weighted
+average), merged back to the model width, and added to the input. No feed-forward/macaron module.
 The encoder (``mirkit.models.muse``) ends the stack with a LayerNorm.
+
+Merge layout (SpeechBrain ``Branchformer.py``; SamsungLabs/SummaryMixing's copy for SummaryMixing):
+with attention, one ``Linear(2d -> d)``; with SummaryMixing, whose branch is ``summary_out`` wide,
+an MLP ``Linear(summary_out + d -> h) -> GELU -> ... -> Linear(h -> d) -> GELU`` whose hidden
+widths are SummaryMixing's ``summary_hidden`` (``merge_hidden``). SamsungLabs sizes that MLP's input
+as ``local_out + summary_out``, which equals the actual concatenation only when ``local_out = d``;
+mirkit sizes it by the actual concatenation, ``summary_out + d``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
+
+from mirkit.models.summary_mixing import feed_forward
 
 
 def zero_padding(x: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -47,15 +58,19 @@ class ConvolutionalGatingMLP(nn.Module):
 
 
 class BranchformerBlock(nn.Module):
-    """``x + merge([mixer(LN(x)); cgMLP(LN(x))])``; ``mixer`` follows the rotary/SummaryMixing interface."""
+    """``x + merge([mixer(LN(x)); cgMLP(LN(x))])``; ``mixer`` follows the rotary/SummaryMixing interface
+    (its output width is ``mixer.out_dim``, default ``dim``). ``merge_hidden``: None = one Linear;
+    a list = the GELU MLP of the SummaryMixing layout (see the module docstring)."""
 
-    def __init__(self, dim: int, mixer: nn.Module, units: int, kernel_size: int = 31, dropout: float = 0.0):
+    def __init__(self, dim: int, mixer: nn.Module, units: int, kernel_size: int = 31, dropout: float = 0.0,
+                 merge_hidden: Sequence[int] | None = None):
         super().__init__()
         self.mixer_norm = nn.LayerNorm(dim)
         self.mixer = mixer
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = ConvolutionalGatingMLP(dim, units, kernel_size, dropout)
-        self.merge = nn.Linear(2 * dim, dim)
+        width = getattr(mixer, "out_dim", dim) + dim
+        self.merge = nn.Linear(width, dim) if merge_hidden is None else feed_forward(width, merge_hidden, dim, "gelu")
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,

@@ -13,7 +13,7 @@ then ``Linear(conv_dim * 32 -> dim)`` on the flattened (channel, freq) axis.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +53,7 @@ class ConvSubsampling(nn.Module):
     def __init__(self, n_mels: int, conv_dim: int, dim: int):
         super().__init__()
         self.blocks = nn.Sequential(ResidualConv2d(1, conv_dim), ResidualConv2d(conv_dim, conv_dim))
-        freq_out = -(-(-(-n_mels // 2)) // 2)              # ceil(ceil(n/2)/2)
+        freq_out = (n_mels + 3) // 4                        # ceil(ceil(n/2)/2): two stride-2 convs
         self.proj = nn.Linear(conv_dim * freq_out, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -62,23 +62,37 @@ class ConvSubsampling(nn.Module):
         return self.proj(h)
 
 
-def make_mixer(kind: str, dim: int, heads: int, dropout: float, rotary_base: float,
-               sm_local_hidden: Sequence[int], sm_local_out: int, sm_summary_hidden: Sequence[int],
-               sm_summary_out: int, sm_groups: int) -> nn.Module:
-    """The global branch of a block: rotary MHSA (``"mhsa"``) or SummaryMixing (``"summary"``)."""
+def make_block(block: str, kind: str, dim: int, heads: int, units: int, kernel_size: int, dropout: float,
+               rotary_base: float, sm_local_hidden: Sequence[int], sm_local_out: int,
+               sm_summary_hidden: Sequence[int], sm_summary_out: int, sm_groups: int) -> nn.Module:
+    """One block with its global branch: rotary MHSA (``"mhsa"``) or SummaryMixing (``"summary"``).
+
+    SummaryMixing follows SamsungLabs/SummaryMixing's layouts: in a Conformer the cell outputs the
+    model width (``summary_out = dim``, their ``Conformer.py``); in a Branchformer it outputs
+    ``sm_summary_out`` and the merge is the GELU MLP through ``sm_summary_hidden`` (their ``Branchformer.py``).
+    """
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block '{block}' (choose from {', '.join(BLOCKS)})")
     if kind == "mhsa":
-        return RotarySelfAttention(dim, heads, dropout, rotary_base)
-    if kind == "summary":
-        return SummaryMixing(dim, sm_local_hidden, sm_local_out, sm_summary_hidden, sm_summary_out,
-                             out_dim=dim, groups=sm_groups, dropout=dropout)
-    raise ValueError(f"unknown attention '{kind}' (choose from {', '.join(MIXERS)})")
+        mixer: nn.Module = RotarySelfAttention(dim, heads, dropout, rotary_base)
+    elif kind == "summary":
+        out = dim if block == "conformer" else sm_summary_out
+        mixer = SummaryMixing(dim, sm_local_hidden, sm_local_out, sm_summary_hidden, out, groups=sm_groups,
+                              dropout=dropout)
+    else:
+        raise ValueError(f"unknown attention '{kind}' (choose from {', '.join(MIXERS)})")
+    if block == "branchformer":
+        merge = list(sm_summary_hidden) if kind == "summary" else None
+        return BranchformerBlock(dim, mixer, units, kernel_size, dropout, merge_hidden=merge)
+    return ConformerBlock(dim, mixer, units, kernel_size, dropout)
 
 
 class MuseEncoder(Encoder):
     """Conv subsampling + ``depth`` Branchformer/Conformer blocks + final LayerNorm (MuSE-LQ §3.1).
 
     ``units``: cgMLP width (Branchformer) or FFN width (Conformer). ``sm_*``: SummaryMixing sizes
-    (local f: ``dim -> sm_local_hidden -> sm_local_out``; summary s likewise; combiner to ``dim``).
+    (local f: ``dim -> sm_local_hidden -> sm_local_out``; summary s: ``dim -> sm_summary_hidden ->
+    sm_summary_out``, ``dim`` in a Conformer; combiner to the same width; see :func:`make_block`).
     ``encode(..., padding_mask)`` takes an optional ``(batch, frames // 4)`` mask, True at padded
     25 Hz steps: keys are masked in MHSA, the SummaryMixing mean and the convolutions skip them.
     The 2-D front end runs before masking: its receptive field (step k sees frames 4k-9 .. 4k+9)
@@ -103,9 +117,8 @@ class MuseEncoder(Encoder):
         self.register_buffer("std", torch.tensor(float(std)))
         self.frontend = ConvSubsampling(n_mels, conv_dim, dim)
         self.blocks = nn.ModuleList(
-            BLOCKS[block](dim, make_mixer(attention, dim, heads, dropout, rotary_base, sm_local_hidden,
-                                          sm_local_out, sm_summary_hidden, sm_summary_out, sm_groups),
-                          units, kernel_size, dropout)
+            make_block(block, attention, dim, heads, units, kernel_size, dropout, rotary_base, sm_local_hidden,
+                       sm_local_out, sm_summary_hidden, sm_summary_out, sm_groups)
             for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 

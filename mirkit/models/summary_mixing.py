@@ -7,9 +7,12 @@ Written from the paper's equations (the reference code is CC BY-NC and was not u
     y_t   = c([f(x_t); s_bar])
 
 ``f`` (local transformation) and ``s`` (summary function) are small feed-forward networks with an
-activation after every layer; ``c`` (combiner) is one linear layer (plus activation by default)
-mapping back to the model width. Cost is linear in the sequence length: every frame goes through
-``f`` and ``s`` once, and the summary is a single masked mean.
+activation after every layer; ``c`` (combiner) is one linear layer plus activation with
+``summary_out`` outputs (the layout of SamsungLabs/SummaryMixing ``speechbrain/nnet/summary_mixing.py``):
+the cell's output width is ``summary_out``, so a Conformer sets ``summary_out`` to the model width
+and a Branchformer merges a ``summary_out``-wide branch (see :mod:`mirkit.models.branchformer`).
+Cost is linear in the sequence length: every frame goes through ``f`` and ``s`` once, and the
+summary is a single masked mean.
 
 Optional ``groups`` (the paper's "heads") make the layers of ``f`` and ``s`` block-diagonal:
 the feature dimension is split into ``groups`` independent slices, dividing their weights by
@@ -22,7 +25,7 @@ padded frames. Outputs at padded frames are zero, and padded inputs never reach 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +57,7 @@ def feed_forward(in_dim: int, hidden: Sequence[int], out_dim: int, activation: s
     """``in -> hidden... -> out`` with the activation after every layer (the last included)."""
     dims = [in_dim, *hidden, out_dim]
     layers: list[nn.Module] = []
-    for a, b in zip(dims[:-1], dims[1:]):
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(a, b) if groups == 1 else GroupedLinear(a, b, groups), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
@@ -70,21 +73,18 @@ def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
 
 
 class SummaryMixing(nn.Module):
-    """``y_t = c([f(x_t); mean_valid s(x)])`` over ``(batch, time, dim)``; see the module docstring."""
+    """``y_t = c([f(x_t); mean_valid s(x)])``: ``(batch, time, dim)`` -> ``(batch, time, summary_out)``."""
 
     def __init__(self, dim: int, local_hidden: Sequence[int] = (512,), local_out: int = 512,
                  summary_hidden: Sequence[int] = (512,), summary_out: int = 512,
-                 out_dim: int | None = None, activation: str = "gelu", groups: int = 1,
-                 combiner_activation: bool = True, dropout: float = 0.0):
+                 activation: str = "gelu", groups: int = 1, dropout: float = 0.0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}' (choose from {', '.join(ACTIVATIONS)})")
+        self.out_dim = summary_out
         self.local = feed_forward(dim, local_hidden, local_out, activation, groups)
         self.summary = feed_forward(dim, summary_hidden, summary_out, activation, groups)
-        combiner: list[nn.Module] = [nn.Linear(local_out + summary_out, out_dim or dim)]
-        if combiner_activation:
-            combiner.append(ACTIVATIONS[activation]())
-        self.combine = nn.Sequential(*combiner)
+        self.combine = feed_forward(local_out + summary_out, [], summary_out, activation)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor | None = None,

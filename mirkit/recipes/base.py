@@ -9,6 +9,8 @@ The training loop (``mirkit.train``) knows nothing about any paper. It asks the 
 * :meth:`Recipe.build_model`: a :class:`PretrainModel` whose ``forward(batch)`` returns a dict
   of scalar tensors with a ``"loss"`` entry (so DDP wraps the whole objective) and whose
   ``encoder`` attribute is the :class:`~mirkit.models.base.Encoder` kept for extraction.
+  The loop adds ``batch["index"]``: each example's track index in the feature set, for objectives
+  with per-item state (SogCLR), which they keep in buffers so checkpoints carry it.
 
 A new recipe is one new module in ``mirkit/recipes/`` that subclasses :class:`Recipe`, declares
 its ``Params`` dataclass (validated by :mod:`mirkit.params`) and its ``presets``, and binds the class

@@ -8,12 +8,12 @@ MT2's code is not public; where its abstract is silent this module follows STONE
   STONE's dB scaling ``AmplitudeToDB(top_db=80) / 80 + 1``), cropped to ``crop_bins`` = 84 bins
   (STONE's ``CropCQT``). Segment length is not published: ``segment_frames`` defaults to 172
   frames (4 s, the Emergent segment duration).
-* Views (STONE ``stone.py``): segments 1 and 2 are two positions of the track (chosen with the
-  contrastive recipe's silence rule), both cropped at bin offset ``o1``; view 3 is segment 1
-  cropped at ``o2``. Offsets lie in ``0..max_offset`` (99 - 84 = 15) and ``d = o2 - o1`` is never
-  0 mod 12 (STONE draws the shift from 1..11 semitones). A larger crop offset moves content DOWN
-  in bin index: view 3 is view 1 pitch-shifted down by ``d`` semitones (see
-  :mod:`mirkit.objectives.cpsd` for the matching sign).
+* Views (STONE ``src/stone12/stone.py``): segments 1 and 2 are two positions of the track (chosen
+  with the contrastive recipe's silence rule), both cropped at bin offset ``o1`` ~ U{1..12}; view 3
+  is segment 1 cropped at ``o2 = (o1 + t) mod 12`` with ``t`` ~ U{1..11}, so ``o2`` is in 0..11 and
+  ``d = o2 - o1`` in -11..10, never 0 (P(d = k) = (11 - k)/132 for k = 1..10, (13 + k)/132 for
+  k = -11..-1). A larger crop offset moves content DOWN in bin index: view 3 is view 1
+  pitch-shifted down by ``d`` semitones (see :mod:`mirkit.objectives.cpsd` for the matching sign).
 * Token 1 -> ``Linear(width, 12)`` -> softmax -> CPSD over the circle of fifths (``c`` = 7).
 * Token 2 -> projection head (as in ``contrastive``) -> NT-Xent between segments 1 and 2.
 * Total = CPSD + ``ntxent_weight`` * NT-Xent (equal weighting: the notes' simplest assumption).
@@ -32,15 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES
-from mirkit.models.vit1d import PRESETS as VIT1D_SIZES, ViT1D
+from mirkit.models.vit1d import PRESETS as VIT1D_SIZES
+from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.objectives.cpsd import cpsd_terms
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
-from mirkit.recipes.contrastive import (DEFAULT_PROJ_DIMS, ProjectionHead, check_proj_dims,
-                                        pick_two_segments, take_view)
+from mirkit.recipes.contrastive import DEFAULT_PROJ_DIMS, ProjectionHead, check_proj_dims, pick_two_segments, take_view
 
-CQT_BINS = 99
 CROP_BINS = 84
 SEGMENT_FRAMES = 172   # 4 s at 22.05 kHz, hop 512
 N_PITCH_CLASSES = 12
@@ -58,12 +57,15 @@ def crop_bins(view: np.ndarray, offset: int, n_bins: int) -> np.ndarray:
     return np.ascontiguousarray(view[offset:offset + n_bins])
 
 
-def draw_offsets(rng: np.random.Generator, max_offset: int) -> tuple[int, int]:
-    """Crop offsets ``(o1, o2)`` in ``0..max_offset`` with ``(o2 - o1) % 12 != 0``."""
-    while True:
-        o1, o2 = (int(v) for v in rng.integers(0, max_offset + 1, size=2))
-        if (o2 - o1) % N_PITCH_CLASSES:
-            return o1, o2
+#: largest crop offset STONE uses (``original`` in 1..12); crops need crop_bins + 12 stored bins
+MAX_OFFSET = 12
+
+
+def draw_offsets(rng: np.random.Generator) -> tuple[int, int]:
+    """STONE's crop offsets: ``o1`` ~ U{1..12}, ``o2 = (o1 + t) mod 12`` with ``t`` ~ U{1..11}."""
+    o1 = int(rng.integers(1, 13))
+    t = int(rng.integers(1, 12))
+    return o1, (o1 + t) % N_PITCH_CLASSES
 
 
 class MT2Model(PretrainModel):
@@ -111,7 +113,6 @@ class MT2Params:
     preset: str = param("vit1d-tiny", choices=tuple(VIT1D_SIZES), help="backbone size")
     segment_frames: int = param(SEGMENT_FRAMES, ge=8, le=MAX_FRAMES, help="frames per view (172 = 4 s at 22.05 kHz, hop 512)")
     crop_bins: int = param(CROP_BINS, ge=12, help="CQT bins the model sees (STONE: 84 = 7 octaves)")
-    max_offset: int = param(CQT_BINS - CROP_BINS, ge=1, help="largest crop offset (pitch shift range, semitones)")
     objectives: str = param("both", choices=("both", "cpsd", "ntxent"),
                             help="both = MT2; cpsd / ntxent = single-class-token ablations")
     c: int = param(7, choices=(1, 5, 7, 11), help="CPSD frequency: 7 = circle of fifths, 1 = semitones")
@@ -143,17 +144,18 @@ class MT2Recipe(Recipe):
 
     def prepare(self, sources: Sources) -> None:
         n_bins = sources.features.n_bins
-        need = self.params.crop_bins + self.params.max_offset
+        need = self.params.crop_bins + MAX_OFFSET
         if n_bins < need:
-            raise ParamsError(f"max_offset={self.params.max_offset}: crop_bins + max_offset = {need} exceeds the "
-                              f"{n_bins} bins of feature set '{self.feature_set}'")
+            raise ParamsError(f"crop_bins={self.params.crop_bins}: STONE's crop offsets reach {MAX_OFFSET} bins, so "
+                              f"crop_bins + {MAX_OFFSET} = {need} exceeds the {n_bins} bins of feature set "
+                              f"'{self.feature_set}'")
 
     def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p = self.params
         frames = sources.features.read(track)   # whole track: the silence rule needs its level
         s1, s2 = pick_two_segments(cqt_power(frames), p.segment_frames, rng, p.silence_db)
         seg1, seg2 = take_view(frames, s1, p.segment_frames), take_view(frames, s2, p.segment_frames)
-        o1, o2 = draw_offsets(rng, p.max_offset)
+        o1, o2 = draw_offsets(rng)
         out = {"view1": crop_bins(seg1, o1, p.crop_bins), "view2": crop_bins(seg2, o1, p.crop_bins)}
         if p.objectives != "ntxent":
             out["view3"] = crop_bins(seg1, o2, p.crop_bins)

@@ -11,16 +11,23 @@ parameter.
 Preset sizes. Paper rows give only layers and width; the unspecified sizes are chosen uniformly so
 every count lands within 5 % (build on the ``meta`` device, count numel; heads included):
 conv_dim 512 (MusicFM), cgMLP/FFN units 4096 (= 4 x 1024; kept for the 768-wide rows too), one
-codebook of 8192, SummaryMixing f: d->512->512, s: d->512->512, c: 1024->d (SpeechBrain's
-LibriSpeech SummaryMixing recipe sizes), 16 heads at d=1024, 12 at d=768 (heads hold no params).
-Per-block weights (biases omitted), d = width, U = 4096:
+codebook of 8192, 16 heads at d=1024, 12 at d=768 (heads hold no params). SummaryMixing uses the
+defaults of SamsungLabs/SummaryMixing's ``Branchformer.py``/``Conformer.py`` (local f: d->512->512,
+summary s: d->1024->1024, or d->1024->d in a Conformer) split into as many groups as the MHSA rows
+have heads (their recipes pass one ``nhead`` to either attention type), and its layouts: combiner
+to ``summary_out``, Branchformer merge ``Linear(summary_out + d -> 1024) -> GELU -> Linear(1024 -> d)
+-> GELU``. Per-block weights (biases omitted), d = width, U = 4096, g = 16:
 
 * front end 27*512^2 + 16384*d; heads d*8192 + d*512
-* Conformer: 2 FFN 4dU + MHSA 4d^2 + conv module 3d^2 (+31d)   | SummaryMixing: 2(512d + 512^2) + 1024d
+* Conformer: 2 FFN 4dU + MHSA 4d^2 + conv module 3d^2 (+31d)
+  | SummaryMixing (d*512 + 512^2)/g + 2*1024d/g + (512 + d)*d
 * Branchformer: MHSA 4d^2 + cgMLP 1.5dU + merge 2d^2
+  | SummaryMixing (d*512 + 512^2)/g + (1024d + 1024^2)/g + 1536*1024 + merge (1024 + d)*1024 + 1024d
 
-giving cnf-att-95m 95.8M (+0.8 %), cnf-att-330m 325.3M (-1.4 %), cnf-sum-302m 306.4M (+1.5 %),
-brn-att-60m 62.1M (+3.5 %), brn-att-187m 187.2M (+0.1 %), brn-sum-164m 168.3M (+2.6 %).
+giving (whole model / encoder only) cnf-att-95m 95.8M / 89.1M (+0.8 %), cnf-att-330m 325.3M / 316.4M
+(-1.4 %), cnf-sum-302m 296.0M / 287.1M (-2.0 %), brn-att-60m 62.1M / 55.4M (+3.5 %), brn-att-187m
+187.2M / 178.2M (+0.1 %), brn-sum-164m 170.5M / 161.5M (+3.9 %). SummaryMixing saves 9.0 %
+(Conformer) and 8.9 % (Branchformer) of the whole model here; the paper reports 8.5 % and 12.3 %.
 """
 
 from __future__ import annotations
@@ -39,13 +46,14 @@ from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
 
 _PAPER = dict(conv_dim=512, units=4096, kernel_size=31, dropout=0.1, sm_local_hidden=[512], sm_local_out=512,
-              sm_summary_hidden=[512], sm_summary_out=512, codebook_size=8192)
+              sm_summary_hidden=[1024], sm_summary_out=1024, codebook_size=8192)
 _TINY = dict(dim=64, depth=2, heads=4, conv_dim=16, units=256, kernel_size=31, dropout=0.0,
              sm_local_hidden=[64], sm_local_out=64, sm_summary_hidden=[64], sm_summary_out=64, codebook_size=8192)
 
 
 def _paper(block: str, attention: str, depth: int, dim: int) -> dict[str, Any]:
-    return dict(_PAPER, block=block, attention=attention, depth=depth, dim=dim, heads=16 if dim == 1024 else 12)
+    heads = 16 if dim == 1024 else 12
+    return dict(_PAPER, block=block, attention=attention, depth=depth, dim=dim, heads=heads, sm_groups=heads)
 
 
 PRESETS: dict[str, Preset] = {

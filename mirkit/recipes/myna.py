@@ -3,11 +3,18 @@ code: ghost-signal/myna).
 
 Two crops of the same track, each with a uniformly random start, are the positive pair; the
 only augmentation is dropping 90 % of each crop's tokens (an independent random subset per
-crop). A SimpleViT (16x16, 128x2 or hybrid patches) encodes the kept tokens, an MLP head
-projects the mean token, and a symmetric NT-Xent at temperature 0.1 contrasts the views.
-Myna's code trains with LibAUC's SogCLR loss (``GCLoss_v1``); the paper states InfoNCE, and
-plain NT-Xent is the stand-in used here. The hybrid loss is the mean of the square and the
-vertical passes' losses (paper sec. 3.4).
+crop). A SimpleViT (16x16, 128x2 or hybrid patches) encodes the kept tokens and a projection
+head maps the mean token to the loss space. Choices, each from Myna's code (``utils.py``):
+
+* loss: SogCLR (LibAUC ``GCLoss_v1``, tau 0.1, gamma 0.9; :mod:`mirkit.objectives.sogclr`), with a
+  moving average per training track; ``loss: decoupled`` (decoupled InfoNCE, SogCLR's first-step
+  gradient up to 2 tau) and ``loss: ntxent`` (SimCLR) are options;
+* head: ``linear_head`` = ``Linear(dim, 50)`` (``--num_outputs`` 50, no ``--proj_head``);
+  ``proj_dims`` lists the widths of an MLP head as ``--proj_head`` builds it (ReLU between layers);
+* crop: ``get_n_frames(50000)`` as in ``example.py``: 1 + 50000 // 512 = 98 frames floored to a
+  multiple of the time patch width, i.e. 96 for square/hybrid and 98 for vertical patches;
+* hybrid: loss = mean of the square and the vertical passes' losses (paper sec. 3.4), both passes
+  sharing the head and SogCLR's moving average (LibAUC updates it once per pass).
 """
 
 from __future__ import annotations
@@ -19,12 +26,31 @@ from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES, MAX_WIDTH
 from mirkit.models.vit import PATCH_KINDS, PATCH_SIZES, SimpleViT
-from mirkit.objectives.contrastive import nt_xent
+from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
+from mirkit.objectives.sogclr import SogCLR
 from mirkit.params import ParamsError, param
-from mirkit.recipes.base import PretrainModel, Preset, Recipe, Sources
+from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
 
 #: mel bins Myna's input has (nnAudio MelSpectrogram n_mels=128); vertical patches span them all.
 N_MELS = 128
+#: Myna's ``example.py``: N_SAMPLES = 50000 at 16 kHz -> 1 + 50000 // 512 = 98 mel frames (nnAudio, centred)
+MYNA_FRAMES = 1 + 50000 // 512
+LOSSES = ("sogclr", "decoupled", "ntxent")
+
+
+def default_crop(patch: str) -> int:
+    """Myna's ``get_n_frames``: 98 frames floored to a multiple of the widest time patch (96 or 98)."""
+    width = max(PATCH_SIZES[kind][1] for kind in PATCH_KINDS[patch])
+    return MYNA_FRAMES // width * width
+
+
+def projection_head(dim: int, widths: list[int]) -> nn.Sequential:
+    """Myna's ``add_proj_head``: Linear layers to each width with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, width in enumerate(widths):
+        layers += ([nn.ReLU()] if i else []) + [nn.Linear(dim, width)]
+        dim = width
+    return nn.Sequential(*layers)
 
 PRESETS: dict[str, Preset] = {
     "myna-22m": Preset(dict(dim=384, depth=12, heads=6, mlp_dim=1536, dim_head=64),
@@ -44,29 +70,51 @@ class MynaParams:
     patch: str = param("square", choices=PATCH_KINDS,
                        help="square 16x16 (Myna-Base), vertical 128x2 (Myna-Vertical) or hybrid (both)")
     mask_ratio: float = param(0.9, ge=0.0, lt=1.0, help="share of tokens dropped from each view")
-    temperature: float = param(0.1, gt=0.0, help="NT-Xent temperature")
-    crop_frames: int = param(96, gt=0, le=MAX_FRAMES, help="frames per crop (96 = 3 s at hop 512 / 16 kHz)")
+    loss: str = param("sogclr", choices=LOSSES,
+                      help="sogclr (Myna's LibAUC GCLoss_v1), decoupled (InfoNCE without the positive in the "
+                           "denominator) or ntxent (SimCLR)")
+    temperature: float = param(0.1, gt=0.0, help="contrastive temperature (Myna --sogclr_tau)")
+    gamma: float = param(0.9, gt=0.0, le=1.0, help="SogCLR moving-average factor (Myna --sogclr_gamma)")
+    crop_frames: int | None = param(None, gt=0, le=MAX_FRAMES, help="frames per crop; null = Myna's: 96 (square, "
+                                                                    "hybrid) or 98 (vertical), i.e. 50000 samples at hop 512")
     log1p: bool = param(False, help="apply log1p to the mel power inside the model (Myna --log_mel)")
-    proj_dim: int = param(128, ge=1, le=MAX_WIDTH, help="projection head output size")
-    proj_hidden: int = param(512, ge=1, le=MAX_WIDTH, help="projection head hidden size")
+    proj_dims: list[int] = param([50], help="projection head widths, ReLU between layers (Myna: Linear(dim, 50))")
+    n_items: int | None = param(None, ge=1, le=2**31 - 1, help="tracks SogCLR keeps a moving average for "
+                                                                 "(set by prepare)")
 
     def check(self) -> None:
+        if not self.proj_dims or any(not 1 <= int(w) <= MAX_WIDTH for w in self.proj_dims):
+            raise ParamsError(f"proj_dims={self.proj_dims}: needs one or more widths; every width must be "
+                              f"<= {MAX_WIDTH} and >= 1")
+        crop = self.crop_frames or default_crop(self.patch)
         for kind in PATCH_KINDS[self.patch]:
             width = PATCH_SIZES[kind][1]
-            if self.crop_frames % width:
+            if crop % width:
                 raise ParamsError(f"crop_frames={self.crop_frames}: must be a multiple of {width}, "
                                   f"the time width of {kind} patches (patch={self.patch})")
 
 
 class MynaModel(PretrainModel):
-    """SimpleViT + projection head (Linear -> GELU -> Linear, discarded at extraction)."""
+    """SimpleViT + projection head (discarded at extraction) + contrastive loss.
 
-    def __init__(self, encoder: SimpleViT, proj_hidden: int, proj_dim: int,
-                 mask_ratio: float, temperature: float):
+    With ``loss="sogclr"`` the loss module (``self.sogclr``) holds one moving average per training
+    track (``n_items``), indexed by ``batch["index"]``.
+    """
+
+    def __init__(self, encoder: SimpleViT, proj_dims: list[int], mask_ratio: float, temperature: float,
+                 loss: str = "sogclr", gamma: float = 0.9, n_items: int = 0):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
         self.encoder = encoder
-        self.head = nn.Sequential(nn.Linear(encoder.dim, proj_hidden), nn.GELU(), nn.Linear(proj_hidden, proj_dim))
-        self.mask_ratio, self.temperature = mask_ratio, temperature
+        self.head = projection_head(encoder.dim, list(proj_dims))
+        self.mask_ratio, self.temperature, self.loss = mask_ratio, temperature, loss
+        self.sogclr = SogCLR(n_items, temperature, gamma) if loss == "sogclr" else None
+
+    def contrast(self, z1: Tensor, z2: Tensor, index: Tensor | None) -> Tensor:
+        if self.sogclr is not None:
+            return self.sogclr(z1, z2, index)
+        return (nt_xent if self.loss == "ntxent" else decoupled_infonce)(z1, z2, self.temperature)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each view masked independently (the masking *is* the augmentation, so it applies in
@@ -75,7 +123,7 @@ class MynaModel(PretrainModel):
         for kind in self.encoder.patch_kinds:
             z1 = self.head(self.encoder.pooled(batch["view1"], kind, self.mask_ratio))
             z2 = self.head(self.encoder.pooled(batch["view2"], kind, self.mask_ratio))
-            losses[kind] = nt_xent(z1, z2, self.temperature)
+            losses[kind] = self.contrast(z1, z2, batch.get("index"))
         out = {"loss": sum(losses.values()) / len(losses)}
         if len(losses) > 1:
             out.update({f"loss_{kind}": loss.detach() for kind, loss in losses.items()})
@@ -89,14 +137,20 @@ class MynaRecipe(Recipe):
     presets = PRESETS
     feature_set = "mel16k"
 
+    @property
+    def crop_frames(self) -> int:
+        return self.params.crop_frames or default_crop(self.params.patch)
+
     def prepare(self, sources: Sources) -> None:
+        """Check the bins; size SogCLR's state to the feature set's tracks (``batch["index"]``)."""
         if sources.features.n_bins != N_MELS:
             raise ValueError(f"myna needs {N_MELS} mel bins; feature set '{self.feature_set}' has "
                              f"{sources.features.n_bins}")
+        self.params.n_items = len(sources.features)
 
     def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Two crops of the track with independent uniform starts (zero-padded when short)."""
-        feats, crop = sources.features, self.params.crop_frames
+        feats, crop = sources.features, self.crop_frames
         last_start = max(feats.n_frames(track) - crop, 0)
         views = {}
         for name in ("view1", "view2"):
@@ -110,7 +164,8 @@ class MynaRecipe(Recipe):
 
     def build_model(self) -> MynaModel:
         p = self.params
-        return MynaModel(self.build_encoder(), p.proj_hidden, p.proj_dim, p.mask_ratio, p.temperature)
+        return MynaModel(self.build_encoder(), p.proj_dims, p.mask_ratio, p.temperature, p.loss, p.gamma,
+                         p.n_items or 0)
 
 
 RECIPE = MynaRecipe
