@@ -249,6 +249,75 @@ class Task:
     def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def primary_scores(self, outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """The primary metric of each of G output sets ``(G, rows, n_outputs)`` (what early stopping
+        and model selection read); subclasses compute it for all G at once."""
+        return np.array([self.score(np.asarray(o), targets)[self.primary] for o in outputs])
+
+    def output_grad(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Gradient of the sum over G configurations of each one's mean loss, with respect to their
+        outputs ``(G, rows, n_outputs)``; ``targets`` are shared by the G configurations. Closed form
+        in the subclasses; autograd through :meth:`loss` here."""
+        with torch.enable_grad():
+            out = outputs.detach().requires_grad_(True)
+            (self.loss(out, targets.unsqueeze(0).expand(len(out), *targets.shape)) * len(out)).backward()
+        return out.grad
+
+    def losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of each of G output sets ``(G, rows, n_outputs)``: ``(G,)``."""
+        return torch.stack([self.loss(o, targets) for o in outputs])
+
+
+def batch_accuracy(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Accuracy of the argmax of each of G output sets ``(G, rows, C)``."""
+    out = torch.as_tensor(outputs)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=out.device)
+    return (out.argmax(-1) == y).double().mean(-1).cpu().numpy()
+
+
+def batch_r2(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Mean over outputs of scikit-learn's ``r2_score`` (raw values), for G output sets at once."""
+    out = torch.as_tensor(outputs).double()
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.float64, device=out.device).reshape(out.shape[1], -1)
+    ss_res = (out - y).pow(2).sum(1)
+    ss_tot = (y - y.mean(0)).pow(2).sum(0)
+    r2 = torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300),
+                     torch.where(ss_res == 0, 1.0, 0.0).double())
+    return r2.mean(-1).cpu().numpy()
+
+
+def batch_macro_auc(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Macro ROC-AUC over the columns with both positives and negatives (ties count one half, as in
+    scikit-learn's ``roc_auc_score``) for G output sets ``(G, rows, C)``: Mann-Whitney U from ranks.
+    NaN when no column has both classes."""
+    from scipy.stats import rankdata
+    s = np.asarray(torch.as_tensor(outputs).double().cpu())
+    y = np.asarray(targets, dtype=np.float64)
+    pos = y.sum(0)
+    ok = (pos > 0) & (pos < len(y))
+    if not ok.any():
+        return np.full(s.shape[0], np.nan)
+    s, y, p = s[..., ok], y[:, ok], pos[ok]
+    u = (rankdata(s, axis=1) * y).sum(1) - p * (p + 1) / 2
+    return (u / (p * (len(y) - p))).mean(-1)
+
+
+def _softmax_grad(outputs: torch.Tensor, targets: torch.Tensor, ignore: int | None = None) -> torch.Tensor:
+    """d/d(outputs) of the mean cross-entropy of each configuration (rows with ``ignore`` excluded)."""
+    g = torch.softmax(outputs, -1)
+    y = targets.reshape(-1)
+    if ignore is not None:
+        valid = y != ignore
+        g = g * valid.view(1, -1, 1)
+        y = torch.where(valid, y, 0)
+        count = valid.sum().clamp_min(1)
+    else:
+        valid, count = None, len(y)
+    rows = torch.arange(len(y), device=g.device)
+    sub = torch.ones(len(y), dtype=g.dtype, device=g.device) if valid is None else valid.to(g.dtype)
+    g[:, rows, y] -= sub
+    return g / count
+
 
 class Multiclass(Task):
     primary = "accuracy"
@@ -272,6 +341,16 @@ class Multiclass(Task):
     def score(self, outputs, targets):
         return self.score_labels(outputs.argmax(-1), targets)
 
+    def primary_scores(self, outputs, targets):
+        return batch_accuracy(outputs, targets)
+
+    def output_grad(self, outputs, targets):
+        return _softmax_grad(outputs, targets)
+
+    def losses(self, outputs, targets):
+        g, n, c = outputs.shape
+        return F.cross_entropy(outputs.reshape(-1, c), targets.reshape(-1).repeat(g), reduction="none").view(g, n).mean(1)
+
     def score_labels(self, pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Metrics of predicted class indices."""
         return {"accuracy": float(accuracy_score(targets, pred))}
@@ -292,6 +371,10 @@ class Key(Multiclass):
 
     def _label(self, t) -> str:
         return normalise_key(t[self.spec.label[0]])
+
+    def primary_scores(self, outputs, targets):
+        pred = torch.as_tensor(outputs).argmax(-1).cpu().numpy()
+        return key_score_table()[np.asarray(targets)[None, :], pred].mean(-1)
 
     def score_labels(self, pred, targets):
         weighted = key_score_table()[np.asarray(targets), np.asarray(pred)]
@@ -400,6 +483,15 @@ class Multilabel(Task):
     def loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs, targets)
 
+    def output_grad(self, outputs, targets):
+        return (torch.sigmoid(outputs) - targets) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs, targets.expand_as(outputs), reduction="none").mean((1, 2))
+
+    def primary_scores(self, outputs, targets):
+        return batch_macro_auc(outputs, targets)
+
     def score(self, outputs, targets):
         """Macro averages over the tags that have both positives and negatives in this split."""
         ok = (targets.min(0) == 0) & (targets.max(0) == 1)
@@ -438,6 +530,15 @@ class Regression(Task):
 
     def loss(self, outputs, targets):
         return F.mse_loss(outputs, targets)
+
+    def output_grad(self, outputs, targets):
+        return 2 * (outputs - targets) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return (outputs - targets).pow(2).mean((1, 2))
+
+    def primary_scores(self, outputs, targets):
+        return batch_r2(outputs, targets)
 
     def score(self, outputs, targets):
         per = r2_score(targets, outputs, multioutput="raw_values")
@@ -489,6 +590,13 @@ class Beats(FrameTask):
 
     def loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs[..., 0], targets)
+
+    def output_grad(self, outputs, targets):
+        return (torch.sigmoid(outputs) - targets.unsqueeze(-1)) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs[..., 0], targets.expand(outputs.shape[:-1]),
+                                                  reduction="none").mean(1)
 
     def score_tracks(self, activations, times, tracks, threshold: float = 0.5):
         f = []
@@ -557,6 +665,15 @@ class Chords(FrameTask):
 
     def loss(self, outputs, targets):
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+    def output_grad(self, outputs, targets):
+        return _softmax_grad(outputs, targets, IGNORE)
+
+    def losses(self, outputs, targets):
+        g, n, c = outputs.shape
+        per = F.cross_entropy(outputs.reshape(-1, c), targets.reshape(-1).repeat(g), ignore_index=IGNORE,
+                              reduction="none").view(g, n)
+        return per.sum(1) / (targets != IGNORE).sum().clamp_min(1)
 
     def score_tracks(self, activations, times, tracks, **_):
         scores = []

@@ -139,7 +139,7 @@ def _train_data(store, task):
     def val_score(outputs):
         fused = P.fuse(outputs, torch.as_tensor(vg), len(va)).numpy()
         return np.array([task.score(f, vy)["accuracy"] for f in fused])
-    return P.TrainData(torch.as_tensor(x), y, torch.as_tensor(vx), val_score, task.n_outputs, task.loss)
+    return P.TrainData(torch.as_tensor(x), y, torch.as_tensor(vx), val_score, task.n_outputs, task.output_grad)
 
 
 def test_batched_grid_equals_sequential_single_config():
@@ -335,7 +335,7 @@ def test_probe_command_validates_before_work(tmp_path):
     assert res.exit_code == 2 and "probe.runs.a" in res.output
 
 
-def test_probe_command_writes_metrics_and_plot_and_survives_a_bad_task(tmp_path):
+def test_probe_command_writes_other_tasks_then_fails_naming_the_bad_task(tmp_path):
     runs = {"pretrained": str(tmp_path / "a.zarr"), "random-init": str(tmp_path / "b.zarr")}
     genre_store(runs["pretrained"], seed=0)
     genre_store(runs["random-init"], seed=1)
@@ -345,7 +345,8 @@ def test_probe_command_writes_metrics_and_plot_and_survives_a_bad_task(tmp_path)
                                            "beat": {"type": "beats", "label": "genre"}},
                  out=str(out), plot=str(plot), max_steps=40, eval_every=10, patience=2, device="cpu")
     res = CliRunner().invoke(cli_app(), ["probe", "--params", str(params)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output   # a failed task fails the stage, after writing the others
+    assert "probe task(s) failed: pretrained/beat, random-init/beat" in " ".join(res.output.split())
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"pretrained", "random-init"}
     assert set(metrics["pretrained"]) == {"genre"} and "accuracy" in metrics["pretrained"]["genre"]
