@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-LAMBDAS = tuple(10.0 ** k for k in range(1, -7, -1))   # 10 ... 1e-6, strongest first
+LAMBDAS = tuple(10.0 ** k for k in range(2, -7, -1))   # 100 ... 1e-6, strongest first
 KINDS = ("softmax", "logistic", "ridge")
 METRICS = {"multiclass": "accuracy", "multilabel": "roc_auc", "regression": "r2"}
 KIND_OF = {"multiclass": "softmax", "multilabel": "logistic", "regression": "ridge"}

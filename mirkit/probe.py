@@ -513,6 +513,7 @@ def evaluate_frame_task(store: Embeddings, task: FrameTask, protocol: str, setti
         if not idx:
             raise TaskDataError(f"task {task.name}: no annotated tracks in split '{s}'")
     task.fit([])
+    store.load_frames()
     frames = {s: [store.frames(i) for i in idx] for s, idx in splits.items()}
     tracks = {s: [store.tracks[i] for i in idx] for s, idx in splits.items()}
 
