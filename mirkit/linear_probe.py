@@ -202,13 +202,15 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
     converged = np.zeros(L, bool)
     final = theta.clone()
     it = 0
+    stalled = torch.zeros(L, dtype=torch.bool, device=x.device)
     for it in range(1, max_iter + 1):
-        done = grad.abs().amax((1, 2)) <= tol
+        done = (grad.abs().amax((1, 2)) <= tol) | stalled   # stalled: no decrease left in float64
         if bool(done.any()):
             converged[active[done].cpu().numpy()] = True
             final[active[done]] = theta[done]
             keep = ~done
             active, theta, loss, grad, gamma = active[keep], theta[keep], loss[keep], grad[keep], gamma[keep]
+            stalled = stalled[keep]
             mem_s, mem_y, mem_rho = [m[keep] for m in mem_s], [m[keep] for m in mem_y], [m[keep] for m in mem_rho]
             if not len(active):
                 it -= 1
@@ -255,8 +257,6 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
             mem_s, mem_y, mem_rho = mem_s[1:], mem_y[1:], mem_rho[1:]
         stalled = (loss - new_loss).abs() <= 1e-15 * new_loss.abs().clamp_min(1.0)
         theta, loss, grad = new_theta, new_loss, new_grad
-        if bool(stalled.all()) and it > 1:
-            break
     final[active] = theta
     return final[:, :-1].contiguous(), final[:, -1].contiguous(), it, converged
 

@@ -188,9 +188,9 @@ class DropoutStream:
     order one step at a time would (input mask, then hidden mask), ``chunk`` steps per call."""
 
     def __init__(self, gens: list[torch.Generator], sizes: tuple[int, ...], device: torch.device,
-                 budget: int = 1 << 24) -> None:
+                 budget: int = 1 << 21, most: int = 16) -> None:
         self.gens, self.sizes, self.device = gens, sizes, device
-        self.chunk = max(1, budget // max(1, len(gens) * sum(sizes)))
+        self.chunk = max(1, min(most, budget // max(1, len(gens) * sum(sizes))))
         self.buf = torch.empty(len(gens), self.chunk, sum(sizes), device=device)
         self.pos = self.chunk
 
@@ -323,14 +323,13 @@ def train_group(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, set
         h0 = torch.where(u[0].view(-1, rows, n_in) < keep, scale / keep, 0.0)
         h0[:n_off] *= xb
         h0[n_off:] *= xb - shift[n_off:]
-        if hidden:
-            a1 = torch.baddbmm(params["b1"], h0, params["w1"])
-            m2 = torch.where(u[1].view(-1, rows, hidden) < keep, 1 / keep, 0.0)
-            h1 = torch.relu(a1).mul_(m2)
-            r = data.grad(torch.baddbmm(params["b2"], h1, params["w2"]), yb)
-            dh = torch.bmm(r, params["w2"].transpose(1, 2)).mul_(m2).masked_fill_(a1 <= 0, 0.0)
+        if hidden:   # hidden dropout: h1 = relu(a1) * m2, with the 1/keep folded into w2
+            h1 = torch.baddbmm(params["b1"], h0, params["w1"]).clamp_min_(0).mul_(u[1].view(-1, rows, hidden) < keep)
+            w2 = params["w2"] / keep
+            r = data.grad(torch.baddbmm(params["b2"], h1, w2), yb)
+            dh = torch.bmm(r, w2.transpose(1, 2)).mul_(h1 > 0)
             grads = {"w1": torch.bmm(h0.transpose(1, 2), dh), "b1": dh.sum(1, keepdim=True),
-                     "w2": torch.bmm(h1.transpose(1, 2), r), "b2": r.sum(1, keepdim=True)}
+                     "w2": torch.bmm(h1.transpose(1, 2), r).div_(keep), "b2": r.sum(1, keepdim=True)}
         else:
             r = data.grad(torch.baddbmm(params["b1"], h0, params["w1"]), yb)
             grads = {"w1": torch.bmm(h0.transpose(1, 2), r), "b1": r.sum(1, keepdim=True)}
