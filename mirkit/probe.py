@@ -1,10 +1,13 @@
-"""Probe training on frozen embeddings: the JukeMIR grid, trained batched, and a quick probe.
+"""Probe training on frozen embeddings: the linear protocol, the JukeMIR grid (trained batched) and a quick probe.
+
+Protocol ``linear`` (default; ``mirkit.linear_probe``): standardised L2-regularised softmax / logistic /
+ridge probes solved full-batch for a grid of strengths, the strength chosen on VALIDATION only.
 
 Protocol ``jukemir`` follows p-lambda/jukemir (``jukemir/probe``, ``aggregate.py``): 216 configurations
 (standardisation fitted on TRAIN only on/off x linear or one hidden layer of 512 x batch 64/256 x
 lr 1e-5/1e-4/1e-3 x dropout .25/.5/.75 (input dropout, and after the hidden layer) x weight decay
 0/1e-4/1e-3), Adam, random minibatches every step, the validation primary metric evaluated every
-``eval_every`` steps, stop after ``patience`` evaluations without improvement and restore the best
+``eval_every`` steps from step 0, stop after ``patience`` evaluations without improvement and restore the best
 state; the configuration is chosen on VALIDATION only and the test split is scored once, with that
 configuration alone. Unlike JukeMIR (one vector per clip), examples are chunk embeddings carrying
 their track's label and chunk outputs are averaged per track before scoring (late fusion, as in
@@ -18,15 +21,20 @@ Test metrics: the song-level primary metric (and accuracy) under the chosen stra
 clip-level ones prefixed ``clip_``.
 
 Batching: configurations that share (batch size, hidden size) are trained together as stacked
-weights ``(G, in, out)`` with ``torch.baddbmm`` and a manual batched Adam (per-configuration lr and
-L2 weight decay, the torch.optim.Adam update). They see the same minibatch indices (the sampler is
-seeded by the batch size); each configuration owns a generator, seeded by its grid position, for
-its initial weights and dropout masks, so a configuration trains identically alone or in a stack.
+weights ``(G, in, out)``: batched matrix products with closed-form gradients (no autograd) and a
+manual batched Adam (per-configuration lr and L2 weight decay, the torch.optim.Adam update);
+validation outputs of the stack come from one matrix product and are scored at once
+(``Task.primary_scores``). Minibatches are uniform random subsets drawn without replacement each
+step (JukeMIR's ``random.sample``), shared by the stack (the sampler is seeded by the batch size);
+initial weights and dropout masks come from one generator seeded by ``seed`` alone (JukeMIR runs every
+configuration with seed 0), so a configuration trains identically alone or in a stack.
 Configurations that run out of patience are dropped from the stack. fp32 on every device.
+Deviations from JukeMIR's code are listed in docs/probes.md.
 
 Protocol ``quick``: one configuration of the grid (standardised linear probe, batch 64, lr 1e-3,
-dropout .25, no weight decay). Frame-level tasks always use a quick per-frame probe whose early
-stopping follows the validation loss (``hidden`` in the task options turns it into an MLP).
+dropout .25, no weight decay). Frame-level tasks choose on the validation frame loss (vectorised;
+mir_eval only once the probe is chosen): the linear solver under ``linear``, else a quick per-frame
+probe early-stopped on it (``hidden`` in the task options turns it into an MLP).
 """
 
 from __future__ import annotations
@@ -165,8 +173,10 @@ class BatchedAdam:
         self.v = {k: v[mask] for k, v in self.v.items()}
 
 
-def _config_seed(seed: int, config_id: int) -> int:
-    return seed * 1_000_003 + 7919 * config_id + 1
+def _probe_seed(seed: int) -> int:
+    """The seed of every configuration's initial weights and dropout masks (JukeMIR: seed 0 for every
+    run, so configurations of one architecture start from the same weights)."""
+    return seed * 1_000_003 + 1
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -184,28 +194,25 @@ def minibatches(sampler: torch.Generator, n: int, batch_size: int, steps: int) -
 
 
 class DropoutStream:
-    """Uniform numbers of each configuration's dropout masks, drawn from its own generator in the
-    order one step at a time would (input mask, then hidden mask), ``chunk`` steps per call."""
+    """Uniform numbers of the dropout masks of a stack, from one generator, in the order one step at
+    a time would draw them (input mask, then hidden mask), ``chunk`` steps per call. Every
+    configuration of the stack reads the same numbers (its mask keeps those below its keep rate), as
+    every JukeMIR run draws the same stream from seed 0."""
 
-    def __init__(self, gens: list[torch.Generator], sizes: tuple[int, ...], device: torch.device,
-                 budget: int = 1 << 21, most: int = 16) -> None:
-        self.gens, self.sizes, self.device = gens, sizes, device
-        self.chunk = max(1, min(most, budget // max(1, len(gens) * sum(sizes))))
-        self.buf = torch.empty(len(gens), self.chunk, sum(sizes), device=device)
+    def __init__(self, gen: torch.Generator, sizes: tuple[int, ...], device: torch.device,
+                 budget: int = 1 << 22, most: int = 64) -> None:
+        self.gen, self.sizes = gen, sizes
+        self.chunk = max(1, min(most, budget // max(1, sum(sizes))))
+        self.buf = torch.empty(self.chunk, sum(sizes), device=device)
         self.pos = self.chunk
 
     def next(self) -> list[torch.Tensor]:
         if self.pos == self.chunk:
-            for j, g in enumerate(self.gens):
-                self.buf[j].uniform_(generator=g)
+            self.buf.uniform_(generator=self.gen)
             self.pos = 0
-        row = self.buf[:, self.pos]
+        row = self.buf[self.pos]
         self.pos += 1
-        return list(row.split(self.sizes, dim=1))
-
-    def keep_only(self, mask: torch.Tensor) -> None:
-        self.gens = [g for g, m in zip(self.gens, mask.tolist()) if m]
-        self.buf = self.buf[mask]
+        return list(row.split(self.sizes))
 
 
 @dataclass
@@ -247,9 +254,9 @@ def train_group(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, set
     bs, hidden = configs[0][1].batch_size, configs[0][1].hidden
     assert all(c.batch_size == bs and c.hidden == hidden for _, c in configs)
     n, n_in = data.x.shape
-    gens = [_generator(_config_seed(settings.seed, cid), device) for cid, _ in configs]
-    per = [init_params(c, n_in, data.n_out, g, device) for (_, c), g in zip(configs, gens)]
-    params = {k: torch.stack([p[k] for p in per]) for k in per[0]}
+    gen = _generator(_probe_seed(settings.seed), device)
+    first = init_params(configs[0][1], n_in, data.n_out, gen, device)   # the same for the whole stack
+    params = {k: v.unsqueeze(0).repeat(len(configs), 1, 1) for k, v in first.items()}
     mean, inv_std = standardizer(data.x)
     std_on = torch.tensor([c.standardize for _, c in configs], device=device).view(-1, 1, 1)
     shift = torch.where(std_on, mean, torch.zeros_like(mean))
@@ -259,7 +266,7 @@ def train_group(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, set
                       torch.tensor([c.weight_decay for _, c in configs], device=device).view(-1, 1, 1))
     sampler = _generator(settings.seed * 1_000_003 + bs, torch.device("cpu"))
     rows = min(bs, n)
-    masks = DropoutStream(gens, (rows * n_in,) + ((rows * hidden,) if hidden else ()), device)
+    masks = DropoutStream(gen, (rows * n_in,) + ((rows * hidden,) if hidden else ()), device)
     n_off = sum(not c.standardize for _, c in configs)
 
     G = len(configs)
@@ -307,7 +314,6 @@ def train_group(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, set
                 best = {k: v[mask] for k, v in best.items()}
                 opt.keep_only(mask)
                 opt.params = params
-                masks.keep_only(mask)
                 shift, scale, keep = shift[mask], scale[mask], keep[mask]
                 n_off = int(mask[:n_off].sum())
                 active = active[mask.cpu()]
@@ -320,11 +326,11 @@ def train_group(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, set
         yb = data.y[idx]
         u = masks.next()
         # input dropout with the standardisation folded into the mask: h0 = (x - shift) * scale * m / keep
-        h0 = torch.where(u[0].view(-1, rows, n_in) < keep, scale / keep, 0.0)
+        h0 = torch.where(u[0].view(rows, n_in) < keep, scale / keep, 0.0)
         h0[:n_off] *= xb
         h0[n_off:] *= xb - shift[n_off:]
         if hidden:   # hidden dropout: h1 = relu(a1) * m2, with the 1/keep folded into w2
-            h1 = torch.baddbmm(params["b1"], h0, params["w1"]).clamp_min_(0).mul_(u[1].view(-1, rows, hidden) < keep)
+            h1 = torch.baddbmm(params["b1"], h0, params["w1"]).clamp_min_(0).mul_(u[1].view(rows, hidden) < keep)
             w2 = params["w2"] / keep
             r = data.grad(torch.baddbmm(params["b2"], h1, w2), yb)
             dh = torch.bmm(r, w2.transpose(1, 2)).mul_(h1 > 0)

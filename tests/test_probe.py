@@ -164,7 +164,7 @@ def reference_train(cid, config, data, task, settings):
     """One configuration the plain way: autograd, torch.optim.Adam, the JukeMIR loop (evaluate at step 0
     and every ``eval_every`` steps, stop after ``patience`` evaluations without improvement), drawing
     its minibatches and dropout masks from the same generators as the stacked trainer."""
-    gen = P._generator(P._config_seed(settings.seed, cid), torch.device("cpu"))
+    gen = P._generator(P._probe_seed(settings.seed), torch.device("cpu"))
     params = {k: v.clone().requires_grad_(True) for k, v in P.init_params(config, DIM, data.n_out, gen,
                                                                           torch.device("cpu")).items()}
     opt = torch.optim.Adam(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)

@@ -1,0 +1,66 @@
+"""The demo's whole ``probe`` stage next to its ``extract`` stage, measured in the same run.
+
+Run from a checkout where ``dvc repro extract`` has built the demo (``data/features.zarr``,
+``models/pretrain``). Times, as subprocesses with the same environment: both ``extract`` runs of the
+stage (pretrained and random-init, into a temporary folder), then ``mirkit probe`` on the demo's
+embeddings (5 tasks x 2 runs) with each protocol of ``--protocols``, and optionally the same probe stage
+with the code of ``--old-ref`` (a temporary git worktree; its default protocol). Wall-clock seconds,
+including Python start-up and imports, as DVC would run them.
+
+    python bench/bench_probe_stage.py --protocols linear,quick --old-ref d2b7178
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocols", default="linear")
+    ap.add_argument("--old-ref", default="", help="also time the probe stage of this git ref")
+    args = ap.parse_args()
+    root = Path.cwd()
+    env = dict(os.environ, PYTHONPATH=str(root))
+    tmp = Path(tempfile.mkdtemp())
+    mirkit = [sys.executable, "-m", "mirkit"]
+    extract = (run(mirkit + ["extract", "--out", str(tmp / "pretrained.zarr")], env)
+               + run(mirkit + ["extract", "--random-init", "--out", str(tmp / "random.zarr")], env))
+    rows = [("extract (pretrained + random-init)", extract)]
+    for protocol in args.protocols.split(","):
+        rows.append((f"probe, {protocol} protocol", run(mirkit + ["probe", "--set", f"protocol={protocol}",
+                                                                 "--set", f"out={tmp}/{protocol}/probe.json",
+                                                                 "--set", f"plot={tmp}/{protocol}/probe.png"], env)))
+    if args.old_ref:
+        old = tmp / "old"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old_ref], check=True, capture_output=True)
+        try:
+            rows.append((f"probe, code of {args.old_ref} (its default protocol)",
+                         run(mirkit + ["probe", "--set", f"out={tmp}/old/probe.json",
+                                       "--set", f"plot={tmp}/old/probe.png"], dict(env, PYTHONPATH=str(old)))))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    print(f"\ndemo stages, wall clock incl. start-up (OMP_NUM_THREADS={threads}, {os.cpu_count()} CPUs)\n")
+    print("| stage | seconds | ratio to extract |")
+    print("|---|---|---|")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.1f} | {sec / extract:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
