@@ -4,7 +4,7 @@ Run from a checkout where ``dvc repro extract`` has built the demo (``data/featu
 ``models/pretrain``). Times, as subprocesses with the same environment: both ``extract`` runs of the
 stage (pretrained and random-init, into a temporary folder), then ``mirkit probe`` on the demo's
 embeddings (5 tasks x 2 runs) with each protocol of ``--protocols``, and optionally the same probe stage
-with the code of ``--old-ref`` (a temporary git worktree; its default protocol). Wall-clock seconds,
+with the code of ``--old-ref`` (a temporary git worktree, ``--old-protocol``). Wall-clock seconds,
 including Python start-up and imports, as DVC would run them.
 
     python bench/bench_probe_stage.py --protocols linear,quick --old-ref d2b7178
@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--protocols", default="linear")
     ap.add_argument("--old-ref", default="", help="also time the probe stage of this git ref")
+    ap.add_argument("--old-protocol", default="quick", help="the protocol the old ref runs")
     args = ap.parse_args()
     root = Path.cwd()
     env = dict(os.environ, PYTHONPATH=str(root))
@@ -49,9 +50,13 @@ def main() -> None:
         old = tmp / "old"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old_ref], check=True, capture_output=True)
         try:
-            rows.append((f"probe, code of {args.old_ref} (its default protocol)",
-                         run(mirkit + ["probe", "--set", f"out={tmp}/old/probe.json",
-                                       "--set", f"plot={tmp}/old/probe.png"], dict(env, PYTHONPATH=str(old)))))
+            # `python -m` would put the current checkout first on sys.path: import the old package explicitly
+            old_cli = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); "
+                                             "from mirkit.cli import app; app(prog_name='mirkit')"]
+            rows.append((f"probe, code of {args.old_ref} ({args.old_protocol} protocol)",
+                         run(old_cli + ["probe", "--set", f"protocol={args.old_protocol}",
+                                        "--set", f"out={tmp}/old/probe.json", "--set", f"plot={tmp}/old/probe.png"],
+                             dict(env, PYTHONPATH=str(old)))))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
     threads = os.environ.get("OMP_NUM_THREADS", "default")

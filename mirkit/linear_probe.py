@@ -21,8 +21,8 @@ stochasticity: the result depends on the data alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class LinearFit:
         out = torch.cat(parts) if parts else torch.zeros(0, L, C, dtype=w.dtype, device=w.device)
         return out.permute(1, 0, 2) + b.unsqueeze(1)
 
-    def take(self, i: int) -> "LinearFit":
+    def take(self, i: int) -> LinearFit:
         """The fit of strength ``i`` alone."""
         return LinearFit(self.kind, self.lambdas[i:i + 1], self.weight[i:i + 1], self.bias[i:i + 1],
                          self.mean, self.inv_std, self.iterations, self.converged[i:i + 1])
@@ -218,12 +218,12 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
         # two-loop recursion with H0 = gamma * P
         q = grad.clone()
         alphas = []
-        for sv, yv, rho in zip(reversed(mem_s), reversed(mem_y), reversed(mem_rho)):
+        for sv, yv, rho in zip(reversed(mem_s), reversed(mem_y), reversed(mem_rho), strict=True):
             a = rho * _dot(sv, q)
             q -= a.view(-1, 1, 1) * yv
             alphas.append(a)
         r = gamma.view(-1, 1, 1) * precondition(q, active)
-        for (sv, yv, rho), a in zip(zip(mem_s, mem_y, mem_rho), reversed(alphas)):
+        for (sv, yv, rho), a in zip(zip(mem_s, mem_y, mem_rho, strict=True), reversed(alphas), strict=True):
             bta = rho * _dot(yv, r)
             r += (a - bta).view(-1, 1, 1) * sv
         direction = -r
@@ -252,7 +252,9 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
         py = precondition(yv, active)
         ypy = _dot(yv, py)
         gamma = torch.where(sy > 1e-12, sy / ypy.clamp_min(1e-300), gamma)
-        mem_s.append(sv), mem_y.append(yv), mem_rho.append(rho)
+        mem_s.append(sv)
+        mem_y.append(yv)
+        mem_rho.append(rho)
         if len(mem_s) > history:
             mem_s, mem_y, mem_rho = mem_s[1:], mem_y[1:], mem_rho[1:]
         stalled = (loss - new_loss).abs() <= 1e-15 * new_loss.abs().clamp_min(1.0)
@@ -322,4 +324,4 @@ def linear_probe(x_train: np.ndarray | torch.Tensor, y_train: np.ndarray | torch
     if x_test is not None and y_test is not None:
         test = float(scorer(chosen.outputs(x_test), np.asarray(torch.as_tensor(y_test).cpu()))[0])
     return LinearProbeResult(METRICS[task], float(fit.lambdas[best]), float(valid[best]),
-                             {float(lam): float(v) for lam, v in zip(fit.lambdas, valid)}, test, chosen)
+                             {float(lam): float(v) for lam, v in zip(fit.lambdas, valid, strict=True)}, test, chosen)

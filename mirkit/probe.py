@@ -41,16 +41,27 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mirkit.embeddings import Embeddings
 from mirkit.linear_probe import LAMBDAS, choose, fit_linear, one_hot
-from mirkit.tasks import (ENSEMBLES, IGNORE, Beats, FrameTask, Multilabel, Regression, Songs, Task, TaskDataError,
-                          best_ensemble)
+from mirkit.tasks import (
+    ENSEMBLES,
+    IGNORE,
+    Beats,
+    FrameTask,
+    Multilabel,
+    Regression,
+    Songs,
+    Task,
+    TaskDataError,
+    best_ensemble,
+)
 
 PROTOCOLS = ("linear", "quick", "jukemir")
 
@@ -111,7 +122,7 @@ def init_params(config: ProbeConfig, n_in: int, n_out: int, gen: torch.Generator
     """One configuration's weights, ``nn.Linear``'s default init (U(±1/sqrt(fan_in)))."""
     sizes = [n_in, config.hidden, n_out] if config.hidden else [n_in, n_out]
     params = {}
-    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for k, (a, b) in enumerate(itertools.pairwise(sizes), start=1):
         bound = 1 / math.sqrt(a)
         params[f"w{k}"] = _uniform((a, b), bound, gen, device)
         params[f"b{k}"] = _uniform((1, b), bound, gen, device)
@@ -159,7 +170,9 @@ class BatchedAdam:
         b1, b2 = self.betas
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for k, p in self.params.items():
-            g = (grads[k] if grads is not None else p.grad) + self.wd * p
+            grad = grads[k] if grads is not None else p.grad
+            assert grad is not None
+            g = grad + self.wd * p
             self.m[k].mul_(b1).add_(g, alpha=1 - b1)
             self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (self.v[k].sqrt() / math.sqrt(c2)).add_(self.eps)
@@ -411,7 +424,7 @@ def _linear_targets(task: Task, y: torch.Tensor) -> tuple[str, torch.Tensor, tor
 
 def fit_linear_task(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
                     val_score: Callable[[torch.Tensor], np.ndarray], device: torch.device,
-                    lambdas: Sequence[float] = LAMBDAS) -> Fitted:
+                    lambdas: tuple[float, ...] = LAMBDAS) -> Fitted:
     """The ``linear`` protocol: every strength fitted at once, the one best on ``val_score`` kept."""
     kind, targets, rows = _linear_targets(task, y)
     if rows is not None:
@@ -421,7 +434,7 @@ def fit_linear_task(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.T
     best = choose(scores)
     chosen = fit.take(best)
     details = {"protocol": "linear", "solver": kind, "lambda": float(fit.lambdas[best]),
-               "valid_by_lambda": {f"{v:g}": float(s) for v, s in zip(fit.lambdas, scores)},
+               "valid_by_lambda": {f"{v:g}": float(s) for v, s in zip(fit.lambdas, scores, strict=True)},
                "iterations": fit.iterations, "converged": bool(fit.converged.all())}
     return Fitted(lambda rows_x: chosen.outputs(rows_x)[0].float(), float(scores[best]), details)
 
@@ -524,7 +537,7 @@ def evaluate_frame_task(store: Embeddings, task: FrameTask, protocol: str, setti
 
     def stack(s: str) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.concatenate([f for f, _ in frames[s]])
-        y = np.concatenate([task.frame_targets(t, times) for t, (_, times) in zip(tracks[s], frames[s])])
+        y = np.concatenate([task.frame_targets(t, times) for t, (_, times) in zip(tracks[s], frames[s], strict=True)])
         return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
 
     x_tr, y_tr = stack("train")

@@ -21,15 +21,14 @@ group: column (optional), options: {...}}}``; multilabel columns hold ``;``-sepa
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import json
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mir_eval
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
 
+from mirkit.errors import InputError
 from mirkit.params import ParamsError
 
 TRACK_TYPES = ("multiclass", "multilabel", "regression", "key")
@@ -261,6 +261,7 @@ class Task:
         with torch.enable_grad():
             out = outputs.detach().requires_grad_(True)
             (self.loss(out, targets.unsqueeze(0).expand(len(out), *targets.shape)) * len(out)).backward()
+        assert out.grad is not None
         return out.grad
 
     def losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -310,7 +311,7 @@ def _softmax_grad(outputs: torch.Tensor, targets: torch.Tensor, ignore: int | No
         valid = y != ignore
         g = g * valid.view(1, -1, 1)
         y = torch.where(valid, y, 0)
-        count = valid.sum().clamp_min(1)
+        count = int(valid.sum().clamp_min(1))
     else:
         valid, count = None, len(y)
     rows = torch.arange(len(y), device=g.device)
@@ -355,7 +356,7 @@ class Multiclass(Task):
         """Metrics of predicted class indices."""
         return {"accuracy": float(accuracy_score(targets, pred))}
 
-    def score_songs(self, outputs: np.ndarray, targets: np.ndarray, songs: "Songs") -> dict[str, dict[str, float]]:
+    def score_songs(self, outputs: np.ndarray, targets: np.ndarray, songs: Songs) -> dict[str, dict[str, float]]:
         """Song-level metrics of every ensemble strategy: ``{strategy: {metric: value}}``."""
         y = songs.song_targets(targets)
         return {name: self.score_labels(pred, y) for name, pred in ensemble(outputs, songs).items()}
@@ -405,7 +406,7 @@ class Songs:
     ids: list[str]
 
     @classmethod
-    def of(cls, tracks: Sequence[dict], column: str) -> "Songs":
+    def of(cls, tracks: Sequence[dict], column: str) -> Songs:
         names = []
         for t in tracks:
             if _missing(t.get(column)):
@@ -542,7 +543,7 @@ class Regression(Task):
 
     def score(self, outputs, targets):
         per = r2_score(targets, outputs, multioutput="raw_values")
-        out = {f"r2_{c}": float(v) for c, v in zip(self.spec.label, per)}
+        out = {f"r2_{c}": float(v) for c, v in zip(self.spec.label, per, strict=True)}
         out["r2"] = float(np.mean(per))
         return out
 
@@ -600,7 +601,7 @@ class Beats(FrameTask):
 
     def score_tracks(self, activations, times, tracks, threshold: float = 0.5):
         f = []
-        for act, t, track in zip(activations, times, tracks):
+        for act, t, track in zip(activations, times, tracks, strict=True):
             ref = self.reference(track)
             hop = frame_hop(t)
             ref = ref[(ref >= t[0] - hop / 2) & (ref <= t[-1] + hop / 2)]   # beats the frames cover
@@ -677,7 +678,7 @@ class Chords(FrameTask):
 
     def score_tracks(self, activations, times, tracks, **_):
         scores = []
-        for act, t, track in zip(activations, times, tracks):
+        for act, t, track in zip(activations, times, tracks, strict=True):
             ref_int, ref_lab = self.reference(track)
             est_int, est_lab = decode_chords(act, t, self.smooth)
             scores.append(majmin_score(ref_int, ref_lab, est_int, est_lab))
@@ -690,7 +691,7 @@ def chord_targets(intervals: np.ndarray, labels: Sequence[str], times: np.ndarra
     """Class of the chord sounding at each frame centre (N where no interval covers it)."""
     y = np.full(len(times), 24, dtype=np.int64)
     classes = [chord_class(lab) for lab in labels]
-    for (start, end), c in zip(intervals, classes):
+    for (start, end), c in zip(intervals, classes, strict=True):
         y[(times >= start) & (times < end)] = c
     return y
 

@@ -325,7 +325,7 @@ def test_song_ensemble_strategy_never_looks_at_test_labels(monkeypatch):
     honest = P.evaluate_track_task(store, make_task(spec), configs, settings)
     # test: 9 songs (one call per strategy) and 27 clips, scored only after training and the choice
     assert calls.count(9) == 4 and calls.count(27) == 1 and set(calls[-5:]) == {9, 27}
-    rotate = dict(zip(SONG_KEYS, SONG_KEYS[1:] + SONG_KEYS[:1]))
+    rotate = dict(zip(SONG_KEYS, SONG_KEYS[1:] + SONG_KEYS[:1], strict=True))
     for i in store.split("test"):   # adversarial test labels (still one key per song)
         store.tracks[i]["key"] = rotate[store.tracks[i]["key"]]
     adversarial = P.evaluate_track_task(store, make_task(spec), configs, settings)
@@ -355,7 +355,7 @@ def frame_store(url, tmp_path, kind):
                 frames = np.outer(on, proto[0]) + rng.normal(size=(80, DIM)) * 0.3
             else:
                 labels = ["C:maj", "A:min", "G:7", "N"][i % 2:][:3]
-                ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels)))
+                ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels, strict=False)))
                 from mirkit.tasks import chord_class
                 cls = np.array([chord_class(labels[min(int(t // 1.3), 2)]) for t in times])
                 frames = proto[cls % 25] + rng.normal(size=(80, DIM)) * 0.3
