@@ -263,6 +263,15 @@ def test_selection_never_looks_at_test_labels(monkeypatch, protocol):
         assert honest.details["n_configs"] == 216
 
 
+def test_a_configuration_stopped_by_the_step_cap_is_reported():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    spec = TaskSpec("genre", "multiclass", ["genre"])
+    r = P.evaluate_task(store, make_task(spec), "quick", P.TrainSettings(max_steps=20, eval_every=8, patience=100))
+    assert r.details["capped"] == {"max_steps": 20, "configs": [r.details["config_id"]]}
+    r = P.evaluate_task(store, make_task(spec), "quick", P.TrainSettings(max_steps=10_000, eval_every=8, patience=3))
+    assert "capped" not in r.details and r.details["steps"] < 10_000
+
+
 def test_quick_probe_learns_and_is_deterministic():
     store = genre_store(f"memory://{uuid.uuid4().hex}")
     spec = TaskSpec("genre", "multiclass", ["genre"])
