@@ -102,9 +102,9 @@ def main() -> None:
         kw = dict(max_steps=args.steps, eval_every=args.eval_every, patience=10**9, seed=0)
         rows, tot = [], np.zeros(3)
         for (bs, hidden), configs in groups():
-            t_old = timed(lambda: old.train_configs(configs, old_data, old.TrainSettings(**kw, stack=6)))
-            t_all = timed(lambda: P.train_configs(configs, new_data, P.TrainSettings(**kw, stack=0)))
-            t_six = timed(lambda: P.train_configs(configs, new_data, P.TrainSettings(**kw, stack=6)))
+            t_old = timed(lambda c=configs: old.train_configs(c, old_data, old.TrainSettings(**kw, stack=6)))
+            t_all = timed(lambda c=configs: P.train_configs(c, new_data, P.TrainSettings(**kw, stack=0)))
+            t_six = timed(lambda c=configs: P.train_configs(c, new_data, P.TrainSettings(**kw, stack=6)))
             tot += (t_old, t_all, t_six)
             rows.append((f"bs={bs}, {'mlp512' if hidden else 'linear'}", len(configs), t_old, t_all, t_six))
         print(f"\nJukeMIR grid, {args.rows} x {args.dim} ({int(.8 * args.rows)} train / "

@@ -55,6 +55,7 @@ from mirkit.tasks import (
     IGNORE,
     Beats,
     FrameTask,
+    Multiclass,
     Multilabel,
     Regression,
     Songs,
@@ -482,8 +483,8 @@ def evaluate_track_task(store: Embeddings, task: Task, protocol: str | Sequence[
     def val_score(outputs: torch.Tensor) -> np.ndarray:
         fused = track_outputs(outputs, "valid")
         if songs:   # JukeMIR's `score`: the best strategy's song-level score on valid
-            return np.array([max(m[task.primary] for m in task.score_songs(f, y_track["valid"], songs["valid"]).values())
-                             for f in fused.float().cpu().numpy()])
+            assert isinstance(task, Multiclass)
+            return task.song_primary_scores(fused, y_track["valid"], songs["valid"])
         return task.primary_scores(fused, y_track["valid"])
 
     if protocol == "linear":

@@ -361,6 +361,17 @@ class Multiclass(Task):
         y = songs.song_targets(targets)
         return {name: self.score_labels(pred, y) for name, pred in ensemble(outputs, songs).items()}
 
+    def primary_labels(self, pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The primary metric of predicted class indices ``(G, rows)`` for each of G configurations."""
+        return (np.asarray(pred) == np.asarray(targets)).mean(-1)
+
+    def song_primary_scores(self, outputs: np.ndarray | torch.Tensor, targets: np.ndarray, songs: Songs) -> np.ndarray:
+        """JukeMIR's validation ``score`` of G output sets ``(G, clips, C)`` at once: the song-level primary
+        metric of the best ensemble strategy."""
+        y = songs.song_targets(targets)
+        preds = ensemble(np.asarray(torch.as_tensor(outputs).float().cpu()), songs)
+        return np.max([self.primary_labels(p, y) for p in preds.values()], axis=0)
+
 
 class Key(Multiclass):
     primary = "weighted_score"
@@ -376,6 +387,9 @@ class Key(Multiclass):
     def primary_scores(self, outputs, targets):
         pred = torch.as_tensor(outputs).argmax(-1).cpu().numpy()
         return key_score_table()[np.asarray(targets)[None, :], pred].mean(-1)
+
+    def primary_labels(self, pred, targets):
+        return key_score_table()[np.asarray(targets), np.asarray(pred)].mean(-1)
 
     def score_labels(self, pred, targets):
         weighted = key_score_table()[np.asarray(targets), np.asarray(pred)]
@@ -428,24 +442,27 @@ class Songs:
 
 
 def ensemble(outputs: np.ndarray, songs: Songs) -> dict[str, np.ndarray]:
-    """Predicted class per song with each of JukeMIR's strategies, from clip logits ``(clips, C)``:
-    vote = most frequent clip argmax (the smallest class among ties, as scipy's mode), max = argmax
-    of the per-class max logit, gmean = argmax of the mean logit (the geometric mean of the clip
-    softmaxes has the same argmax), mean = argmax of the mean softmax."""
+    """Predicted class per song with each of JukeMIR's strategies, from clip logits ``(..., clips, C)``
+    (leading dims, e.g. G configurations, are kept): vote = most frequent clip argmax (the smallest class
+    among ties, as scipy's mode), max = argmax of the per-class max logit, gmean = argmax of the mean
+    logit (the geometric mean of the clip softmaxes has the same argmax), mean = argmax of the mean softmax."""
     n, c = len(songs.ids), outputs.shape[-1]
-    logits = np.asarray(outputs, dtype=np.float64)
-    counts = np.bincount(songs.index, minlength=n).astype(np.float64)[:, None]
-    votes = np.zeros((n, c))
-    np.add.at(votes, (songs.index, logits.argmax(-1)), 1.0)
-    peak = np.full((n, c), -np.inf)
+    logits = np.moveaxis(np.asarray(outputs, dtype=np.float64), -2, 0)          # (clips, ..., C)
+    member = np.zeros((n, len(songs.index)))
+    member[songs.index, np.arange(len(songs.index))] = 1.0                         # song x clip
+    counts = member.sum(1).reshape((n,) + (1,) * (logits.ndim - 1))
+
+    def per_song(values: np.ndarray) -> np.ndarray:   # sums over each song's clips: (songs, ..., C)
+        return np.tensordot(member, values, axes=(1, 0))
+
+    votes = per_song((logits.argmax(-1)[..., None] == np.arange(c)).astype(np.float64))
+    peak = np.full((n,) + logits.shape[1:], -np.inf)
     np.maximum.at(peak, songs.index, logits)
-    total = np.zeros((n, c))
-    np.add.at(total, songs.index, logits)
     z = np.exp(logits - logits.max(-1, keepdims=True))
-    prob = np.zeros((n, c))
-    np.add.at(prob, songs.index, z / z.sum(-1, keepdims=True))
-    return {"vote": votes.argmax(-1), "max": peak.argmax(-1), "gmean": (total / counts).argmax(-1),
-            "mean": (prob / counts).argmax(-1)}
+    prob = per_song(z / z.sum(-1, keepdims=True))
+    out = {"vote": votes.argmax(-1), "max": peak.argmax(-1), "gmean": (per_song(logits) / counts).argmax(-1),
+           "mean": (prob / counts).argmax(-1)}
+    return {k: np.moveaxis(v, 0, -1) for k, v in out.items()}   # (..., songs)
 
 
 def best_ensemble(scores: dict[str, dict[str, float]], primary: str) -> str:

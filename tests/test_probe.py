@@ -443,3 +443,18 @@ def test_probe_command_writes_other_tasks_then_fails_naming_the_bad_task(tmp_pat
     details = json.loads((out.parent / "probe.details.json").read_text())
     assert "error" in details["runs"]["pretrained"]["beat"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_song_scores_of_many_configurations_at_once_equal_one_at_a_time():
+    from mirkit.tasks import Songs
+    rng = np.random.default_rng(3)
+    tracks = [{"song": f"s{i // 3}", "key": SONG_KEYS[(i // 3) % 3]} for i in range(30)]
+    songs = Songs.of(tracks, "song")
+    task = make_task(TaskSpec("key", "key", ["key"], group="song"))
+    task.fit(tracks)
+    y = task.targets(tracks)
+    outputs = rng.normal(size=(6, 30, 24))
+    outputs[:, ::4] = np.round(outputs[:, ::4])   # ties in votes and maxima
+    fast = task.song_primary_scores(torch.as_tensor(outputs), y, songs)
+    slow = [max(m["weighted_score"] for m in task.score_songs(o, y, songs).values()) for o in outputs]
+    np.testing.assert_allclose(fast, slow)
