@@ -41,7 +41,8 @@ def main() -> None:
     mirkit = [sys.executable, "-m", "mirkit"]
     extract = (run(mirkit + ["extract", "--out", str(tmp / "pretrained.zarr")], env)
                + run(mirkit + ["extract", "--random-init", "--out", str(tmp / "random.zarr")], env))
-    rows = [("extract (pretrained + random-init)", extract)]
+    rows = [("extract (pretrained + random-init)", extract),
+            ("`mirkit probe --help` (start-up and imports only)", run(mirkit + ["probe", "--help"], env))]
     for protocol in args.protocols.split(","):
         rows.append((f"probe, {protocol} protocol", run(mirkit + ["probe", "--set", f"protocol={protocol}",
                                                                  "--set", f"out={tmp}/{protocol}/probe.json",
