@@ -41,6 +41,8 @@ class ProbeParams:
                                                   "early stopping ends training long before; a hit is reported)")
     eval_every: int = param(8, ge=1, help="steps between validation evaluations (JukeMIR: 8)")
     patience: int = param(256, ge=1, help="evaluations without improvement before stopping (JukeMIR: 256)")
+    threads: int = param(1, ge=0, help="torch CPU threads (0 = torch's default); probes are small, and several "
+                                        "threads on tiny products cost far more than they save on a shared machine")
     stack: int | None = param(None, ge=0, help="grid configurations trained together; null = all of a "
                               "(batch, hidden) group on CUDA, 6 on CPU (cache-sized; see docs/benchmarks.md)")
 
@@ -100,6 +102,9 @@ def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tup
     specs = parse_tasks(params.tasks)
     stores = stores if stores is not None else open_stores(params, specs)
     device = resolve_device(params.device)
+    if device.type == "cpu" and params.threads:
+        import torch
+        torch.set_num_threads(params.threads)
     stack = params.stack if params.stack is not None else (0 if device.type == "cuda" else 6)
     settings = TrainSettings(max_steps=params.max_steps, eval_every=params.eval_every,
                              patience=params.patience, seed=params.seed, device=str(device), stack=stack)
