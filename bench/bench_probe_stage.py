@@ -4,8 +4,9 @@ Run from a checkout where ``dvc repro extract`` has built the demo (``data/featu
 ``models/pretrain``). Times, as subprocesses with the same environment: both ``extract`` runs of the
 stage (pretrained and random-init, into a temporary folder), then ``mirkit probe`` on the demo's
 embeddings (5 tasks x 2 runs) with each protocol of ``--protocols``, and optionally the same probe stage
-with the code of ``--old-ref`` (a temporary git worktree, ``--old-protocol``). Wall-clock seconds,
-including Python start-up and imports, as DVC would run them.
+with the code of ``--old-ref`` (a temporary git worktree, ``--old-protocol``). Wall-clock and CPU
+(user + system) seconds, including Python start-up and imports, as DVC would run them; on a shared
+machine the CPU seconds are the steadier measure.
 
     python bench/bench_probe_stage.py --protocols linear,quick --old-ref d2b7178
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -21,12 +23,20 @@ import time
 from pathlib import Path
 
 
-def run(cmd: list[str], env: dict[str, str]) -> float:
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall-clock and CPU (user + system) seconds of a subprocess."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if res.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def main() -> None:
@@ -39,8 +49,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=str(root))
     tmp = Path(tempfile.mkdtemp())
     mirkit = [sys.executable, "-m", "mirkit"]
-    extract = (run(mirkit + ["extract", "--out", str(tmp / "pretrained.zarr")], env)
-               + run(mirkit + ["extract", "--random-init", "--out", str(tmp / "random.zarr")], env))
+    extract = add(run(mirkit + ["extract", "--out", str(tmp / "pretrained.zarr")], env),
+                  run(mirkit + ["extract", "--random-init", "--out", str(tmp / "random.zarr")], env))
     rows = [("extract (pretrained + random-init)", extract),
             ("`mirkit probe --help` (start-up and imports only)", run(mirkit + ["probe", "--help"], env))]
     for protocol in args.protocols.split(","):
@@ -62,10 +72,10 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], check=False, capture_output=True)
     threads = os.environ.get("OMP_NUM_THREADS", "default")
     print(f"\ndemo stages, wall clock incl. start-up (OMP_NUM_THREADS={threads}, {os.cpu_count()} CPUs)\n")
-    print("| stage | seconds | ratio to extract |")
-    print("|---|---|---|")
-    for name, sec in rows:
-        print(f"| {name} | {sec:.1f} | {sec / extract:.2f} |")
+    print("| stage | wall (s) | CPU (s) | CPU ratio to extract |")
+    print("|---|---|---|---|")
+    for name, (wall, cpu) in rows:
+        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {cpu / extract[1]:.2f} |")
 
 
 if __name__ == "__main__":
