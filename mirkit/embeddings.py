@@ -244,6 +244,7 @@ class Embeddings:
             self._frame_track = self._index("frames", "frame_track", n_frames, "frame_time")
             self._frame_off = _offsets(self._frame_track, len(self.tracks))
         self._chunks_cache: np.ndarray | None = None
+        self._frames_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def _index(self, rows: str, owner: str, n: int, *more: str) -> np.ndarray:
         """The track of each of the first ``n`` rows, after checking the arrays hold them (every chunk
@@ -286,7 +287,16 @@ class Embeddings:
         if not self.has_frames:
             raise ValueError(f"{self.url}: this store has no per-frame embeddings")
         a, b = self._frame_off[i], self._frame_off[i + 1]
+        if self._frames_cache is not None:
+            return self._frames_cache[0][a:b], self._frames_cache[1][a:b]
         return np.asarray(self.group["frames"][a:b]), np.asarray(self.group["frame_time"][a:b])
+
+    def load_frames(self) -> None:
+        """Read all per-frame embeddings into memory once (two reads instead of two per track);
+        later :meth:`frames` calls slice them."""
+        if self.has_frames and self._frames_cache is None:
+            self._frames_cache = (np.asarray(self.group["frames"][: self._n_frames]),
+                                  np.asarray(self.group["frame_time"][: self._n_frames]))
 
     def chunk_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """All chunks of the given tracks at once: ``(rows, dim)`` and the row -> position in

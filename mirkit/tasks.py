@@ -21,15 +21,14 @@ group: column (optional), options: {...}}}``; multilabel columns hold ``;``-sepa
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import json
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import mir_eval
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, average_precision_score, r2_score, roc_auc_score
 
+from mirkit.errors import InputError
 from mirkit.params import ParamsError
 
 TRACK_TYPES = ("multiclass", "multilabel", "regression", "key")
@@ -249,6 +249,76 @@ class Task:
     def score(self, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         raise NotImplementedError
 
+    def primary_scores(self, outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+        """The primary metric of each of G output sets ``(G, rows, n_outputs)`` (what early stopping
+        and model selection read); subclasses compute it for all G at once."""
+        return np.array([self.score(np.asarray(o), targets)[self.primary] for o in outputs])
+
+    def output_grad(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Gradient of the sum over G configurations of each one's mean loss, with respect to their
+        outputs ``(G, rows, n_outputs)``; ``targets`` are shared by the G configurations. Closed form
+        in the subclasses; autograd through :meth:`loss` here."""
+        with torch.enable_grad():
+            out = outputs.detach().requires_grad_(True)
+            (self.loss(out, targets.unsqueeze(0).expand(len(out), *targets.shape)) * len(out)).backward()
+        assert out.grad is not None
+        return out.grad
+
+    def losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of each of G output sets ``(G, rows, n_outputs)``: ``(G,)``."""
+        return torch.stack([self.loss(o, targets) for o in outputs])
+
+
+def batch_accuracy(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Accuracy of the argmax of each of G output sets ``(G, rows, C)``."""
+    out = torch.as_tensor(outputs)
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=out.device)
+    return (out.argmax(-1) == y).double().mean(-1).cpu().numpy()
+
+
+def batch_r2(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Mean over outputs of scikit-learn's ``r2_score`` (raw values), for G output sets at once."""
+    out = torch.as_tensor(outputs).double()
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.float64, device=out.device).reshape(out.shape[1], -1)
+    ss_res = (out - y).pow(2).sum(1)
+    ss_tot = (y - y.mean(0)).pow(2).sum(0)
+    r2 = torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300),
+                     torch.where(ss_res == 0, 1.0, 0.0).double())
+    return r2.mean(-1).cpu().numpy()
+
+
+def batch_macro_auc(outputs: np.ndarray | torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Macro ROC-AUC over the columns with both positives and negatives (ties count one half, as in
+    scikit-learn's ``roc_auc_score``) for G output sets ``(G, rows, C)``: Mann-Whitney U from ranks.
+    NaN when no column has both classes."""
+    from scipy.stats import rankdata
+    s = np.asarray(torch.as_tensor(outputs).double().cpu())
+    y = np.asarray(targets, dtype=np.float64)
+    pos = y.sum(0)
+    ok = (pos > 0) & (pos < len(y))
+    if not ok.any():
+        return np.full(s.shape[0], np.nan)
+    s, y, p = s[..., ok], y[:, ok], pos[ok]
+    u = (rankdata(s, axis=1) * y).sum(1) - p * (p + 1) / 2
+    return (u / (p * (len(y) - p))).mean(-1)
+
+
+def _softmax_grad(outputs: torch.Tensor, targets: torch.Tensor, ignore: int | None = None) -> torch.Tensor:
+    """d/d(outputs) of the mean cross-entropy of each configuration (rows with ``ignore`` excluded)."""
+    g = torch.softmax(outputs, -1)
+    y = targets.reshape(-1)
+    if ignore is not None:
+        valid = y != ignore
+        g = g * valid.view(1, -1, 1)
+        y = torch.where(valid, y, 0)
+        count = int(valid.sum().clamp_min(1))
+    else:
+        valid, count = None, len(y)
+    rows = torch.arange(len(y), device=g.device)
+    sub = torch.ones(len(y), dtype=g.dtype, device=g.device) if valid is None else valid.to(g.dtype)
+    g[:, rows, y] -= sub
+    return g / count
+
 
 class Multiclass(Task):
     primary = "accuracy"
@@ -272,14 +342,35 @@ class Multiclass(Task):
     def score(self, outputs, targets):
         return self.score_labels(outputs.argmax(-1), targets)
 
+    def primary_scores(self, outputs, targets):
+        return batch_accuracy(outputs, targets)
+
+    def output_grad(self, outputs, targets):
+        return _softmax_grad(outputs, targets)
+
+    def losses(self, outputs, targets):
+        g, n, c = outputs.shape
+        return F.cross_entropy(outputs.reshape(-1, c), targets.reshape(-1).repeat(g), reduction="none").view(g, n).mean(1)
+
     def score_labels(self, pred: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Metrics of predicted class indices."""
         return {"accuracy": float(accuracy_score(targets, pred))}
 
-    def score_songs(self, outputs: np.ndarray, targets: np.ndarray, songs: "Songs") -> dict[str, dict[str, float]]:
+    def score_songs(self, outputs: np.ndarray, targets: np.ndarray, songs: Songs) -> dict[str, dict[str, float]]:
         """Song-level metrics of every ensemble strategy: ``{strategy: {metric: value}}``."""
         y = songs.song_targets(targets)
         return {name: self.score_labels(pred, y) for name, pred in ensemble(outputs, songs).items()}
+
+    def primary_labels(self, pred: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """The primary metric of predicted class indices ``(G, rows)`` for each of G configurations."""
+        return (np.asarray(pred) == np.asarray(targets)).mean(-1)
+
+    def song_primary_scores(self, outputs: np.ndarray | torch.Tensor, targets: np.ndarray, songs: Songs) -> np.ndarray:
+        """JukeMIR's validation ``score`` of G output sets ``(G, clips, C)`` at once: the song-level primary
+        metric of the best ensemble strategy."""
+        y = songs.song_targets(targets)
+        preds = ensemble(np.asarray(torch.as_tensor(outputs).float().cpu()), songs)
+        return np.max([self.primary_labels(p, y) for p in preds.values()], axis=0)
 
 
 class Key(Multiclass):
@@ -292,6 +383,13 @@ class Key(Multiclass):
 
     def _label(self, t) -> str:
         return normalise_key(t[self.spec.label[0]])
+
+    def primary_scores(self, outputs, targets):
+        pred = torch.as_tensor(outputs).argmax(-1).cpu().numpy()
+        return key_score_table()[np.asarray(targets)[None, :], pred].mean(-1)
+
+    def primary_labels(self, pred, targets):
+        return key_score_table()[np.asarray(targets), np.asarray(pred)].mean(-1)
 
     def score_labels(self, pred, targets):
         weighted = key_score_table()[np.asarray(targets), np.asarray(pred)]
@@ -322,7 +420,7 @@ class Songs:
     ids: list[str]
 
     @classmethod
-    def of(cls, tracks: Sequence[dict], column: str) -> "Songs":
+    def of(cls, tracks: Sequence[dict], column: str) -> Songs:
         names = []
         for t in tracks:
             if _missing(t.get(column)):
@@ -344,24 +442,27 @@ class Songs:
 
 
 def ensemble(outputs: np.ndarray, songs: Songs) -> dict[str, np.ndarray]:
-    """Predicted class per song with each of JukeMIR's strategies, from clip logits ``(clips, C)``:
-    vote = most frequent clip argmax (the smallest class among ties, as scipy's mode), max = argmax
-    of the per-class max logit, gmean = argmax of the mean logit (the geometric mean of the clip
-    softmaxes has the same argmax), mean = argmax of the mean softmax."""
+    """Predicted class per song with each of JukeMIR's strategies, from clip logits ``(..., clips, C)``
+    (leading dims, e.g. G configurations, are kept): vote = most frequent clip argmax (the smallest class
+    among ties, as scipy's mode), max = argmax of the per-class max logit, gmean = argmax of the mean
+    logit (the geometric mean of the clip softmaxes has the same argmax), mean = argmax of the mean softmax."""
     n, c = len(songs.ids), outputs.shape[-1]
-    logits = np.asarray(outputs, dtype=np.float64)
-    counts = np.bincount(songs.index, minlength=n).astype(np.float64)[:, None]
-    votes = np.zeros((n, c))
-    np.add.at(votes, (songs.index, logits.argmax(-1)), 1.0)
-    peak = np.full((n, c), -np.inf)
+    logits = np.moveaxis(np.asarray(outputs, dtype=np.float64), -2, 0)          # (clips, ..., C)
+    member = np.zeros((n, len(songs.index)))
+    member[songs.index, np.arange(len(songs.index))] = 1.0                         # song x clip
+    counts = member.sum(1).reshape((n,) + (1,) * (logits.ndim - 1))
+
+    def per_song(values: np.ndarray) -> np.ndarray:   # sums over each song's clips: (songs, ..., C)
+        return np.tensordot(member, values, axes=(1, 0))
+
+    votes = per_song((logits.argmax(-1)[..., None] == np.arange(c)).astype(np.float64))
+    peak = np.full((n,) + logits.shape[1:], -np.inf)
     np.maximum.at(peak, songs.index, logits)
-    total = np.zeros((n, c))
-    np.add.at(total, songs.index, logits)
     z = np.exp(logits - logits.max(-1, keepdims=True))
-    prob = np.zeros((n, c))
-    np.add.at(prob, songs.index, z / z.sum(-1, keepdims=True))
-    return {"vote": votes.argmax(-1), "max": peak.argmax(-1), "gmean": (total / counts).argmax(-1),
-            "mean": (prob / counts).argmax(-1)}
+    prob = per_song(z / z.sum(-1, keepdims=True))
+    out = {"vote": votes.argmax(-1), "max": peak.argmax(-1), "gmean": (per_song(logits) / counts).argmax(-1),
+           "mean": (prob / counts).argmax(-1)}
+    return {k: np.moveaxis(v, 0, -1) for k, v in out.items()}   # (..., songs)
 
 
 def best_ensemble(scores: dict[str, dict[str, float]], primary: str) -> str:
@@ -399,6 +500,15 @@ class Multilabel(Task):
 
     def loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs, targets)
+
+    def output_grad(self, outputs, targets):
+        return (torch.sigmoid(outputs) - targets) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs, targets.expand_as(outputs), reduction="none").mean((1, 2))
+
+    def primary_scores(self, outputs, targets):
+        return batch_macro_auc(outputs, targets)
 
     def score(self, outputs, targets):
         """Macro averages over the tags that have both positives and negatives in this split."""
@@ -439,9 +549,18 @@ class Regression(Task):
     def loss(self, outputs, targets):
         return F.mse_loss(outputs, targets)
 
+    def output_grad(self, outputs, targets):
+        return 2 * (outputs - targets) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return (outputs - targets).pow(2).mean((1, 2))
+
+    def primary_scores(self, outputs, targets):
+        return batch_r2(outputs, targets)
+
     def score(self, outputs, targets):
         per = r2_score(targets, outputs, multioutput="raw_values")
-        out = {f"r2_{c}": float(v) for c, v in zip(self.spec.label, per)}
+        out = {f"r2_{c}": float(v) for c, v in zip(self.spec.label, per, strict=True)}
         out["r2"] = float(np.mean(per))
         return out
 
@@ -490,9 +609,16 @@ class Beats(FrameTask):
     def loss(self, outputs, targets):
         return F.binary_cross_entropy_with_logits(outputs[..., 0], targets)
 
+    def output_grad(self, outputs, targets):
+        return (torch.sigmoid(outputs) - targets.unsqueeze(-1)) / targets.numel()
+
+    def losses(self, outputs, targets):
+        return F.binary_cross_entropy_with_logits(outputs[..., 0], targets.expand(outputs.shape[:-1]),
+                                                  reduction="none").mean(1)
+
     def score_tracks(self, activations, times, tracks, threshold: float = 0.5):
         f = []
-        for act, t, track in zip(activations, times, tracks):
+        for act, t, track in zip(activations, times, tracks, strict=True):
             ref = self.reference(track)
             hop = frame_hop(t)
             ref = ref[(ref >= t[0] - hop / 2) & (ref <= t[-1] + hop / 2)]   # beats the frames cover
@@ -558,9 +684,18 @@ class Chords(FrameTask):
     def loss(self, outputs, targets):
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
+    def output_grad(self, outputs, targets):
+        return _softmax_grad(outputs, targets, IGNORE)
+
+    def losses(self, outputs, targets):
+        g, n, c = outputs.shape
+        per = F.cross_entropy(outputs.reshape(-1, c), targets.reshape(-1).repeat(g), ignore_index=IGNORE,
+                              reduction="none").view(g, n)
+        return per.sum(1) / (targets != IGNORE).sum().clamp_min(1)
+
     def score_tracks(self, activations, times, tracks, **_):
         scores = []
-        for act, t, track in zip(activations, times, tracks):
+        for act, t, track in zip(activations, times, tracks, strict=True):
             ref_int, ref_lab = self.reference(track)
             est_int, est_lab = decode_chords(act, t, self.smooth)
             scores.append(majmin_score(ref_int, ref_lab, est_int, est_lab))
@@ -573,7 +708,7 @@ def chord_targets(intervals: np.ndarray, labels: Sequence[str], times: np.ndarra
     """Class of the chord sounding at each frame centre (N where no interval covers it)."""
     y = np.full(len(times), 24, dtype=np.int64)
     classes = [chord_class(lab) for lab in labels]
-    for (start, end), c in zip(intervals, classes):
+    for (start, end), c in zip(intervals, classes, strict=True):
         y[(times >= start) & (times < end)] = c
     return y
 

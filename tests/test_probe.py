@@ -139,7 +139,7 @@ def _train_data(store, task):
     def val_score(outputs):
         fused = P.fuse(outputs, torch.as_tensor(vg), len(va)).numpy()
         return np.array([task.score(f, vy)["accuracy"] for f in fused])
-    return P.TrainData(torch.as_tensor(x), y, torch.as_tensor(vx), val_score, task.n_outputs, task.loss)
+    return P.TrainData(torch.as_tensor(x), y, torch.as_tensor(vx), val_score, task.n_outputs, task.output_grad)
 
 
 def test_batched_grid_equals_sequential_single_config():
@@ -160,30 +160,116 @@ def test_batched_grid_equals_sequential_single_config():
     assert len({r.steps for r in batched}) > 1 or len({r.best_step for r in batched}) > 1
 
 
-def test_selection_never_looks_at_test_labels(monkeypatch):
+def reference_train(cid, config, data, task, settings):
+    """One configuration the plain way: autograd, torch.optim.Adam, the JukeMIR loop (evaluate at step 0
+    and every ``eval_every`` steps, stop after ``patience`` evaluations without improvement), drawing
+    its minibatches and dropout masks from the same generators as the stacked trainer."""
+    gen = P._generator(P._probe_seed(settings.seed), torch.device("cpu"))
+    params = {k: v.clone().requires_grad_(True) for k, v in P.init_params(config, DIM, data.n_out, gen,
+                                                                          torch.device("cpu")).items()}
+    opt = torch.optim.Adam(list(params.values()), lr=config.lr, weight_decay=config.weight_decay)
+    sampler = P._generator(settings.seed * 1_000_003 + config.batch_size, torch.device("cpu"))
+    mean, inv_std = P.standardizer(data.x)
+    shift, scale = (mean, inv_std) if config.standardize else (torch.zeros_like(mean), torch.ones_like(inv_std))
+    keep = 1 - config.dropout
+    n = len(data.x)
+    rows = min(config.batch_size, n)
+
+    def net(x, train):
+        h = (x - shift) * scale
+        if train:
+            h = torch.where(torch.rand(h.shape, generator=gen) < keep, h / keep, 0.0)
+        if config.hidden:
+            h = torch.relu(h @ params["w1"] + params["b1"])
+            if train:
+                h = torch.where(torch.rand(h.shape, generator=gen) < keep, h / keep, 0.0)
+            return h @ params["w2"] + params["b2"]
+        return h @ params["w1"] + params["b1"]
+
+    best, best_step, waited, step = -np.inf, 0, 0, 0
+    while True:
+        if step % settings.eval_every == 0:
+            with torch.no_grad():
+                score = float(data.val_score(net(data.val_x, False).unsqueeze(0))[0])
+            if score > best:
+                best, best_step, waited = score, step, 0
+                state = {k: v.detach().clone() for k, v in params.items()}
+            else:
+                waited += 1
+            if waited >= settings.patience or step >= settings.max_steps:
+                return best, best_step, step, state
+        idx = P.minibatches(sampler, n, config.batch_size, 1)[0]
+        assert len(idx) == rows and len(set(idx.tolist())) == rows   # without replacement
+        opt.zero_grad()
+        task.loss(net(data.x[idx], True), data.y[idx]).backward()
+        opt.step()
+        step += 1
+
+
+def test_fast_grid_equals_the_plain_jukemir_loop_and_selects_the_same_configuration():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    task = make_task(TaskSpec("genre", "multiclass", ["genre"]))
+    data = _train_data(store, task)
+    grid = P.jukemir_grid()
+    ids = [i for i, c in enumerate(grid) if c.lr >= 1e-4][::5]   # both depths, batch sizes, std on/off
+    settings = P.TrainSettings(max_steps=120, eval_every=8, patience=3, seed=4)
+    fast = P.train_configs([(i, grid[i]) for i in ids], data, settings)
+    plain = {}
+    for r in fast:
+        plain[r.config_id] = reference_train(r.config_id, r.config, data, task, settings)
+        score, best_step, steps, state = plain[r.config_id]
+        assert (r.best_step, r.steps) == (best_step, steps), r.config.label()
+        assert r.valid_score == pytest.approx(score)
+        for k, v in state.items():
+            torch.testing.assert_close(r.params[k], v, rtol=1e-4, atol=1e-5)
+    assert {c.hidden for c in (grid[i] for i in ids)} == {0, 512} and len({r.steps for r in fast}) > 1
+    best_plain = max(plain, key=lambda i: (plain[i][0], -i))
+    assert P.select(fast).config_id == best_plain
+
+
+@pytest.mark.parametrize("protocol", ["linear", "quick", "jukemir"])
+def test_selection_never_looks_at_test_labels(monkeypatch, protocol):
     url = f"memory://{uuid.uuid4().hex}"
     store = genre_store(url)
-    configs = [(i, c) for i, c in enumerate(P.jukemir_grid()) if c.hidden == 0 and c.batch_size == 64][1::4]
-    settings = P.TrainSettings(max_steps=300, eval_every=10, patience=5, seed=0)
+    settings = P.TrainSettings(max_steps=300 if protocol != "jukemir" else 80, eval_every=10, patience=4, seed=0)
     spec = TaskSpec("genre", "multiclass", ["genre"])
     calls = []
-    real_score = make_task(spec).score.__func__
+    cls = type(make_task(spec))
+    real_score, real_primary = cls.score, cls.primary_scores
 
     def spy(self, outputs, targets):
         calls.append(len(targets))
         return real_score(self, outputs, targets)
 
-    monkeypatch.setattr(type(make_task(spec)), "score", spy)
-    honest = P.evaluate_track_task(store, make_task(spec), configs, settings)
+    def spy_primary(self, outputs, targets):
+        calls.append(len(targets))
+        return real_primary(self, outputs, targets)
+
+    monkeypatch.setattr(cls, "score", spy)
+    monkeypatch.setattr(cls, "primary_scores", spy_primary)
+    honest = P.evaluate_task(store, make_task(spec), protocol, settings)
     n_valid, n_test = honest.details["tracks"]["valid"], honest.details["tracks"]["test"]
     assert n_valid != n_test and calls[-1] == n_test and calls[:-1].count(n_test) == 0   # test scored once
-    # adversarial test labels: rotate every test label; the chosen configuration must not move
+    assert calls[:-1] and set(calls[:-1]) == {n_valid}
+    # adversarial test labels: rotate every test label; the chosen probe must not move
     for i in store.split("test"):
         store.tracks[i]["genre"] = {"g0": "g1", "g1": "g2", "g2": "g0"}[store.tracks[i]["genre"]]
-    adversarial = P.evaluate_track_task(store, make_task(spec), configs, settings)
-    assert adversarial.details["config_id"] == honest.details["config_id"]
+    adversarial = P.evaluate_task(store, make_task(spec), protocol, settings)
+    chosen = "lambda" if protocol == "linear" else "config_id"
+    assert adversarial.details[chosen] == honest.details[chosen]
     assert adversarial.metrics["valid_accuracy"] == honest.metrics["valid_accuracy"]
     assert honest.metrics["accuracy"] > 0.9 and adversarial.metrics["accuracy"] < 0.1
+    if protocol == "jukemir":
+        assert honest.details["n_configs"] == 216
+
+
+def test_a_configuration_stopped_by_the_step_cap_is_reported():
+    store = genre_store(f"memory://{uuid.uuid4().hex}")
+    spec = TaskSpec("genre", "multiclass", ["genre"])
+    r = P.evaluate_task(store, make_task(spec), "quick", P.TrainSettings(max_steps=20, eval_every=8, patience=100))
+    assert r.details["capped"] == {"max_steps": 20, "configs": [r.details["config_id"]]}
+    r = P.evaluate_task(store, make_task(spec), "quick", P.TrainSettings(max_steps=10_000, eval_every=8, patience=3))
+    assert "capped" not in r.details and r.details["steps"] < 10_000
 
 
 def test_quick_probe_learns_and_is_deterministic():
@@ -248,7 +334,7 @@ def test_song_ensemble_strategy_never_looks_at_test_labels(monkeypatch):
     honest = P.evaluate_track_task(store, make_task(spec), configs, settings)
     # test: 9 songs (one call per strategy) and 27 clips, scored only after training and the choice
     assert calls.count(9) == 4 and calls.count(27) == 1 and set(calls[-5:]) == {9, 27}
-    rotate = dict(zip(SONG_KEYS, SONG_KEYS[1:] + SONG_KEYS[:1]))
+    rotate = dict(zip(SONG_KEYS, SONG_KEYS[1:] + SONG_KEYS[:1], strict=True))
     for i in store.split("test"):   # adversarial test labels (still one key per song)
         store.tracks[i]["key"] = rotate[store.tracks[i]["key"]]
     adversarial = P.evaluate_track_task(store, make_task(spec), configs, settings)
@@ -278,7 +364,7 @@ def frame_store(url, tmp_path, kind):
                 frames = np.outer(on, proto[0]) + rng.normal(size=(80, DIM)) * 0.3
             else:
                 labels = ["C:maj", "A:min", "G:7", "N"][i % 2:][:3]
-                ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels)))
+                ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels, strict=False)))
                 from mirkit.tasks import chord_class
                 cls = np.array([chord_class(labels[min(int(t // 1.3), 2)]) for t in times])
                 frames = proto[cls % 25] + rng.normal(size=(80, DIM)) * 0.3
@@ -288,12 +374,13 @@ def frame_store(url, tmp_path, kind):
     return Embeddings(url)
 
 
+@pytest.mark.parametrize("protocol", ["linear", "quick"])
 @pytest.mark.parametrize("kind,metric", [("beats", "f_measure"), ("chords", "majmin")])
-def test_frame_probe_end_to_end(tmp_path, kind, metric):
+def test_frame_probe_end_to_end(tmp_path, kind, metric, protocol):
     store = frame_store(f"memory://{uuid.uuid4().hex}", tmp_path, kind)
     task = make_task(TaskSpec(kind, kind, ["ann"]))
     settings = P.TrainSettings(max_steps=150, eval_every=15, patience=4, seed=0)
-    r = P.evaluate_task(store, task, "quick", settings)
+    r = P.evaluate_task(store, task, protocol, settings)
     assert r.metrics[metric] > 0.8
     if kind == "beats":
         assert 0.1 <= r.details["decode"]["threshold"] <= 0.9
@@ -335,7 +422,7 @@ def test_probe_command_validates_before_work(tmp_path):
     assert res.exit_code == 2 and "probe.runs.a" in res.output
 
 
-def test_probe_command_writes_metrics_and_plot_and_survives_a_bad_task(tmp_path):
+def test_probe_command_writes_other_tasks_then_fails_naming_the_bad_task(tmp_path):
     runs = {"pretrained": str(tmp_path / "a.zarr"), "random-init": str(tmp_path / "b.zarr")}
     genre_store(runs["pretrained"], seed=0)
     genre_store(runs["random-init"], seed=1)
@@ -345,11 +432,29 @@ def test_probe_command_writes_metrics_and_plot_and_survives_a_bad_task(tmp_path)
                                            "beat": {"type": "beats", "label": "genre"}},
                  out=str(out), plot=str(plot), max_steps=40, eval_every=10, patience=2, device="cpu")
     res = CliRunner().invoke(cli_app(), ["probe", "--params", str(params)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output   # a failed task fails the stage, after writing the others
+    assert "probe task(s) failed: pretrained/beat, random-init/beat" in " ".join(res.output.split())
     metrics = json.loads(out.read_text())
     assert set(metrics) == {"pretrained", "random-init"}
     assert set(metrics["pretrained"]) == {"genre"} and "accuracy" in metrics["pretrained"]["genre"]
     assert "no per-frame embeddings" in " ".join(res.output.split())
+    assert "pretrained/genre: started (1 configuration)" in res.output   # plain progress lines (no terminal)
+    assert "pretrained/genre: done in" in res.output
     details = json.loads((out.parent / "probe.details.json").read_text())
     assert "error" in details["runs"]["pretrained"]["beat"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_song_scores_of_many_configurations_at_once_equal_one_at_a_time():
+    from mirkit.tasks import Songs
+    rng = np.random.default_rng(3)
+    tracks = [{"song": f"s{i // 3}", "key": SONG_KEYS[(i // 3) % 3]} for i in range(30)]
+    songs = Songs.of(tracks, "song")
+    task = make_task(TaskSpec("key", "key", ["key"], group="song"))
+    task.fit(tracks)
+    y = task.targets(tracks)
+    outputs = rng.normal(size=(6, 30, 24))
+    outputs[:, ::4] = np.round(outputs[:, ::4])   # ties in votes and maxima
+    fast = task.song_primary_scores(torch.as_tensor(outputs), y, songs)
+    slow = [max(m["weighted_score"] for m in task.score_songs(o, y, songs).values()) for o in outputs]
+    np.testing.assert_allclose(fast, slow)

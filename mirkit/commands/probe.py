@@ -8,6 +8,7 @@ sizes) and a bar plot of each task's primary test metric per run.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,10 +16,11 @@ from typing import Any, Optional
 import typer
 
 from mirkit import ui
-from mirkit.params import ParamsError, load, param, to_dict
 from mirkit.device import pick as resolve_device
-from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task
-from mirkit.tasks import TaskSpec, check_columns, make_task, parse_tasks
+from mirkit.errors import MirkitError
+from mirkit.params import ParamsError, load, param, to_dict
+from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
+from mirkit.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
 
 
 @dataclass
@@ -27,14 +29,20 @@ class ProbeParams:
     tasks: dict = param({}, help="task name -> {type, label, group?, options?}; types: multiclass, multilabel, "
                                  "regression, key, beats, chords; group (multiclass/key) = column naming each "
                                  "clip's song: clips are ensembled per song, JukeMIR's strategy chosen on valid")
-    protocol: str = param("quick", choices=PROTOCOLS, help="quick: one configuration; jukemir: 216-config grid")
+    protocol: str = param("linear", choices=PROTOCOLS,
+                          help="linear: L2-regularised softmax/logistic/ridge solved full-batch, strength chosen on "
+                               "valid (seconds); quick: one JukeMIR configuration (Adam, early stopping); "
+                               "jukemir: the 216-configuration JukeMIR grid, chosen on valid")
     out: str = param("results/probe.json", help="metrics JSON")
     plot: str = param("results/probe.png", help="bar plot PNG comparing the runs")
     seed: int = param(0, ge=0)
     device: str = param("auto", choices=("auto", "cpu", "cuda"))
-    max_steps: int = param(10000, ge=1, help="step cap per configuration")
+    max_steps: int = param(1_000_000, ge=1, help="safety cap on steps per configuration (JukeMIR has none; "
+                                                  "early stopping ends training long before; a hit is reported)")
     eval_every: int = param(8, ge=1, help="steps between validation evaluations (JukeMIR: 8)")
     patience: int = param(256, ge=1, help="evaluations without improvement before stopping (JukeMIR: 256)")
+    threads: int = param(1, ge=0, help="torch CPU threads (0 = torch's default); probes are small, and several "
+                                        "threads on tiny products cost far more than they save on a shared machine")
     stack: int | None = param(None, ge=0, help="grid configurations trained together; null = all of a "
                               "(batch, hidden) group on CUDA, 6 on CPU (cache-sized; see docs/benchmarks.md)")
 
@@ -60,31 +68,71 @@ def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, An
     return stores
 
 
+class Reporter:
+    """Progress of one probe job: a rich bar on a terminal, else a plain line at most every
+    ``every`` seconds (what a DVC log shows): configurations done / total and the current step."""
+
+    def __init__(self, bar: Any, name: str, total: int, plain: bool, every: float = 5.0) -> None:
+        self.bar, self.name, self.total, self.plain, self.every = bar, name, total, plain, every
+        self.start = self.last = time.monotonic()
+        self.job = None if plain else bar.add_task(name, total=total, info="")
+        if plain:
+            ui.console.print(f"{name}: started ({total} configuration{'s' * (total != 1)})", highlight=False)
+
+    def __call__(self, done: int, step: int) -> None:
+        if not self.plain:
+            self.bar.update(self.job, completed=done, info=f"step {step}")
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            ui.console.print(f"{self.name}: {done}/{self.total} configurations done, step {step}, "
+                             f"{now - self.start:.0f} s", highlight=False)
+
+    def close(self, outcome: str) -> None:
+        if self.plain:
+            ui.console.print(f"{self.name}: {outcome} in {time.monotonic() - self.start:.1f} s", highlight=False)
+        else:
+            self.bar.update(self.job, completed=self.total, info=outcome)
+
+
 def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tuple[dict, dict]:
-    """Metrics ``{run: {task: {metric}}}`` and details; a failing task is reported and skipped."""
+    """Metrics ``{run: {task: {metric}}}`` and details; a failing task is reported and skipped
+    (its details hold ``error``), the other tasks still run."""
     specs = parse_tasks(params.tasks)
     stores = stores if stores is not None else open_stores(params, specs)
     device = resolve_device(params.device)
+    if device.type == "cpu" and params.threads:
+        import torch
+        torch.set_num_threads(params.threads)
     stack = params.stack if params.stack is not None else (0 if device.type == "cuda" else 6)
     settings = TrainSettings(max_steps=params.max_steps, eval_every=params.eval_every,
                              patience=params.patience, seed=params.seed, device=str(device), stack=stack)
     metrics: dict[str, dict] = {}
     details: dict[str, dict] = {}
+    plain = not ui.console.is_terminal
     with ui.progress() as bar:
         for run, store in stores.items():
             metrics[run], details[run] = {}, {}
             for name, spec in specs.items():
-                job = bar.add_task(f"{run}/{name}", total=None, info=params.protocol)
+                task = make_task(spec)
+                total = 1 if params.protocol == "linear" or isinstance(task, FrameTask) else \
+                    len(protocol_configs(params.protocol))
+                report = Reporter(bar, f"{run}/{name}", total, plain)
                 try:
-                    result = evaluate_task(store, make_task(spec), params.protocol, settings,
-                                           on_eval=lambda step, job=job: bar.update(job, info=f"step {step}"))
-                except (ValueError, OSError, KeyError) as exc:   # TaskDataError is a ValueError
+                    result = evaluate_task(store, task, params.protocol, settings, on_progress=report)
+                except (MirkitError, ValueError, OSError, KeyError) as exc:   # TaskDataError is both
+                    report.close("failed")
                     ui.console.print(f"[red]{run}/{name} failed:[/red] {exc}")
                     details[run][name] = {"error": str(exc)}
-                else:
-                    metrics[run][name] = result.metrics
-                    details[run][name] = result.details
-                bar.update(job, total=1, completed=1)
+                    continue
+                report.close("done")
+                metrics[run][name] = result.metrics
+                details[run][name] = result.details
+                capped = result.details.get("capped")
+                if capped:
+                    ui.console.print(f"[yellow]{run}/{name}: {len(capped['configs'])} configuration(s) reached "
+                                     f"max_steps={capped['max_steps']} before early stopping[/yellow]")
     return metrics, details
 
 
@@ -137,9 +185,11 @@ def comparison_table(metrics: dict, specs: dict[str, TaskSpec], params: ProbePar
 HELP = """Train probes on frozen embeddings and score them on the test split.
 
 Each run in `probe.runs` is an embeddings store (from `mirkit extract`); each task in `probe.tasks` names a
-type (multiclass, multilabel, regression, key, beats, chords) and a manifest label column. Protocol `quick`
-trains one configuration; `jukemir` trains the 216-configuration grid batched on one device, picks the best
-on the validation split and scores the test split once. Chunk outputs are averaged per track. A multiclass or
+type (multiclass, multilabel, regression, key, beats, chords) and a manifest label column. Protocol `linear`
+(default) fits standardised L2-regularised softmax / logistic / ridge probes full-batch for a grid of strengths
+and keeps the one best on the validation split (seconds); `quick` trains one JukeMIR configuration with Adam and
+early stopping; `jukemir` trains the 216-configuration JukeMIR grid batched and picks the best on validation.
+The test split is scored once, with the chosen probe. See docs/probes.md. Chunk outputs are averaged per track. A multiclass or
 key task with `group: <column>` (e.g. GiantSteps: `{type: key, label: key, group: song}`) also ensembles the
 clips of each song (vote, max, gmean, mean; JukeMIR) and reports the strategy best on validation.
 Beat and chord annotations are text/.lab files or JAMS.
@@ -177,7 +227,7 @@ def register(app: typer.Typer) -> None:
                                   ["run", "task", "test metrics", "hidden", "ensemble"], rows))
         ui.out_console.print(comparison_table(metrics, specs, params))
         failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
-        if failed:
-            ui.console.print(f"[yellow]{len(failed)} task(s) failed: {', '.join(failed)}[/yellow]")
-            if len(failed) == sum(len(d) for d in details.values()):
-                raise typer.Exit(1)
+        if failed:   # the other tasks' results are written above; the stage itself did not succeed
+            ui.console.print(f"[red]error:[/red] {len(failed)} probe task(s) failed: {', '.join(failed)} "
+                             f"(reasons above and in {Path(params.out).stem}.details.json)")
+            raise typer.Exit(1)
