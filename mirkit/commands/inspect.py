@@ -16,7 +16,7 @@ model CKPT AUDIO: per layer, attention maps (per head, averaged), self-similarit
 
 embeddings STORE --label COL: 2-D map (PCA / t-SNE) of track embeddings coloured by a label, one panel per split.
 
-training LOG.tsv: loss and learning-rate curves.
+training LOG: loss, held-out loss, learning-rate and online-probe curves (the dvclive folder).
 
 report DIR: report.md gathering what the commands above wrote into DIR.
 
@@ -110,12 +110,12 @@ def embeddings_cmd(
 
 @sub.command("training")
 def training_cmd(
-    log: Path = typer.Argument(..., help="training log TSV written by `mirkit pretrain`"),
+    log: Path = typer.Argument(..., help="dvclive folder written by `mirkit pretrain` (pretrain.log), or a TSV log"),
     out: Path = typer.Option(Path("results/inspect"), "--out", help="output folder"),
 ) -> None:
-    """Loss and learning-rate curves of a pretraining run."""
+    """Loss, held-out loss, learning-rate and online-probe curves of a pretraining run."""
     from mirkit.inspect import training_curves
-    if not log.is_file():
+    if not log.exists():
         _fail(FileNotFoundError(f"{log}: no such training log"))
     out.mkdir(parents=True, exist_ok=True)
     try:
