@@ -290,7 +290,11 @@ def train(p: PretrainParams, resume: bool = False,
 
     start = 0
     opt_cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas))
+    # fused: one vectorised pass over each parameter instead of a Python loop of elementwise ops
+    # (torch's CPU default); a fixed per-step cost that dominates once Myna drops 90 % of its tokens
+    # (bench/bench_mfu.py, docs/benchmarks.md)
+    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas),
+                        fused=device.type in ("cpu", "cuda"))
     if resume and (Path(p.out) / checkpoint.STATE_FILE).exists():
         state = checkpoint.load_train_state(p.out)
         step_w = checkpoint.load_weights(p.out, model)
@@ -342,7 +346,8 @@ def train(p: PretrainParams, resume: bool = False,
                                    f"in {p.out} (step {config['step']}) is kept — lower pretrain.lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"),
+                                                   foreach=device.type in ("cpu", "cuda"))
         if not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm.item()}; stopped. The last good "
                                    f"checkpoint in {p.out} (step {config['step']}) is kept.")
