@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from mirkit import checkpoint, recipes, store
+from mirkit import checkpoint, online_probe, recipes, store
 from mirkit.device import DEVICES, pick
 from mirkit.files import write_json
 from mirkit.live import TrainLog, grouped
@@ -72,6 +72,8 @@ class PretrainParams:
     compile: bool = param(False, help="torch.compile the model")
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
+    online_probe: dict = param({}, help="online probes: {manifest, tasks, every, protocol, ...} "
+                                       "(mirkit.online_probe); empty = none")
     log_every: int = param(10, ge=1)
     checkpoint_every: int = param(100, ge=1)
 
@@ -83,6 +85,7 @@ class PretrainParams:
         if self.val_split is not None and self.val_split in self.splits:
             raise ParamsError(f"pretrain.val_split={self.val_split!r} is also in pretrain.splits={self.splits}: "
                               "the validation loss must be measured on tracks the model does not train on")
+        online_probe.resolve_params(self.online_probe)
         if self.val_split is not None and not self.manifest:
             raise ParamsError(f"pretrain.val_split={self.val_split!r} needs pretrain.manifest (which names the splits)")
 
@@ -314,12 +317,18 @@ def train(p: PretrainParams, resume: bool = False,
     config = checkpoint.make_config(recipe, sources.features.spec, start, _plain(p))
     validation = Validation(p, recipe, sources, info, device) if p.val_split else None
     log = TrainLog(p.log, start) if info.main else None
+    probe_params = online_probe.resolve_params(p.online_probe)
+    probes = (online_probe.OnlineProbes(probe_params, p.features, recipe.feature_set, p.steps, device)
+              if probe_params and info.main else None)
 
     def evaluate(done: int) -> dict[str, float]:
-        """Validation loss at its steps (dvclive names); step 0 is the untrained baseline."""
+        """Validation loss and online probes at their steps (dvclive names); step 0 is the untrained
+        baseline. Online probes run on rank 0 only (no collective inside)."""
         values: dict[str, float] = {}
         if validation is not None and (done % p.val_every == 0 or done == p.steps):
             values.update(grouped("val", validation(model, bf16)))
+        if probes is not None and probes.due(done):
+            values.update(probes(model.encoder, checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))))
         return values
 
     history: list[dict[str, float]] = []
