@@ -51,6 +51,8 @@ def forward_terms(model, batch):
     cls = out.hidden[-1][:, : model.encoder.n_cls]
     y1, y2, y3 = model.key_profiles(cls).split(b)
     cpsd = sum(cpsd_terms(y1, y2, y3, batch["shift"], model.c).values())
+    if model.head is None:
+        return cpsd, None, h
     p = model.head(cls[: 2 * b, model.contrastive_token])
     return cpsd, nt_xent(p[:b], p[b:], model.temperature), h
 
@@ -61,11 +63,15 @@ def token_grad_norms(model, batch) -> dict[str, float]:
     model.eval()
     cpsd, ntx, h = forward_terms(model, batch)
     out = {}
+    n_cls = model.encoder.n_cls
     for name, loss in (("cpsd", cpsd), ("ntxent", ntx)):
+        if loss is None:
+            continue
         g = torch.autograd.grad(loss, h, retain_graph=True)[0].norm(dim=-1)   # (views*b, tokens)
         out[f"{name}_cls1"] = float(g[:, 0].mean())
-        out[f"{name}_cls2"] = float(g[:, 1].mean())
-        out[f"{name}_seq"] = float(g[:, 2:].mean())
+        if n_cls == 2:
+            out[f"{name}_cls2"] = float(g[:, 1].mean())
+        out[f"{name}_seq"] = float(g[:, n_cls:].mean())
     model.train()
     return out
 
@@ -97,13 +103,37 @@ def held_out_crops(recipe, sources, manifest: str, split: str) -> tuple[torch.Te
     return torch.from_numpy(np.stack(crops)), np.array(sigs)
 
 
+class StandardisedBins:
+    """A feature set whose every CQT bin (absolute, before cropping) is standardised with the train
+    tracks' mean and std: removes the spectral envelope all clips share while keeping a crop offset
+    an exact transposition (the same absolute bin gets the same statistics in every view). The
+    silence rule keeps reading the raw STONE-scaled values."""
+
+    def __init__(self, frames, tracks: list[int]):
+        self.raw, self.tracks, self.attrs, self.n_bins = frames, frames.tracks, frames.attrs, frames.n_bins
+        data = np.concatenate([frames.read(t) for t in tracks]).astype(np.float64)
+        self.mean, self.std = data.mean(0).astype(np.float32), data.std(0).astype(np.float32) + 1e-6
+
+    def n_frames(self, t: int) -> int:
+        return self.raw.n_frames(t)
+
+    def read(self, t: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        return (self.raw.read(t, start, length) - self.mean) / self.std
+
+
 def run(args, lr: float, warmup: int, log: bool = True) -> dict:
-    p = PretrainParams(recipe="mt2", recipe_params={"mt2": {"preset": args.preset, "segment_frames": args.segment_frames}},
+    p = PretrainParams(recipe="mt2", recipe_params={"mt2": {"preset": args.preset, "segment_frames": args.segment_frames,
+                                                             "objectives": args.objectives}},
                        features=args.features, manifest=args.manifest, splits=["train"], steps=args.steps,
                        batch_size=args.batch, lr=lr, warmup_steps=warmup, seed=args.seed)
     recipe = make_recipe(p)
     sources, tracks = open_sources(p, recipe)
     recipe.prepare(sources)
+    if args.standardise_bins:
+        from mirkit.recipes import mt2
+        sources.features = StandardisedBins(sources.features, tracks)
+        raw_power = mt2.cqt_power
+        mt2.cqt_power = lambda frames: raw_power(frames * sources.features.std + sources.features.mean)
     torch.manual_seed(p.seed)
     model = recipe.build_model().train()
     opt = torch.optim.AdamW(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas), fused=True)
@@ -111,6 +141,7 @@ def run(args, lr: float, warmup: int, log: bool = True) -> dict:
     diag_batch = default_collate([stream[10 ** 9 + k] for k in range(args.batch)])
     crops, sigs = held_out_crops(recipe, sources, args.manifest, "valid")
     curves: dict[str, list] = {"step": [], "loss": [], "cpsd": [], "ntxent": [], "grad_norm": []}
+    summary_extra = {"objectives": args.objectives, "standardise_bins": args.standardise_bins, "preset": args.preset}
     diags = []
     t0 = time.perf_counter()
     for step in range(p.steps):
@@ -126,13 +157,13 @@ def run(args, lr: float, warmup: int, log: bool = True) -> dict:
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip, foreach=True)
         opt.step()
         for k in ("loss", "cpsd", "ntxent"):
-            curves[k].append(float(out[k].detach()))
+            curves[k].append(float(out[k].detach()) if k in out else float("nan"))
         curves["step"].append(step + 1)
         curves["grad_norm"].append(float(gn))
     diags.append({"step": p.steps, **token_grad_norms(model, diag_batch), **key_readout(model, crops, sigs)})
     seconds = time.perf_counter() - t0
     k = max(1, min(10, p.steps // 10))
-    summary = {"lr": lr, "warmup": warmup, "steps": p.steps, "seconds": seconds,
+    summary = {**summary_extra, "lr": lr, "warmup": warmup, "steps": p.steps, "seconds": seconds,
                **{f"{n}_first": float(np.mean(curves[n][:k])) for n in ("cpsd", "ntxent")},
                **{f"{n}_last": float(np.mean(curves[n][-k:])) for n in ("cpsd", "ntxent")},
                "mean_abs_z_last": diags[-1]["mean_abs_z"], "key_signature_acc_first": diags[0]["key_signature_acc"],
@@ -160,6 +191,8 @@ def main() -> None:
     ap.add_argument("--sweep-lr", type=float, nargs="*", default=[])
     ap.add_argument("--sweep-warmup", type=int, nargs="*", default=[])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--objectives", default="both", choices=["both", "cpsd"])
+    ap.add_argument("--standardise-bins", action="store_true", help="standardise each CQT bin (train statistics)")
     ap.add_argument("--out", default="results/diagnose_mt2.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
