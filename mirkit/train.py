@@ -355,8 +355,7 @@ def train(p: PretrainParams, resume: bool = False,
                                    f"in {p.out} (step {config['step']}) is kept — lower pretrain.lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"),
-                                                   foreach=device.type in ("cpu", "cuda"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
         if not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm.item()}; stopped. The last good "
                                    f"checkpoint in {p.out} (step {config['step']}) is kept.")
