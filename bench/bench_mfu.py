@@ -185,7 +185,7 @@ def main() -> None:
                           n_params=sum(p.numel() for p in model.parameters()), times=defaultdict(list))
     peaks = [matmul_peak(args.peak_size, 3)]
     for i in range(args.warmup + args.steps):
-        for name, run in runs.items():
+        for run in runs.values():
             torch.manual_seed(100 + i)
             t = timed_step(run["model"], run["opts"], run["batch"])
             if i >= args.warmup:
@@ -208,7 +208,7 @@ def main() -> None:
         base = med["forward"] + med["backward"]
         loop, fused = base + med["clip loop"] + med["opt loop"], base + med["clip loop"] + med["opt fused"]
         steps[name] = (loop, fused)
-        share = lambda k: f"{100 * med[k] / loop:.0f} %"
+        share = lambda k, med=med, loop=loop: f"{100 * med[k] / loop:.0f} %"
         print(f"| {name} | {run['n_params'] / 1e6:.1f} M | {run['flops'] / 1e9:.2f} | {share('forward')} | "
               f"{share('backward')} | {share('clip loop')} | {share('clip foreach')} | {share('opt loop')} | {share('opt fused')} | "
               f"{loop * 1e3:.0f} / {fused * 1e3:.0f} | {run['flops'] / loop / peak:.1%} / {run['flops'] / fused / peak:.1%} |")

@@ -14,9 +14,9 @@ import argparse
 import statistics
 
 import torch
+from timing import train_step_seconds
 
 from mirkit.params import resolve
-from timing import train_step_seconds
 from mirkit.recipes.myna import MynaParams, MynaRecipe
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 METRICS_FILE = "metrics.json"
 CURVES_DIR = Path("plots") / "metrics"

@@ -112,7 +112,7 @@ class OnlineProbes:
             out[i] = emb
         with EmbeddingsWriter(url, dim, frames=self.frames, flush_every=1 << 30, layer=layer, pooling=pooling) as w:
             for split_as, keep in (("train", "train"), ("valid", "valid"), ("test", "valid")):
-                for row, offset, emb in zip(self.rows, self.offsets, out):
+                for row, offset, emb in zip(self.rows, self.offsets, out, strict=True):
                     if row["split"] == keep:
                         times = emb.frame_times + offset if self.frames else None
                         w.append({**row, "track_id": f"{row['track_id']}#{split_as}", "split": split_as},

@@ -14,14 +14,13 @@ under DDP the global batch holds the same examples whatever the number of proces
 
 from __future__ import annotations
 
-from mirkit.errors import MirkitError
-
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mirkit import checkpoint, online_probe, recipes, store
 from mirkit.device import DEVICES, pick
+from mirkit.errors import MirkitError
 from mirkit.files import write_json
 from mirkit.live import TrainLog, grouped
 from mirkit.manifest import read_manifest

@@ -20,7 +20,7 @@ COLOURS = ("red", "blue", "red", "blue", "red", "blue")
 def labelled_manifest(tmp_path, corpus, extra_test_row=False):
     wavs = sorted(Path(corpus["audio"]).glob("*.wav"))
     rows = ["path,track_id,split,colour,level"] + [f"{p},{p.name},{s},{c},{0.5 * i}" for i, (p, s, c)
-                                                   in enumerate(zip(wavs, SPLITS, COLOURS))]
+                                                   in enumerate(zip(wavs, SPLITS, COLOURS, strict=True))]
     if extra_test_row:   # a test clip whose features are nowhere: touching it would fail
         rows.append(f"{wavs[0]},not-in-the-store.wav,test,red,1.0")
     path = tmp_path / "labels.csv"
@@ -39,7 +39,8 @@ def params(tmp_path, corpus, manifest, **kw):
 
 def test_step_zero_online_probe_equals_the_probe_stage_on_the_same_random_init(tmp_path, tiny_corpus):
     from mirkit.embeddings import Embeddings
-    from mirkit.extract import ExtractParams, run as extract
+    from mirkit.extract import ExtractParams
+    from mirkit.extract import run as extract
     from mirkit.probe import TrainSettings, evaluate_task
     from mirkit.tasks import make_task, parse_tasks
     manifest = labelled_manifest(tmp_path, tiny_corpus)

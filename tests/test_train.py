@@ -214,6 +214,7 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
 def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
     """DDP runs without the unused-parameter search, so every recipe variant must use all its parameters."""
     from torch.utils.data import default_collate
+
     from mirkit.train import ExampleStream, make_recipe, open_sources
     p = PretrainParams(recipe=recipe, recipe_params={recipe: {**TINY[recipe], **extra}}, manifest=None,
                        features=tiny_corpus["features"], tokens=tiny_corpus["tokens"], batch_size=4)
@@ -227,7 +228,7 @@ def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
 
 
 def write_split_manifest(path, corpus, splits=("train", "train", "train", "train", "valid", "valid")):
-    rows = ["path,track_id,split"] + [f"{p},{p.name},{s}" for p, s in zip(sorted(Path(corpus["audio"]).glob("*.wav")), splits)]
+    rows = ["path,track_id,split"] + [f"{p},{p.name},{s}" for p, s in zip(sorted(Path(corpus["audio"]).glob("*.wav")), splits, strict=True)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return str(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,9 +34,9 @@ def _fail(exc: Exception, code: int = 1) -> None:
 @sub.command("model")
 def model_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
-    audio: Optional[Path] = typer.Argument(None, help="audio file (or use --manifest and --track)"),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
-    track: Optional[str] = typer.Option(None, "--track", help="track id in --manifest"),
+    audio: Path | None = typer.Argument(None, help="audio file (or use --manifest and --track)"),
+    manifest: Path | None = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
+    track: str | None = typer.Option(None, "--track", help="track id in --manifest"),
     start: float = typer.Option(0.0, "--start", help="seconds into the audio where the inspected window starts"),
     out: Path = typer.Option(Path("results/inspect/model"), "--out", help="output folder"),
     random_init: bool = typer.Option(False, "--random-init", help="same architecture, freshly initialised"),

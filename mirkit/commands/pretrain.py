@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,10 +29,10 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain", help=HELP)
     def pretrain(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `pretrain` is read"),
-        recipe: Optional[str] = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
-        preset: Optional[str] = typer.Option(None, help="model preset (overrides pretrain.preset)"),
+        recipe: str | None = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
+        preset: str | None = typer.Option(None, help="model preset (overrides pretrain.preset)"),
         resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in `out`"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
     ) -> None:
         from mirkit.checkpoint import CheckpointError
         from mirkit.manifest import ManifestError
