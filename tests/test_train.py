@@ -254,6 +254,10 @@ def test_validation_loss_is_held_out_deterministic_and_leaves_training_untouched
     assert json.loads((Path(with_val.log) / "metrics.json").read_text())["val"]["loss"] == values[-1]
     assert result.history[0]["step"] == 0 and result.history[0]["val/loss"] == values[0]
 
+    from mirkit.inspect import training_curves
+    info = training_curves(with_val.log, tmp_path / "training.png")
+    assert info["steps"] == 5 and "val/loss" in info["curves"] and info["last_loss"] == curves["train/loss"][1][-1]
+
     resumed = make_params(tmp_path / "resumed", tiny_corpus, recipe, val_split="valid", **kw)
     _train_until(resumed, stop_after=2)
     train(resumed, resume=True)
