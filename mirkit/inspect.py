@@ -360,7 +360,7 @@ def training_curves(log_path: str | Path, out_path: str | Path) -> dict[str, Any
     for k in losses:
         ax_loss.plot(*curves[k], label=k, ls="--" if k.startswith("val/") else "-")
     ax_loss.set_xlabel("step"), ax_loss.set_ylabel("loss"), ax_loss.legend(fontsize=7)
-    ax_loss.set_title(f"{Path(log_path).name}: loss", fontsize=9)
+    ax_loss.set_title("loss (dashed: held-out)" if any(k.startswith("val/") for k in losses) else "loss", fontsize=9)
     if "train/lr" in curves:
         ax_lr.plot(*curves["train/lr"], color="C3")
     ax_lr.set_xlabel("step"), ax_lr.set_ylabel("learning rate")
