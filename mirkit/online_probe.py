@@ -9,8 +9,9 @@ on the ``train`` split and scored on ``valid``. The ``test`` split is never read
 embedded, so no online number can leak test labels into training choices.
 
 Because the probe stage always ends with one scoring pass on a ``test`` split, the in-memory store
-carries the valid clips a second time under that name: the "test" metrics it returns are the
-chosen probe's valid metrics (nothing is selected on them).
+carries the valid clips a second time under that name. The logged number is the stage's own
+``valid_<metric>`` where it reports one (track-level tasks), else the chosen probe's metric on that
+valid copy (frame-level tasks); nothing is selected on it.
 
 Cost: one embedding pass over the labelled clips plus one probe per task; the training loop counts
 it in ``TrainResult.eval_seconds``, outside throughput. Under DDP only rank 0 probes. The
@@ -132,7 +133,11 @@ class OnlineProbes:
                 for name, spec in self.specs.items():
                     task = make_task(spec)
                     result = evaluate_task(store, task, self.p.protocol, settings)
-                    values[f"probe/{name}/{task.primary}"] = float(result.metrics[task.primary])
+                    # the stage's own validation number when it reports one (track tasks), else the
+                    # chosen probe's score on the valid copy named "test"
+                    metrics = result.metrics
+                    values[f"probe/{name}/{task.primary}"] = float(metrics.get(f"valid_{task.primary}",
+                                                                               metrics[task.primary]))
         finally:
             _forget(store.url)
         return values
