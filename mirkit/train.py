@@ -268,6 +268,7 @@ class TrainResult:
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     eval_seconds: float = 0.0          # validation loss and online probes (inside ``seconds``)
+    probe_seconds: float = 0.0         # online probes alone (inside ``eval_seconds``)
 
 
 def train(p: PretrainParams, resume: bool = False,
@@ -321,6 +322,8 @@ def train(p: PretrainParams, resume: bool = False,
     probes = (online_probe.OnlineProbes(probe_params, p.features, recipe.feature_set, p.steps, device)
               if probe_params and info.main else None)
 
+    probe_seconds = [0.0]
+
     def evaluate(done: int) -> dict[str, float]:
         """Validation loss and online probes at their steps (dvclive names); step 0 is the untrained
         baseline. Online probes run on rank 0 only (no collective inside)."""
@@ -328,7 +331,9 @@ def train(p: PretrainParams, resume: bool = False,
         if validation is not None and (done % p.val_every == 0 or done == p.steps):
             values.update(grouped("val", validation(model, bf16)))
         if probes is not None and probes.due(done):
+            t = time.perf_counter()
             values.update(probes(model.encoder, checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))))
+            probe_seconds[0] += time.perf_counter() - t
         return values
 
     history: list[dict[str, float]] = []
@@ -389,7 +394,8 @@ def train(p: PretrainParams, resume: bool = False,
     train_rows = [r for r in history if "loss" in r]
     result = TrainResult(steps=p.steps, final_loss=last.get("loss", float("nan")), seconds=seconds,
                          samples_per_s=seen / max(seconds - eval_seconds, 1e-9), n_params=n_params, out=p.out,
-                         resumed_from=start, history=history, eval_seconds=eval_seconds)
+                         resumed_from=start, history=history, eval_seconds=eval_seconds,
+                         probe_seconds=probe_seconds[0])
     if info.main:
         write_json(p.summary, {"recipe": recipe.name, "preset": recipe.params.preset, "steps": p.steps,
                                "final_loss": result.final_loss, "n_params": n_params,

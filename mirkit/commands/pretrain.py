@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
             ("loss (first logged -> last)", f"{first:.4f} -> {result.final_loss:.4f}"),
             *([(f"held-out loss ({p.val_split}, first -> last)", f"{val[0]:.4f} -> {val[-1]:.4f}")] if val else []),
             ("throughput", f"{result.samples_per_s:.1f} samples/s"),
-            ("time", f"{result.seconds:.1f} s" + (f" ({result.eval_seconds:.1f} s evaluating)" if result.eval_seconds else "")),
+            ("time", f"{result.seconds:.1f} s" + (f" (evaluating {result.eval_seconds:.1f} s, of which online probes "
+                                                  f"{result.probe_seconds:.1f} s)" if result.eval_seconds else "")),
             ("checkpoint", f"{result.out}/model.safetensors + config.json"),
             ("curves / summary", f"{p.log} (dvclive) / {p.summary}"),
         ]))
