@@ -42,7 +42,7 @@ class OnlineProbeParams:
                                                             "probed (test never), features from pretrain.features")
     tasks: dict = param({}, help="task name -> {type, label, ...}, the probe stage's syntax")
     every: int = param(100, ge=1, help="steps between online probes (plus step 0 and the last step)")
-    protocol: str = param("quick", help="probe protocol (the probe stage's)")
+    protocol: str = param("linear", help="probe protocol (the probe stage's; linear takes seconds)")
     layer: int = param(-1, ge=-1, help="encoder layer (-1 = last, as extract)")
     pooling: str | None = param(None, help="null = the model's default pooling (as extract)")
     seed: int = param(0, ge=0, help="probe seed (as probe.seed)")
