@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -325,34 +326,56 @@ def _numeric(values: Sequence[Any]) -> np.ndarray | None:
 
 
 # ------------------------------------------------------------------------------------ training
-def read_log(path: str | Path) -> dict[str, np.ndarray]:
-    """A training log TSV (``step  loss  lr ...``, as ``mirkit pretrain`` writes it) as columns."""
+def read_log(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Curves ``{name: (steps, values)}`` of a training run: the dvclive folder ``mirkit pretrain``
+    writes (``train/loss``, ``train/lr``, ``val/loss``, ``probe/...``), or a TSV with a ``step`` column."""
+    from mirkit.live import read_curves
+    path = Path(path)
+    if path.is_dir():
+        curves = read_curves(path)
+        if not curves:
+            raise ValueError(f"{path}: no dvclive curves under plots/metrics (not a `mirkit pretrain` log folder)")
+        return {k: (np.asarray(s, float), np.asarray(v, float)) for k, (s, v) in curves.items()}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or "step" not in rows[0]:
         raise ValueError(f"{path}: not a training log (needs a header with 'step')")
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    cols = {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    return {("train/" + k if not k.startswith(("val/", "probe/")) else k): (cols["step"], v)
+            for k, v in cols.items() if k != "step"}
 
 
 def training_curves(log_path: str | Path, out_path: str | Path) -> dict[str, Any]:
-    """Loss curves (every ``loss*`` column) and the learning rate, side by side."""
-    cols = read_log(log_path)
+    """Loss curves (training loss and its terms, held-out loss), the learning rate and, when the
+    run had online probes, their metrics, side by side."""
+    curves = read_log(log_path)
+    probes = sorted(k for k in curves if k.startswith("probe/"))
+    losses = [k for k in curves if k.startswith(("train/loss", "val/loss"))] + sorted(
+        k for k in curves if k.startswith(("train/", "val/")) and k.split("/", 1)[1] not in
+        ("lr", "grad_norm", "samples_per_s") and not k.split("/", 1)[1].startswith("loss"))
     plt = _pyplot()
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 4), dpi=DPI)
-    losses = [k for k in cols if k.startswith("loss")]
+    n = 3 if probes else 2
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), dpi=DPI)
+    ax_loss, ax_lr = axes[0], axes[1]
     for k in losses:
-        ax_loss.plot(cols["step"], cols[k], label=k)
+        ax_loss.plot(*curves[k], label=k, ls="--" if k.startswith("val/") else "-")
     ax_loss.set_xlabel("step"), ax_loss.set_ylabel("loss"), ax_loss.legend(fontsize=7)
-    ax_loss.set_title(f"{Path(log_path).name}: loss", fontsize=9)
-    if "lr" in cols:
-        ax_lr.plot(cols["step"], cols["lr"], color="C3")
+    ax_loss.set_title("loss (dashed: held-out)" if any(k.startswith("val/") for k in losses) else "loss", fontsize=9)
+    if "train/lr" in curves:
+        ax_lr.plot(*curves["train/lr"], color="C3")
     ax_lr.set_xlabel("step"), ax_lr.set_ylabel("learning rate")
     ax_lr.set_title("learning rate", fontsize=9)
+    if probes:
+        for k in probes:
+            axes[2].plot(*curves[k], marker="o", label=k.removeprefix("probe/"))
+        axes[2].set_xlabel("step"), axes[2].set_ylabel("valid score"), axes[2].legend(fontsize=7)
+        axes[2].set_title("online probes (valid split)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_path, dpi=DPI)
     plt.close(fig)
-    loss = cols.get("loss")
-    return {"log": str(log_path), "steps": int(np.nanmax(cols["step"])), "curves": losses,
+    steps, loss = curves.get("train/loss", (np.array([np.nan]), None))
+    return {"log": str(log_path), "steps": int(np.nanmax(np.concatenate([s for s, _ in curves.values()]))),
+            "curves": losses + probes,
             "first_loss": None if loss is None else float(loss[0]),
             "last_loss": None if loss is None else float(loss[-1])}
 

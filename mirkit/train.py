@@ -3,7 +3,8 @@
 It knows nothing about papers: a recipe (``mirkit.recipes``) says which features to read, how to
 draw one example and what the loss is. The loop does devices, bf16 autocast on CUDA (fp32 on
 CPU), AdamW/Adam with cosine schedule and warm-up, gradient clipping, optional torch.compile,
-DDP under ``torchrun``, atomic checkpoints, exact resume, NaN guards and logs.
+DDP under ``torchrun``, atomic checkpoints, exact resume, NaN guards, a validation loss on a
+held-out split and step metrics through dvclive (:mod:`mirkit.live`).
 
 Reproducibility: example ``k`` of the run (a global counter over steps × global batch) is drawn
 from ``numpy.random.default_rng([seed, k])`` and the torch RNG is re-seeded at every step from
@@ -13,23 +14,24 @@ under DDP the global batch holds the same examples whatever the number of proces
 
 from __future__ import annotations
 
-from mirkit.errors import MirkitError
-
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from mirkit import checkpoint, recipes, store
+from mirkit import checkpoint, online_probe, recipes, store
 from mirkit.device import DEVICES, pick
+from mirkit.errors import MirkitError
 from mirkit.files import write_json
+from mirkit.live import TrainLog, grouped
 from mirkit.manifest import read_manifest
 from mirkit.params import ParamsError, param, resolve
 from mirkit.recipes.base import Recipe, Sources
@@ -46,8 +48,13 @@ class PretrainParams:
     tokens: str = param("data/tokens.zarr", help="token store written by `mirkit tokens` (muse-lq)")
     manifest: str | None = param(None, help="optional manifest to restrict training tracks by split")
     splits: list[str] = param(["train"], help="splits of `manifest` used for pretraining")
+    val_split: str | None = param(None, help="split of `manifest` held out for the validation loss (the "
+                                             "recipe's own loss on fixed crops); null = none")
+    val_every: int = param(100, ge=1, help="steps between validation losses (also at the last step)")
+    val_batches: int = param(4, ge=1, help="held-out batches of `batch_size` fixed examples per validation")
     out: str = param("models/pretrain", help="checkpoint directory")
-    log: str = param("results/pretrain/log.tsv", help="training curve (a DVC plot)")
+    log: str = param("results/pretrain/live", help="dvclive folder: metrics.json (dvc metrics / exp show) "
+                                                   "and one curve per metric under plots/metrics (dvc plots)")
     summary: str = param("results/pretrain/summary.json", help="final numbers (a DVC metric)")
     steps: int = param(200, ge=1)
     batch_size: int = param(16, ge=2, help="GLOBAL batch (split over DDP ranks)")
@@ -65,6 +72,8 @@ class PretrainParams:
     compile: bool = param(False, help="torch.compile the model")
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
+    online_probe: dict = param({}, help="online probes: {manifest, tasks, every, protocol, ...} "
+                                       "(mirkit.online_probe); empty = none")
     log_every: int = param(10, ge=1)
     checkpoint_every: int = param(100, ge=1)
 
@@ -73,6 +82,12 @@ class PretrainParams:
             raise ParamsError(f"pretrain.betas={self.betas}: expected two numbers in [0, 1)")
         if self.warmup_steps >= self.steps and self.steps > 1:
             raise ParamsError(f"pretrain.warmup_steps={self.warmup_steps}: must be < steps ({self.steps})")
+        if self.val_split is not None and self.val_split in self.splits:
+            raise ParamsError(f"pretrain.val_split={self.val_split!r} is also in pretrain.splits={self.splits}: "
+                              "the validation loss must be measured on tracks the model does not train on")
+        online_probe.resolve_params(self.online_probe)
+        if self.val_split is not None and not self.manifest:
+            raise ParamsError(f"pretrain.val_split={self.val_split!r} needs pretrain.manifest (which names the splits)")
 
 
 #: per-process LRU of whole tracks when the set is not loaded into RAM (``in_memory: false``)
@@ -112,13 +127,52 @@ def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]
     for frames in (feats, tokens):
         if frames is not None:
             frames.load_into_memory() if p.in_memory else frames.cache_tracks(TRACK_CACHE_BYTES)
-    chosen = list(range(len(feats)))
-    if p.manifest:
-        wanted = {t.track_id for t in read_manifest(p.manifest) if t.split in p.splits}
-        chosen = [i for i, t in enumerate(feats.tracks) if t.track_id in wanted]
+    chosen = tracks_of_splits(p, feats, p.splits) if p.manifest else list(range(len(feats)))
     if len(chosen) < 2:
         raise store.StoreError(f"{p.features}/{recipe.feature_set}: {len(chosen)} usable track(s); pretraining needs at least 2")
     return Sources(feats, tokens), chosen
+
+
+def tracks_of_splits(p: PretrainParams, feats: Any, splits: list[str]) -> list[int]:
+    """Positions in the feature set of the manifest's tracks whose split is in ``splits``."""
+    wanted = {t.track_id for t in read_manifest(p.manifest) if t.split in splits}
+    return [i for i, t in enumerate(feats.tracks) if t.track_id in wanted]
+
+
+class Validation:
+    """The recipe's own loss on held-out tracks: ``val_batches`` batches of fixed examples (crops
+    drawn once from ``rng([seed, 1, k])``), the model in eval mode, masks from a fixed seed inside a
+    forked RNG, so the numbers are deterministic and the training RNG stream is untouched (resume
+    stays exact). Under DDP every rank evaluates its share of each batch (contrastive negatives span
+    the global batch, as in training) and the means are averaged."""
+
+    def __init__(self, p: PretrainParams, recipe: Recipe, sources: Sources, info: DistInfo, device: torch.device):
+        tracks = tracks_of_splits(p, sources.features, [p.val_split])
+        if not tracks:
+            raise store.StoreError(f"{p.features}/{recipe.feature_set}: no track of split '{p.val_split}' of "
+                                   f"{p.manifest} (pretrain.val_split)")
+        from torch.utils.data import default_collate
+        stream = ExampleStream(recipe, sources, tracks, p.seed)
+        self.batches = [default_collate([stream[k] for k in idx])
+                        for idx in batch_indices(0, p.val_batches, p.batch_size, info.rank, info.world)]
+        self.n_tracks, self.seed, self.info, self.device = len(tracks), p.seed, info, device
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, bf16: bool) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for batch in self.batches:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = model(batch)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+        model.train(was_training)
+        return _mean_across({k: v / len(self.batches) for k, v in sums.items()}, self.info, self.device)
 
 
 class ExampleStream(Dataset):
@@ -213,6 +267,8 @@ class TrainResult:
     out: str
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    eval_seconds: float = 0.0          # validation loss and online probes (inside ``seconds``)
+    probe_seconds: float = 0.0         # online probes alone (inside ``eval_seconds``)
 
 
 def train(p: PretrainParams, resume: bool = False,
@@ -238,7 +294,11 @@ def train(p: PretrainParams, resume: bool = False,
 
     start = 0
     opt_cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas))
+    # fused: one vectorised pass over each parameter instead of a Python loop of elementwise ops
+    # (torch's CPU default); a fixed per-step cost that dominates once Myna drops 90 % of its tokens
+    # (bench/bench_mfu.py, docs/benchmarks.md)
+    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas),
+                        fused=device.type in ("cpu", "cuda"))
     if resume and (Path(p.out) / checkpoint.STATE_FILE).exists():
         state = checkpoint.load_train_state(p.out)
         step_w = checkpoint.load_weights(p.out, model)
@@ -256,16 +316,36 @@ def train(p: PretrainParams, resume: bool = False,
                         num_workers=p.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=False)
     config = checkpoint.make_config(recipe, sources.features.spec, start, _plain(p))
-    log_path = Path(p.log)
-    if info.main:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if start == 0 or not log_path.exists():
-            log_path.write_text("")
-        _truncate_log(log_path, start)
+    validation = Validation(p, recipe, sources, info, device) if p.val_split else None
+    log = TrainLog(p.log, start) if info.main else None
+    probe_params = online_probe.resolve_params(p.online_probe)
+    probes = (online_probe.OnlineProbes(probe_params, p.features, recipe.feature_set, p.steps, device)
+              if probe_params and info.main else None)
+
+    probe_seconds = [0.0]
+
+    def evaluate(done: int) -> dict[str, float]:
+        """Validation loss and online probes at their steps (dvclive names); step 0 is the untrained
+        baseline. Online probes run on rank 0 only (no collective inside)."""
+        values: dict[str, float] = {}
+        if validation is not None and (done % p.val_every == 0 or done == p.steps):
+            values.update(grouped("val", validation(model, bf16)))
+        if probes is not None and probes.due(done):
+            t = time.perf_counter()
+            values.update(probes(model.encoder, checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))))
+            probe_seconds[0] += time.perf_counter() - t
+        return values
 
     history: list[dict[str, float]] = []
     model.train()
-    t0, seen, last = time.perf_counter(), 0, {}
+    t0, seen, last, eval_seconds = time.perf_counter(), 0, {}, 0.0
+    if start == 0:   # the untrained baseline
+        first = evaluate(0)
+        if first:
+            history.append({**first, "step": 0})
+            if log is not None:
+                log.log(0, first)
+        eval_seconds = time.perf_counter() - t0
     step = start
     for step, batch in enumerate(loader, start=start):
         for group in optimizer.param_groups:
@@ -287,52 +367,43 @@ def train(p: PretrainParams, resume: bool = False,
         optimizer.step()
         seen += p.batch_size
         done = step + 1
+        values: dict[str, float] = {}
         if done % p.log_every == 0 or done == p.steps:
-            elapsed = time.perf_counter() - t0
+            train_time = time.perf_counter() - t0 - eval_seconds
             row = {k: float(v.detach()) for k, v in out.items()}
             row = _mean_across(row, info, device)
-            row.update(step=done, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
-                       samples_per_s=seen / max(elapsed, 1e-9))
+            row.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+                       samples_per_s=seen / max(train_time, 1e-9))
+            values.update(grouped("train", row))
+        t_eval = time.perf_counter()
+        values.update(evaluate(done))
+        eval_seconds += time.perf_counter() - t_eval     # throughput counts training time only
+        if values:
+            row = {**{k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("train/")},
+                   **{k: v for k, v in values.items() if not k.startswith("train/")}, "step": done}
             history.append(row)
-            last = row
-            if info.main:
-                _append_log(log_path, row)
+            last = {**last, **row}
+            if log is not None:
+                log.log(done, values)
         if info.main and (done % p.checkpoint_every == 0 or done == p.steps):
             config = checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))
             checkpoint.save(p.out, model, config, {"optimizer": optimizer.state_dict()})
         if on_step and last.get("step") == done:
             on_step(done, last)
     seconds = time.perf_counter() - t0
+    train_rows = [r for r in history if "loss" in r]
     result = TrainResult(steps=p.steps, final_loss=last.get("loss", float("nan")), seconds=seconds,
-                         samples_per_s=seen / max(seconds, 1e-9), n_params=n_params, out=p.out,
-                         resumed_from=start, history=history)
+                         samples_per_s=seen / max(seconds - eval_seconds, 1e-9), n_params=n_params, out=p.out,
+                         resumed_from=start, history=history, eval_seconds=eval_seconds,
+                         probe_seconds=probe_seconds[0])
     if info.main:
         write_json(p.summary, {"recipe": recipe.name, "preset": recipe.params.preset, "steps": p.steps,
                                "final_loss": result.final_loss, "n_params": n_params,
-                               "first_logged_loss": history[0]["loss"] if history else None})
+                               "first_logged_loss": train_rows[0]["loss"] if train_rows else None,
+                               "final_val_loss": last.get("val/loss")})
     return result
 
 
 def _plain(p: PretrainParams) -> dict[str, Any]:
     import dataclasses
     return dataclasses.asdict(p)
-
-
-def _append_log(path: Path, row: dict[str, float]) -> None:
-    """Append one TSV row (what `dvc plots` reads); the header is fixed by the first row."""
-    if not path.exists() or path.stat().st_size == 0:
-        keys = ["step", "loss", "lr"] + sorted(k for k in row if k not in ("step", "loss", "lr"))
-        path.write_text("\t".join(keys) + "\n")
-    with path.open() as f:
-        keys = f.readline().rstrip("\n").split("\t")
-    with path.open("a") as f:
-        f.write("\t".join(f"{row.get(k, float('nan')):.6g}" for k in keys) + "\n")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume keep only the rows up to the resumed step."""
-    lines = path.read_text().splitlines()
-    if not lines:
-        return
-    kept = [lines[0]] + [ln for ln in lines[1:] if float(ln.split("\t")[0]) <= step]
-    path.write_text("\n".join(kept) + "\n")

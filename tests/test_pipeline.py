@@ -39,8 +39,8 @@ def test_dvc_repro_runs_the_whole_pipeline_and_then_only_what_changed(tmp_path):
     assert set(metrics) == {"pretrained", "random-init"}
     assert set(metrics["pretrained"]) == set(params["probe"]["tasks"])
     assert (tmp_path / "models" / "pretrain" / "model.safetensors").is_file()
-    log = (tmp_path / "results" / "pretrain" / "log.tsv").read_text().splitlines()
-    assert log[0].startswith("step\tloss")
+    log = (tmp_path / "results" / "pretrain" / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert log[0] == "step\tloss"
     losses = [float(row.split("\t")[1]) for row in log[1:]]
     assert sum(losses[-5:]) < sum(losses[:5]), "pretraining did not lower the loss"
     # the point of pretraining: its embeddings beat a randomly initialised twin on chords, the clearest gap at

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mirkit import checkpoint
 from mirkit.cli import app
+from mirkit.live import read_curves
 from mirkit.train import PretrainParams, TrainingDiverged, batch_indices, lr_factor, train
 
 ROOT = Path(__file__).parent.parent
@@ -25,7 +26,7 @@ TINY = {
 
 def make_params(tmp_path, corpus, recipe="myna", **kw):
     base = dict(recipe=recipe, recipe_params={recipe: dict(TINY[recipe])}, features=corpus["features"],
-                tokens=corpus["tokens"], out=str(tmp_path / "ckpt"), log=str(tmp_path / "log.tsv"),
+                tokens=corpus["tokens"], out=str(tmp_path / "ckpt"), log=str(tmp_path / "live"),
                 summary=str(tmp_path / "summary.json"), steps=4, batch_size=4, warmup_steps=1,
                 log_every=1, checkpoint_every=2, lr=1e-3)
     base.update(kw)
@@ -64,8 +65,14 @@ def test_training_writes_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus, r
     weights_resumed = load_file(str(Path(interrupted.out) / "model.safetensors"))
     for k in weights_full:
         torch.testing.assert_close(weights_resumed[k], weights_full[k], rtol=0, atol=0)
-    log = (tmp_path / "b" / "log.tsv").read_text().splitlines()
-    assert [row.split("\t")[0] for row in log[1:]] == ["1", "2", "3", "4"]
+    curves_full, curves_resumed = read_curves(full.log), read_curves(interrupted.log)
+    assert curves_resumed["train/loss"][0] == [1, 2, 3, 4]
+    assert _timeless(curves_resumed) == _timeless(curves_full)
+
+
+def _timeless(curves):
+    """Curves without the throughput (wall-clock) one."""
+    return {k: v for k, v in curves.items() if k != "train/samples_per_s"}
 
 
 class _Stop(Exception):
@@ -180,8 +187,8 @@ def test_torchrun_cli_trains_muse_lq_with_ddp(tmp_path, tiny_corpus):
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((Path(p.out) / "config.json").read_text())
     assert config["step"] == 3 and config["recipe"] == "muse-lq"
-    rows = Path(p.log).read_text().splitlines()
-    assert len(rows) == 4 and all(np.isfinite(float(r.split("\t")[1])) for r in rows[1:])
+    steps, losses = read_curves(p.log)["train/loss"]
+    assert steps == [1, 2, 3] and all(np.isfinite(losses))
     checkpoint.load_model(p.out)
 
 
@@ -207,6 +214,7 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
 def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
     """DDP runs without the unused-parameter search, so every recipe variant must use all its parameters."""
     from torch.utils.data import default_collate
+
     from mirkit.train import ExampleStream, make_recipe, open_sources
     p = PretrainParams(recipe=recipe, recipe_params={recipe: {**TINY[recipe], **extra}}, manifest=None,
                        features=tiny_corpus["features"], tokens=tiny_corpus["tokens"], batch_size=4)
@@ -217,3 +225,50 @@ def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
     stream = ExampleStream(r, sources, tracks, 0)
     model(default_collate([stream[k] for k in range(4)]))["loss"].backward()
     assert [n for n, q in model.named_parameters() if q.grad is None] == []
+
+
+def write_split_manifest(path, corpus, splits=("train", "train", "train", "train", "valid", "valid")):
+    rows = ["path,track_id,split"] + [f"{p},{p.name},{s}" for p, s in zip(sorted(Path(corpus["audio"]).glob("*.wav")), splits, strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("recipe", ["contrastive", "myna"])
+def test_validation_loss_is_held_out_deterministic_and_leaves_training_untouched(tmp_path, tiny_corpus, recipe):
+    """The held-out loss is logged at step 0, every val_every steps and at the end; it does not move the
+    training RNG or the BatchNorm statistics (same weights as a run without it); a resumed run logs the
+    same numbers (fixed crops, fixed masks)."""
+    manifest = write_split_manifest(tmp_path / "m.csv", tiny_corpus)
+    kw = dict(manifest=manifest, splits=["train"], steps=5, val_every=2, val_batches=2)
+    plain = make_params(tmp_path / "plain", tiny_corpus, recipe, **{k: v for k, v in kw.items() if k.startswith(("man", "spl", "ste"))})
+    with_val = make_params(tmp_path / "val", tiny_corpus, recipe, val_split="valid", **kw)
+    train(plain)
+    result = train(with_val)
+    a, b = (load_file(str(Path(q.out) / "model.safetensors")) for q in (plain, with_val))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+    curves = read_curves(with_val.log)
+    steps, values = curves["val/loss"]
+    assert steps == [0, 2, 4, 5] and all(np.isfinite(values)) and len(set(values)) == 4
+    assert json.loads((Path(with_val.log) / "metrics.json").read_text())["val"]["loss"] == values[-1]
+    assert result.history[0]["step"] == 0 and result.history[0]["val/loss"] == values[0]
+
+    from mirkit.inspect import training_curves
+    info = training_curves(with_val.log, tmp_path / "training.png")
+    assert info["steps"] == 5 and "val/loss" in info["curves"] and info["last_loss"] == curves["train/loss"][1][-1]
+
+    resumed = make_params(tmp_path / "resumed", tiny_corpus, recipe, val_split="valid", **kw)
+    _train_until(resumed, stop_after=2)
+    train(resumed, resume=True)
+    assert _timeless(read_curves(resumed.log)) == _timeless(curves)
+
+
+def test_validation_split_must_be_held_out(tmp_path, tiny_corpus):
+    from mirkit.params import ParamsError
+    with pytest.raises(ParamsError, match="val_split='valid' is also in pretrain.splits"):
+        make_params(tmp_path, tiny_corpus, manifest="m.csv", splits=["train", "valid"], val_split="valid").check()
+    manifest = write_split_manifest(tmp_path / "m.csv", tiny_corpus, splits=("train",) * 6)
+    p = make_params(tmp_path, tiny_corpus, manifest=manifest, splits=["train"], val_split="valid")
+    with pytest.raises(Exception, match="no track of split 'valid'"):
+        train(p)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,7 @@ model CKPT AUDIO: per layer, attention maps (per head, averaged), self-similarit
 
 embeddings STORE --label COL: 2-D map (PCA / t-SNE) of track embeddings coloured by a label, one panel per split.
 
-training LOG.tsv: loss and learning-rate curves.
+training LOG: loss, held-out loss, learning-rate and online-probe curves (the dvclive folder).
 
 report DIR: report.md gathering what the commands above wrote into DIR.
 
@@ -35,9 +34,9 @@ def _fail(exc: Exception, code: int = 1) -> None:
 @sub.command("model")
 def model_cmd(
     checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
-    audio: Optional[Path] = typer.Argument(None, help="audio file (or use --manifest and --track)"),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
-    track: Optional[str] = typer.Option(None, "--track", help="track id in --manifest"),
+    audio: Path | None = typer.Argument(None, help="audio file (or use --manifest and --track)"),
+    manifest: Path | None = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
+    track: str | None = typer.Option(None, "--track", help="track id in --manifest"),
     start: float = typer.Option(0.0, "--start", help="seconds into the audio where the inspected window starts"),
     out: Path = typer.Option(Path("results/inspect/model"), "--out", help="output folder"),
     random_init: bool = typer.Option(False, "--random-init", help="same architecture, freshly initialised"),
@@ -110,12 +109,12 @@ def embeddings_cmd(
 
 @sub.command("training")
 def training_cmd(
-    log: Path = typer.Argument(..., help="training log TSV written by `mirkit pretrain`"),
+    log: Path = typer.Argument(..., help="dvclive folder written by `mirkit pretrain` (pretrain.log), or a TSV log"),
     out: Path = typer.Option(Path("results/inspect"), "--out", help="output folder"),
 ) -> None:
-    """Loss and learning-rate curves of a pretraining run."""
+    """Loss, held-out loss, learning-rate and online-probe curves of a pretraining run."""
     from mirkit.inspect import training_curves
-    if not log.is_file():
+    if not log.exists():
         _fail(FileNotFoundError(f"{log}: no such training log"))
     out.mkdir(parents=True, exist_ok=True)
     try:

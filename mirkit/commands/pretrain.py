@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,7 +15,9 @@ contrastive (ViT-1D, Emergent properties), mt2 (two class tokens: CPSD + NT-Xent
 
 Reads section `pretrain` of params.yaml: `recipe`, `preset` (see `mirkit models`), optimiser and schedule,
 and per-recipe settings under `recipe_params.<recipe>`. Writes model.safetensors + config.json (+ a training
-state for --resume) to `out`, a loss curve to `log` (dvc plots) and a summary to `summary` (dvc metrics).
+state for --resume) to `out`, step metrics through dvclive to the folder `log` (loss, lr, throughput, the
+held-out loss on `val_split` every `val_every` steps: `dvc plots show`, `dvc exp show`) and a summary to
+`summary` (dvc metrics).
 Multi-GPU / multi-node: `torchrun --nproc-per-node N -m mirkit pretrain` (DDP; contrastive negatives span the
 global batch).
 
@@ -28,10 +29,10 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain", help=HELP)
     def pretrain(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `pretrain` is read"),
-        recipe: Optional[str] = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
-        preset: Optional[str] = typer.Option(None, help="model preset (overrides pretrain.preset)"),
+        recipe: str | None = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
+        preset: str | None = typer.Option(None, help="model preset (overrides pretrain.preset)"),
         resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in `out`"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
     ) -> None:
         from mirkit.checkpoint import CheckpointError
         from mirkit.manifest import ManifestError
@@ -48,20 +49,29 @@ def register(app: typer.Typer) -> None:
             with progress() as bar:
                 task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")
                 result = train(p, resume=resume, on_step=lambda s, row: bar.update(
-                    task, completed=s, info=f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['samples_per_s']:.0f} samples/s"))
+                    task, completed=s, info=step_info(row)))
         except (StoreError, CheckpointError, TrainingDiverged, ManifestError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
         except P.ParamsError as exc:
             console.print(f"[red]parameter error:[/red] {exc}")
             raise typer.Exit(2) from None
-        first = result.history[0]["loss"] if result.history else float("nan")
+        first = next((r["loss"] for r in result.history if "loss" in r), float("nan"))
+        val = [r["val/loss"] for r in result.history if "val/loss" in r]
         console.print(table(f"pretrain: {r.name} ({r.params.preset})", None, [
             ("parameters", f"{result.n_params / 1e6:.2f} M"),
             ("steps", f"{result.resumed_from} -> {result.steps}"),
             ("loss (first logged -> last)", f"{first:.4f} -> {result.final_loss:.4f}"),
+            *([(f"held-out loss ({p.val_split}, first -> last)", f"{val[0]:.4f} -> {val[-1]:.4f}")] if val else []),
             ("throughput", f"{result.samples_per_s:.1f} samples/s"),
-            ("time", f"{result.seconds:.1f} s"),
+            ("time", f"{result.seconds:.1f} s" + (f" (evaluating {result.eval_seconds:.1f} s, of which online probes "
+                                                  f"{result.probe_seconds:.1f} s)" if result.eval_seconds else "")),
             ("checkpoint", f"{result.out}/model.safetensors + config.json"),
-            ("curve / summary", f"{p.log} / {p.summary}"),
+            ("curves / summary", f"{p.log} (dvclive) / {p.summary}"),
         ]))
+
+
+def step_info(row: dict) -> str:
+    """The progress bar's line: the latest train loss, lr, throughput and held-out loss."""
+    shown = (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("samples_per_s", "{:.0f} samples/s"), ("val/loss", "val {:.4f}"))
+    return "  ".join(fmt.format(row[k]) for k, fmt in shown if k in row)
