@@ -165,3 +165,14 @@ def test_a_pickle_that_would_run_code_is_refused_not_executed(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         import_myna(evil, "base", tmp_path / "out")
     assert not marker.exists()
+
+
+def test_without_out_the_model_is_installed_and_loads_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRKIT_HOME", str(tmp_path / "home"))
+    torch.save(reference_state_dict("vertical"), tmp_path / "v.pth")
+    res = run_cli("import", "myna", str(tmp_path / "v.pth"), "--variant", "vertical")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "home" / "models" / "myna-vertical" / "config.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    enc = mirkit.load_encoder("myna-vertical", device="cpu")
+    assert enc.config["window_frames"] == 98 and enc.timing["frame_rate"] == pytest.approx(15.625)

@@ -10,7 +10,6 @@ from cli_runner import invoke
 from test_extract import make_checkpoint
 
 from mirkit import limits
-from mirkit.checkpoint import CheckpointError
 from mirkit.features import FeatureSpec, FrontEnd, validate_spec
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
