@@ -118,7 +118,7 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
             raise CheckpointError(f"{where}: '{key}' must be a {kind.__name__}, got {config[key]!r}")
     if not 1 <= config["window_frames"] <= limits.MAX_FRAMES:
         raise CheckpointError(f"{where}: window_frames={config['window_frames']}: must be in 1..{limits.MAX_FRAMES}")
-    validate_spec(config["features"], source=where)
+    spec = validate_spec(config["features"], source=where)
     try:
         args = registry.resolve_args(config["architecture"], config["args"])
     except (KeyError, ValueError) as exc:
@@ -133,6 +133,13 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
         if isinstance(exc, InputError):
             raise
         raise CheckpointError(f"{where}: args do not build a {config['architecture']} ({exc})") from None
+    try:   # one window of the stored features through the encoder, on the meta device (shapes only)
+        with torch.device("meta"):
+            registry.build(config["architecture"], args).embed_layers(
+                torch.zeros(1, spec.bins, config["window_frames"]), [-1], None, True)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{where}: a window of {config['window_frames']} frames x {spec.bins} bins does not "
+                              f"fit the {config['architecture']} in args ({exc})") from None
     return config
 
 
