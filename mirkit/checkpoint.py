@@ -1,17 +1,40 @@
-"""Checkpoints: ``model.safetensors`` + ``config.json`` (+ ``train_state.pt`` for resuming).
+"""Model folders (encoder only) and training checkpoints (one atomic unit per step).
 
-``config.json`` holds everything needed to rebuild the model and its input features: recipe name,
-recipe parameters (preset included), the feature set's exact spec, crop length, step and mirkit
-version. Weights are read with safetensors only; the training state with
-``torch.load(weights_only=True)``: nothing a user downloads is ever unpickled.
+**Model folder** — everything needed to embed audio, nothing needed only to train::
+
+    config.json        format, architecture (registry name), args (resolved constructor arguments),
+                       preset, feature_set + features (the exact input spec), window_frames (the
+                       training crop = extraction chunk), step, provenance (recipe, its parameters,
+                       training parameters; informative only, never needed to load)
+    model.safetensors  encoder weights only (one metadata key, so the bytes depend only on the weights)
+    README.md          model card (architecture, parameters, training data and steps, probe results)
+
+Loading needs only :mod:`mirkit.models` and :mod:`mirkit.features`: no recipe or objective is imported.
+
+**Training run folder** (``pretrain.out``)::
+
+    LATEST                 the name of the current step folder; replacing it is the commit point
+    step-000600/model/     the model folder above
+    step-000600/training/  heads.safetensors (every non-encoder weight and buffer: projection heads,
+                           objective state), state.pt (optimizer state and step)
+
+:func:`save` writes a whole step folder under a temporary name, fsyncs it, renames it into place and
+only then rewrites ``LATEST`` (atomically), then deletes older step folders. A kill at any instant
+leaves ``LATEST`` naming a complete folder: the previous checkpoint or the new one. Loading a run
+folder follows ``LATEST`` to its model folder. Same seed, same bytes: no process id, time or
+unordered metadata is written. Weights are read with safetensors, the optimizer state with
+``torch.load(weights_only=True)``: nothing is ever unpickled.
+
+Folders written by mirkit 0.1 (``format: mirkit.checkpoint/1``: whole-model weights + recipe in
+``config.json``) are refused with the command that converts them: ``mirkit import legacy``.
 """
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,113 +43,380 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import mirkit
-from mirkit import recipes
+from mirkit.errors import InputError
 from mirkit.files import atomic_write_text
-from mirkit.params import ParamsError, resolve
-from mirkit.recipes.base import PretrainModel, Recipe
+from mirkit.models import registry
+from mirkit.models.base import Encoder, count_parameters
 
-FORMAT = "mirkit.checkpoint/1"
-MODEL_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "config.json", "train_state.pt"
+FORMAT = "mirkit.encoder/1"
+LEGACY_FORMAT = "mirkit.checkpoint/1"
+MODEL_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
+LATEST, MODEL_DIR, TRAINING_DIR = "LATEST", "model", "training"
+HEADS_FILE, STATE_FILE = "heads.safetensors", "state.pt"
+LEGACY_STATE_FILE = "train_state.pt"
+#: the one safetensors metadata entry (a single key keeps the header's bytes fixed)
+_META = {"format": "pt"}
+
 
 
 class CheckpointError(InputError):
-    """A checkpoint is missing, truncated, of another format or does not fit its model."""
+    """A model folder or checkpoint is missing, truncated, of another format or does not fit its model."""
 
 
-def make_config(recipe: Recipe, feature_spec: dict[str, Any], step: int, train: dict[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "mirkit_version": mirkit.__version__, "recipe": recipe.name,
-            "recipe_params": recipe.params_dict(), "feature_set": recipe.feature_set,
-            "features": feature_spec, "crop_frames": recipe.crop_frames, "step": step, "train": train}
+# ------------------------------------------------------------------------------------ configs
+def make_config(recipe: Any, feature_spec: dict[str, Any], step: int, train: dict[str, Any]) -> dict[str, Any]:
+    """The model folder config of a recipe's encoder (``architecture``/``args`` are added by :func:`save`
+    from the encoder itself). ``recipe`` is any object with ``name``, ``params``, ``feature_set``,
+    ``crop_frames`` and ``params_dict()`` (a :class:`mirkit.recipes.base.Recipe`)."""
+    return {"format": FORMAT, "mirkit_version": mirkit.__version__,
+            "preset": getattr(recipe.params, "preset", None), "feature_set": recipe.feature_set,
+            "features": dict(feature_spec), "window_frames": int(recipe.crop_frames), "step": int(step),
+            "provenance": {"recipe": recipe.name, "recipe_params": recipe.params_dict(), "train": train}}
 
 
-def save(out_dir: str | Path, model: PretrainModel, config: dict[str, Any],
-         train_state: dict[str, Any] | None = None) -> None:
-    """Write weights, config and (optionally) the training state, each file atomically.
-
-    The step is stored in all three, so a resume can tell files from different moments apart.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    step = str(config["step"])
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{MODEL_FILE}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": step})
-    os.replace(tmp, out / MODEL_FILE)
-    if train_state is not None:
-        tmp = out / f".{STATE_FILE}.{os.getpid()}.tmp"
-        torch.save({**train_state, "step": config["step"]}, tmp)
-        os.replace(tmp, out / STATE_FILE)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
+def encoder_config(encoder: Encoder, feature_set: str, features: dict[str, Any], window_frames: int,
+                   step: int = 0, preset: str | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A complete model folder config for ``encoder`` (any registered architecture)."""
+    return complete_config({"format": FORMAT, "mirkit_version": mirkit.__version__, "preset": preset,
+                            "feature_set": feature_set, "features": dict(features),
+                            "window_frames": int(window_frames), "step": int(step),
+                            "provenance": provenance or {}}, encoder)
 
 
-def load_config(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{ckpt_dir}: no {CONFIG_FILE} (not a mirkit checkpoint directory)")
+def complete_config(config: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
+    """``config`` with the encoder's architecture name, resolved arguments and sizes, in a fixed key order."""
+    arch = registry.architecture_name(encoder)
+    args = registry.resolve_args(arch, getattr(encoder, "init_args", {}))
+    head = {"format": FORMAT, "mirkit_version": config.get("mirkit_version", mirkit.__version__),
+            "architecture": arch, "args": args, "preset": config.get("preset"),
+            "n_params": count_parameters(encoder), "dim": int(encoder.dim), "depth": int(encoder.depth)}
+    rest = {k: v for k, v in config.items() if k not in head}
+    return json.loads(json.dumps({**head, **rest}, default=str))
+
+
+def validate_config(config: Any, where: str) -> dict[str, Any]:
+    """Check a model folder config: keys, types, bounds (the feature spec with
+    :func:`mirkit.features.validate_spec`, the window with :data:`mirkit.limits.MAX_FRAMES`), a known
+    architecture and arguments that fit it, and the encoder's memory (estimated on the meta device,
+    nothing allocated; :func:`mirkit.limits.check_module`). Raises an ``InputError`` naming ``where``."""
+    from mirkit import limits
+    from mirkit.features import validate_spec
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    fmt = config.get("format")
+    if fmt == LEGACY_FORMAT:
+        folder = Path(where).parent
+        raise CheckpointError(f"{folder}: written by mirkit 0.1 (format {LEGACY_FORMAT}); convert it once with "
+                              f"`mirkit import legacy {folder} --out NEW_DIR`")
+    if fmt != FORMAT:
+        raise CheckpointError(f"{where}: not a mirkit model config (format={fmt!r}, expected {FORMAT!r})")
+    need = {"architecture": str, "args": dict, "feature_set": str, "features": dict, "window_frames": int}
+    for key, kind in need.items():
+        if key not in config:
+            raise CheckpointError(f"{where}: missing key '{key}'")
+        if not isinstance(config[key], kind) or isinstance(config[key], bool):
+            raise CheckpointError(f"{where}: '{key}' must be a {kind.__name__}, got {config[key]!r}")
+    if not 1 <= config["window_frames"] <= limits.MAX_FRAMES:
+        raise CheckpointError(f"{where}: window_frames={config['window_frames']}: must be in 1..{limits.MAX_FRAMES}")
+    spec = validate_spec(config["features"], source=where)
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a mirkit checkpoint config (format={config.get('format') if isinstance(config, dict) else None!r})")
+        args = registry.resolve_args(config["architecture"], config["args"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc.args[0]}") from None
+    for key, value in args.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"{where}: args.{key}={value} is not finite")
+    try:
+        limits.check_module(f"{where}: the {config['architecture']} encoder of args",
+                            lambda: registry.build(config["architecture"], args))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise CheckpointError(f"{where}: args do not build a {config['architecture']} ({exc})") from None
+    try:   # one window of the stored features through the encoder, on the meta device (shapes only)
+        with torch.device("meta"):
+            registry.build(config["architecture"], args).embed_layers(
+                torch.zeros(1, spec.bins, config["window_frames"]), [-1], None, True)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{where}: a window of {config['window_frames']} frames x {spec.bins} bins does not "
+                              f"fit the {config['architecture']} in args ({exc})") from None
     return config
 
 
-def build_recipe(config: dict[str, Any]) -> Recipe:
+def read_json(path: Path) -> Any:
     try:
-        cls = recipes.get(config["recipe"])
-    except KeyError as exc:
-        raise CheckpointError(f"checkpoint recipe: {exc.args[0]}") from None
-    try:
-        return cls(resolve(cls.Params, config["recipe_params"], section=f"{config['recipe']} (checkpoint)"))
-    except ParamsError as exc:
-        raise CheckpointError(f"checkpoint parameters do not fit this mirkit version: {exc}") from None
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def load_weights(ckpt_dir: str | Path, model: PretrainModel) -> int:
-    """Load ``model.safetensors`` into ``model`` (strict); returns the stored step."""
-    path = Path(ckpt_dir) / MODEL_FILE
+# ------------------------------------------------------------------------------------ folders
+def models_home() -> Path:
+    """Where models installed by name live: ``$MIRKIT_HOME/models`` (default ``~/.cache/mirkit/models``)."""
+    return Path(os.environ.get("MIRKIT_HOME") or Path.home() / ".cache" / "mirkit") / "models"
+
+
+def model_dir(path: str | Path) -> Path:
+    """The model folder of ``path``: itself, the current step of a training run folder, or a model
+    installed by name under :func:`models_home`."""
+    path = Path(path)
+    if not path.exists() and len(path.parts) == 1 and (models_home() / path).is_dir():
+        path = models_home() / path
+    latest = path / LATEST
+    if latest.is_file():
+        folder = _step_dir(path) / MODEL_DIR
+        if not (folder / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{latest}: names '{folder.parent.name}', which holds no model folder")
+        return folder
+    if (path / CONFIG_FILE).is_file():
+        return path
+    swapped = _interrupted_swap(path)
+    if swapped is not None:
+        return swapped
+    if not path.exists():
+        hint = ""
+        if len(path.parts) == 1:
+            hint = f" (nor a model named so in {models_home()})"
+            if str(path) in registry.SIZES:
+                hint += (f"; '{path}' is an encoder size: mirkit.create_encoder('{path}') builds it untrained, "
+                         "`mirkit import` converts published weights")
+        raise CheckpointError(f"{path}: no such model folder{hint}")
+    raise CheckpointError(f"{path}: no {CONFIG_FILE} (not a mirkit model folder or training run folder)")
+
+
+def _step_dir(out: Path) -> Path:
+    """The step folder ``LATEST`` names (or, if a re-save of that very step was interrupted between its
+    two renames, the complete previous copy kept aside as ``.old-<step>``)."""
+    name = (out / LATEST).read_text().strip()
+    if not name.startswith("step-") or "/" in name:
+        raise CheckpointError(f"{out / LATEST}: names '{name}', not a step folder")
+    folder = out / name
+    if not folder.is_dir() and (out / f".old-{name}").is_dir():
+        return out / f".old-{name}"
+    return folder
+
+
+def _interrupted_swap(path: Path) -> Path | None:
+    """A model folder whose replacement (:func:`save_model_folder`) was killed between its two renames:
+    the new, complete copy is ``.<name>.tmp`` (the old one was moved aside only once it was complete)."""
+    tmp, old = path.parent / f".{path.name}.tmp", path.parent / f".{path.name}.old"
+    if path.exists() or not old.is_dir():
+        return None
+    return tmp if (tmp / CONFIG_FILE).is_file() else old
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The validated config of a model folder (or of a run folder's current step)."""
+    cfg = model_dir(path) / CONFIG_FILE
+    return validate_config(read_json(cfg), str(cfg))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError(f"{ckpt_dir}: no {MODEL_FILE}")
+        raise CheckpointError(f"{path.parent}: no {path.name}")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated weights ({exc})") from None
-    own = model.state_dict()
+
+
+def check_fit(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Raise naming the missing/unexpected keys and the first shape mismatch between two state dicts."""
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    wrong = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
     if missing or unexpected or wrong:
-        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "") \
-            + (f" shape mismatch at {wrong[0]}: file {tuple(tensors[wrong[0]].shape)} vs model "
-               f"{tuple(own[wrong[0]].shape)}" if wrong else "")
-        raise CheckpointError(f"{path}: weights do not fit the model in config.json ({detail.strip()})")
-    model.load_state_dict(tensors, strict=True)
-    return int(meta.get("step", -1))
+        parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {unexpected[:4]}"] if unexpected else []) \
+            + ([f"shape mismatch at {wrong[0]}: file {tuple(tensors[wrong[0]].shape)} vs model {tuple(own[wrong[0]].shape)}"]
+               if wrong else [])
+        raise CheckpointError(f"{where}: weights do not fit the model in config.json ({'; '.join(parts)})")
 
 
-def load_model(ckpt_dir: str | Path, weights: bool = True, seed: int = 0) -> tuple[Recipe, PretrainModel, dict[str, Any]]:
-    """Rebuild a checkpoint's recipe and model; ``weights=False`` gives the same architecture
-    freshly initialised with ``seed`` (the random-init baseline of the probe comparison)."""
-    config = load_config(ckpt_dir)
-    recipe = build_recipe(config)
+def load_encoder_weights(folder: str | Path, encoder: Encoder) -> None:
+    path = Path(folder) / MODEL_FILE
+    tensors = _read_safetensors(path)
+    check_fit(encoder.state_dict(), tensors, str(path))
+    encoder.load_state_dict(tensors, strict=True)
+
+
+def load_encoder(path: str | Path, weights: bool = True, seed: int = 0) -> tuple[Encoder, dict[str, Any], Path]:
+    """The encoder of a model folder (or run folder), in eval mode, with its config and folder.
+    ``weights=False`` gives the same architecture freshly initialised with ``seed``."""
+    folder = model_dir(path)
+    config = load_config(folder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = recipe.build_model()
+        encoder = registry.build(config["architecture"], config["args"])
     if weights:
-        load_weights(ckpt_dir, model)
-    model.eval()
-    return recipe, model, config
+        load_encoder_weights(folder, encoder)
+    return encoder.eval(), config, folder
 
 
-def load_train_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    path = Path(ckpt_dir) / STATE_FILE
+# ------------------------------------------------------------------------------------ writing
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def write_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, Any],
+                       card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``config.json``, ``model.safetensors`` and ``README.md`` of ``encoder`` into ``folder``
+    (files written in place: use :func:`save_model_folder` for an atomic whole-folder write)."""
+    from mirkit.model_card import render
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = complete_config(config, encoder)
+    save_file(_tensors(encoder.state_dict()), str(folder / MODEL_FILE), metadata=_META)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CARD_FILE).write_text(render(config, card_extra or {}))
+    return config
+
+
+def save_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, Any],
+                      card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a model folder atomically: into ``.<name>.tmp`` beside it, then renamed into place. An
+    existing folder is moved aside to ``.<name>.old`` only once the new one is complete, so a kill
+    between the two renames leaves a complete copy that :func:`model_dir` finds."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    config = write_model_folder(tmp, encoder, config, card_extra)
+    _fsync_tree(tmp)
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return config
+
+
+def step_name(step: int) -> str:
+    return f"step-{int(step):06d}"
+
+
+def save(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any],
+         train_state: dict[str, Any] | None = None) -> Path:
+    """Commit one training checkpoint of ``model`` (a module with an ``encoder``) into the run folder
+    ``out_dir``: the model folder, the heads and the training state of ``config['step']``, as one unit
+    (see the module docstring). Returns the new model folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = step_name(config["step"])
+    staging = out / f".tmp-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    encoder: Encoder = model.encoder  # type: ignore[assignment]
+    write_model_folder(staging / MODEL_DIR, encoder, config)
+    training = staging / TRAINING_DIR
+    training.mkdir()
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    save_file(_tensors(heads), str(training / HEADS_FILE), metadata=_META)
+    if train_state is not None:
+        torch.save({**train_state, "step": int(config["step"])}, training / STATE_FILE)
+    _fsync_tree(staging)
+    final = out / name
+    if final.exists():                   # the same step written again (e.g. after a kill before LATEST)
+        old = out / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staging, final)
+    _fsync_dir(out)
+    atomic_write_text(out / LATEST, name + "\n")      # the commit point
+    _fsync_dir(out)
+    _remove_stale(out, keep=name)
+    return final / MODEL_DIR
+
+
+def _remove_stale(out: Path, keep: str) -> None:
+    """Older step folders, leftovers of killed writes, and mirkit 0.1 files of this run folder."""
+    for child in out.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and (child.name.startswith("step-") or child.name.startswith(".tmp-step-")
+                               or child.name.startswith(".old-step-")):
+            shutil.rmtree(child, ignore_errors=True)
+        elif child.is_file() and child.name.startswith(f".{LATEST}.") and child.name.endswith(".tmp"):
+            child.unlink(missing_ok=True)     # a pointer write killed before its rename
+    legacy = out / CONFIG_FILE
+    if legacy.is_file():
+        try:
+            is_legacy = json.loads(legacy.read_text()).get("format") == LEGACY_FORMAT
+        except (ValueError, AttributeError, OSError):
+            is_legacy = False
+        if is_legacy:
+            for f in (CONFIG_FILE, MODEL_FILE, LEGACY_STATE_FILE):
+                (out / f).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------ resuming
+def _current_step_dir(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    latest = out / LATEST
+    if not latest.is_file():
+        raise CheckpointError(f"{out}: no {LATEST} (no training checkpoint to resume from)")
+    step_dir = _step_dir(out)
+    if not (step_dir / TRAINING_DIR).is_dir():
+        raise CheckpointError(f"{latest}: names '{step_dir.name}', which holds no training state")
+    return step_dir
+
+
+def has_train_state(out_dir: str | Path) -> bool:
+    """Whether the run folder holds a checkpoint to resume from (a mirkit 0.1 one raises with the upgrade)."""
+    out = Path(out_dir)
+    if (out / LATEST).is_file():
+        return True
+    if (out / LEGACY_STATE_FILE).is_file():
+        raise CheckpointError(f"{out}: a mirkit 0.1 checkpoint; convert it once with "
+                              f"`mirkit import legacy {out} --out {out}` and resume again")
+    return False
+
+
+def load_weights(out_dir: str | Path, model: torch.nn.Module) -> int:
+    """Load the current checkpoint of a run folder into ``model`` (encoder + heads, strict);
+    returns its step."""
+    step_dir = _current_step_dir(out_dir)
+    folder = step_dir / MODEL_DIR
+    config = validate_config(read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
+    tensors = {f"encoder.{k}": v for k, v in _read_safetensors(folder / MODEL_FILE).items()}
+    tensors.update(read_heads(out_dir))
+    check_fit(model.state_dict(), tensors, str(step_dir))
+    model.load_state_dict(tensors, strict=True)
+    return int(config.get("step", -1))
+
+
+def read_heads(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The non-encoder weights and buffers of a run folder's current checkpoint."""
+    return _read_safetensors(_current_step_dir(out_dir) / TRAINING_DIR / HEADS_FILE)
+
+
+def load_train_state(out_dir: str | Path) -> dict[str, Any]:
+    path = _current_step_dir(out_dir) / TRAINING_DIR / STATE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{ckpt_dir}: no {STATE_FILE} to resume from")
+        raise CheckpointError(f"{path.parent}: no {STATE_FILE} to resume from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
+    except Exception as exc:  # torch raises several types for corrupt or hostile files
         raise CheckpointError(f"{path}: unreadable training state ({exc.__class__.__name__})") from None

@@ -10,7 +10,7 @@ Layout (a Zarr v3 group at a local path or an fsspec URL such as ``s3://`` or ``
                                                  start of the AUDIO FILE (manifest offset included),
                                                  so annotation files (beats, chords) align directly
     attrs: tracks (manifest rows: track_id, split, label columns), dim, layer, pooling, model,
-           frame_rate, committed = {"tracks", "chunks", "frames"}
+           frame_rate, timing (output frame rate, receptive field: mirkit.timing), committed = {"tracks", "chunks", "frames"}
 
 Kill safety: tracks are buffered and flushed in groups; a flush writes the array rows FIRST and
 only then rewrites ``attrs["committed"]`` and ``attrs["tracks"]`` in one attrs update. Rows past the

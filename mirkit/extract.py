@@ -28,18 +28,19 @@ on CUDA (fp32 on CPU); outputs are returned as float32.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from mirkit.device import DEVICES, pick
-from mirkit.models.base import POOLINGS, Encoder, pool
+from mirkit.models.base import POOLINGS, Encoder, layer_list
 from mirkit.params import ParamsError, param
 
 #: default share of a window the tail must fill to count as a chunk
@@ -50,7 +51,7 @@ MIN_TAIL = 0.5
 class ExtractParams:
     """Section ``extract`` of params.yaml."""
 
-    model: str = param("models/pretrain", help="checkpoint directory (model.safetensors + config.json)")
+    model: str = param("models/pretrain", help="model folder (config.json + model.safetensors) or training run folder")
     manifest: str = param("data/samples/manifest.csv", help="labelled manifest whose tracks are embedded")
     features: str = param("data/features.zarr", help="feature store to reuse; missing tracks are computed from audio")
     out: str = param("data/embeddings/pretrained.zarr", help="embeddings store (read by `mirkit probe`)")
@@ -134,83 +135,87 @@ class _Pending:
 
 
 class FrozenEncoder:
-    """A checkpoint's encoder, frozen, with the facts needed to embed whole tracks.
+    """A model folder's encoder, frozen, with the facts needed to embed whole tracks.
 
     ``feature_set``/``spec``: the input features the model was trained on; ``window``: the
-    training crop length in input frames; ``frame_rate``: input frames per second.
+    training crop length in input frames; ``frame_rate``: input frames per second; ``timing``:
+    output frame rate and receptive field (:mod:`mirkit.timing`).
     """
 
     def __init__(self, encoder: Encoder, config: dict[str, Any], device: torch.device,
                  model_info: dict[str, Any] | None = None):
         from mirkit.features import spec_from_dict
+        from mirkit.timing import timing
         self.encoder = encoder.to(device).eval()
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
         self.config, self.device = config, device
         self.feature_set: str = config["feature_set"]
         self.spec = spec_from_dict(config["features"])
-        self.window: int = int(config["crop_frames"])
+        self.window: int = int(config["window_frames"])
         from mirkit.limits import MAX_FRAMES
         if not 0 < self.window <= MAX_FRAMES:   # bounded before a window of it is allocated
             from mirkit.params import ParamsError
-            raise ParamsError(f"config.json: crop_frames={config['crop_frames']!r}: must be in 1..{MAX_FRAMES}")
+            raise ParamsError(f"config.json: window_frames={config['window_frames']!r}: must be in 1..{MAX_FRAMES}")
         self.frame_rate: float = self.spec.frame_rate
+        self.timing = timing(encoder, config["features"], self.window)
         self.model_info = model_info or {}
-        cls = type(encoder)
-        # encoders keeping the base embed/embed_frames are run once per window for both outputs
-        self._single_pass = cls.embed is Encoder.embed and cls.embed_frames is Encoder.embed_frames
 
     # -- checks ---------------------------------------------------------------------------
     def resolve(self, layer: int, pooling: str | None) -> tuple[int, str]:
         """Validate a layer and pooling for this encoder (``None`` = its default pooling)."""
+        [layer], pooling = self.resolve_layers(layer, pooling)
+        return layer, pooling
+
+    def resolve_layers(self, layers: int | Sequence[int] | str, pooling: str | None) -> tuple[list[int], str]:
+        """Validate layers (a number, a list or ``"all"``) and a pooling (``None`` = the default)."""
         enc = self.encoder
-        if not (layer == -1 or 0 <= layer <= enc.depth):
-            raise ValueError(f"layer={layer}: this model has layers 0..{enc.depth} (or -1 = last, normed)")
+        wanted = layer_list(enc.depth, layers)
         pooling = pooling or enc.poolings[0]
         if pooling not in enc.poolings:
             raise ValueError(f"pooling={pooling!r}: this {type(enc).__name__} supports "
                              f"{', '.join(enc.poolings)} (default {enc.poolings[0]})")
-        return layer, pooling
+        return wanted, pooling
 
     # -- forward --------------------------------------------------------------------------
-    def run(self, x: np.ndarray, layer: int, pooling: str, frames: bool) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """Windows ``(batch, bins, W)`` -> pooled ``(batch, dim)``, tokens ``(batch, cols, dim)``
-        (when ``frames``) and the input frames each column covers."""
+    def run(self, x: np.ndarray, layers: Sequence[int], pooling: str,
+            frames: bool) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """Windows ``(batch, bins, W)`` -> pooled ``(batch, n_layers, dim)``, tokens
+        ``(batch, n_layers, cols, dim)`` (when ``frames``) and the input frames each column covers."""
         enc, dev = self.encoder, self.device
         with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            xt = torch.from_numpy(x).to(dev)
-            if self._single_pass:
-                out = enc.encode(xt, layers=(layer,))
-                pooled, tokens, fpc = pool(out, layer, pooling), out.time_tokens(layer), out.frames_per_col
-            else:
-                pooled = enc.embed(xt, layer=layer, pooling=pooling)
-                tokens, fpc = enc.embed_frames(xt, layer=layer) if frames else (None, 1.0)
-        return (pooled.float().cpu().numpy(),
-                tokens.float().cpu().numpy() if frames and tokens is not None else None, float(fpc))
+            pooled, tokens, fpc = enc.embed_layers(torch.from_numpy(x).to(dev), layers, pooling, frames)
+            p = torch.stack([pooled[k] for k in layers], dim=1).float().cpu().numpy()
+            t = torch.stack([tokens[k] for k in layers], dim=1).float().cpu().numpy() if frames else None
+        return p, t, float(fpc)
 
     def probe_shapes(self, layer: int = -1, pooling: str | None = None) -> tuple[int, int, float]:
         """``(chunk dim, frame dim, frames_per_col)`` from one silent window."""
         layer, pooling = self.resolve(layer, pooling)
         x = np.zeros((1, self.spec.bins, self.window), np.float32)
-        pooled, tokens, fpc = self.run(x, layer, pooling, True)
+        pooled, tokens, fpc = self.run(x, [layer], pooling, True)
+        assert tokens is not None
         return pooled.shape[-1], tokens.shape[-1], fpc
 
-    def embed_tracks(self, items: Iterable[tuple[Hashable, np.ndarray]], layer: int = -1,
+    def embed_tracks(self, items: Iterable[tuple[Hashable, np.ndarray]], layer: int | Sequence[int] | str = -1,
                      pooling: str | None = None, frames: bool = True, batch_size: int = 32,
                      min_tail: float = MIN_TAIL) -> Iterator[tuple[Hashable, TrackEmbeddings]]:
         """Embed tracks given as ``(key, features (n_frames, bins))``; yields ``(key, embeddings)``
-        in input order. Windows of consecutive tracks share forward passes of ``batch_size``."""
-        layer, pooling = self.resolve(layer, pooling)
+        in input order. Windows of consecutive tracks share forward passes of ``batch_size``.
+        ``layer``: one layer (arrays ``(n, dim)``) or a list / ``"all"`` (arrays ``(n_layers, n, dim)``,
+        all layers from the same forward pass)."""
+        layers, pooling = self.resolve_layers(layer, pooling)
+        single = isinstance(layer, int)
         queue: deque[_Pending] = deque()
         batch: list[tuple[_Pending, int, np.ndarray]] = []
 
         def flush() -> None:
             if not batch:
                 return
-            pooled, tokens, fpc = self.run(np.stack([b[2] for b in batch]), layer, pooling, frames)
+            pooled, tokens, fpc = self.run(np.stack([b[2] for b in batch]), layers, pooling, frames)
             for k, (item, w, _) in enumerate(batch):
                 item.pooled[w] = pooled[k]
-                if frames:
+                if tokens is not None:
                     item.tokens[w] = (tokens[k], fpc)
                 item.left -= 1
             batch.clear()
@@ -218,7 +223,7 @@ class FrozenEncoder:
         def finished() -> Iterator[tuple[Hashable, TrackEmbeddings]]:
             while queue and queue[0].left == 0:
                 item = queue.popleft()
-                yield item.key, self._assemble(item, frames)
+                yield item.key, self._assemble(item, frames, single)
 
         for key, feats in items:
             feats = np.asarray(feats, dtype=np.float32)
@@ -237,33 +242,36 @@ class FrozenEncoder:
         flush()
         yield from finished()
 
-    def _assemble(self, item: _Pending, frames: bool) -> TrackEmbeddings:
+    def _assemble(self, item: _Pending, frames: bool, single: bool) -> TrackEmbeddings:
         plan = item.plan
-        chunks = np.stack(item.pooled[: plan.n_chunks])
+        chunks = np.stack(item.pooled[: plan.n_chunks], axis=1)           # (n_layers, n_chunks, dim)
         if not frames:
-            return TrackEmbeddings(chunks)
+            return TrackEmbeddings(chunks[0] if single else chunks)
         rows, starts = [], []
-        for w, (tokens, fpc) in enumerate(item.tokens):
-            cols, col_start = kept_columns(plan, w, tokens.shape[0], fpc)
-            rows.append(tokens[cols])
+        for w, (tokens, fpc) in enumerate(item.tokens):                   # tokens (n_layers, cols, dim)
+            cols, col_start = kept_columns(plan, w, tokens.shape[1], fpc)
+            rows.append(tokens[:, cols])
             starts.append(col_start + (fpc - 1) / 2)
-        times = np.concatenate(starts) / self.frame_rate
-        return TrackEmbeddings(chunks, np.concatenate(rows), times.astype(np.float64))
+        times = (np.concatenate(starts) / self.frame_rate).astype(np.float64)
+        out = np.concatenate(rows, axis=1)
+        return TrackEmbeddings(chunks[0] if single else chunks, out[0] if single else out, times)
 
 
 def load_frozen(model_dir: str | Path, device: str | torch.device = "auto", random_init: bool = False,
                 seed: int = 0) -> FrozenEncoder:
-    """The encoder of a mirkit checkpoint, frozen on ``device`` (raises ``CheckpointError``)."""
+    """The encoder of a model folder (or a training run folder's current step), frozen on ``device``
+    (raises ``CheckpointError``). Imports only models and features, never a recipe."""
     from mirkit import checkpoint
-    recipe, model, config = checkpoint.load_model(model_dir, weights=not random_init, seed=seed)
+    encoder, config, folder = checkpoint.load_encoder(model_dir, weights=not random_init, seed=seed)
     dev = device if isinstance(device, torch.device) else pick(device)
-    info = {"path": str(model_dir), "recipe": config["recipe"], "preset": recipe.params.preset,
-            "random_init": bool(random_init), "step": config.get("step")}
+    prov = config.get("provenance") or {}
+    info = {"path": str(model_dir), "architecture": config["architecture"], "preset": config.get("preset") or "",
+            "recipe": prov.get("recipe", ""), "random_init": bool(random_init), "step": config.get("step")}
     if random_init:
         info["seed"] = int(seed)
     else:
-        info["weights_sha1"] = _file_digest(Path(model_dir) / checkpoint.MODEL_FILE)
-    return FrozenEncoder(model.encoder, config, dev, info)
+        info["weights_sha1"] = _file_digest(folder / checkpoint.MODEL_FILE)
+    return FrozenEncoder(encoder, config, dev, info)
 
 
 def _file_digest(path: Path) -> str:
@@ -382,14 +390,14 @@ def compute_features(frozen: FrozenEncoder, path: str | Path, offset: float, dur
     return features_of_wave(frozen, wave, source.front_end())
 
 
-def open_writer(p: ExtractParams, dim: int, meta: dict[str, Any], manifest_ids: set[str]):
+def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest_ids: set[str]):
     """The embeddings writer; a store written with other settings (or holding tracks no longer in
     the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
     import zarr
     from mirkit.embeddings import EmbeddingsWriter
     status = "created"
     try:
-        existing = dict(zarr.open_group(store=str(p.out), mode="r").attrs)
+        existing = dict(zarr.open_group(store=str(out), mode="r").attrs)
     except Exception:   # no store yet
         existing = {}
     if "committed" in existing:
@@ -399,12 +407,12 @@ def open_writer(p: ExtractParams, dim: int, meta: dict[str, Any], manifest_ids: 
             status = "replaced"
     if status == "resumed":
         try:
-            return EmbeddingsWriter(p.out, dim, frames=p.frames, flush_every=16, **meta), status
+            return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status
         except ValueError:
             status = "replaced"
     if status == "replaced":
-        zarr.open_group(store=str(p.out), mode="w")
-    return EmbeddingsWriter(p.out, dim, frames=p.frames, flush_every=16, **meta), status
+        zarr.open_group(store=str(out), mode="w")
+    return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status
 
 
 def _shown_path(path: Path, manifest_dir: Path) -> str:
@@ -421,32 +429,43 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
     Raises ``CheckpointError`` (bad checkpoint), ``ManifestError`` (bad manifest) or
     ``ParamsError`` (layer/pooling the model does not have) before any work.
     """
-    from mirkit.audio import AudioError
     from mirkit.manifest import read_manifest
-
     tracks = read_manifest(p.manifest)
     frozen = load_frozen(p.model, p.device, p.random_init, p.seed)
+    return write_stores(frozen, tracks, p, {p.layer: p.out}, Path(p.manifest).parent, on_progress)
+
+
+def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, outs: dict[int, str],
+                 manifest_dir: Path, on_progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
+    """Embed ``tracks`` into one embeddings store per layer (``outs``: layer -> store), all layers
+    from the same forward passes; ``p`` gives pooling, frames, batching and the feature store.
+    Each store resumes after its last committed track."""
+    from mirkit.audio import AudioError
     try:
-        layer, pooling = frozen.resolve(p.layer, p.pooling)
+        layers, pooling = frozen.resolve_layers(list(outs), p.pooling)
     except ValueError as exc:
         raise ParamsError(f"extract: {exc}") from None
-    dim, frame_dim, fpc = frozen.probe_shapes(layer, pooling)
+    dim, frame_dim, fpc = frozen.probe_shapes(layers[0], pooling)
     if p.frames and frame_dim != dim:
         raise ParamsError(f"extract.pooling={pooling}: chunk embeddings have {dim} dims but frame embeddings "
                           f"{frame_dim}; store them separately (frames=false)")
     frame_rate = frozen.frame_rate / fpc
-    meta = {"layer": layer, "pooling": pooling, "model": frozen.model_info,
-            "frame_rate": frame_rate if p.frames else None, "window_frames": frozen.window,
-            "window_seconds": frozen.window / frozen.frame_rate, "min_tail": p.min_tail,
-            "feature_set": frozen.feature_set}
-    writer, status = open_writer(p, dim, meta, {t.track_id for t in tracks})
+    writers, status = {}, "created"
+    ids = {t.track_id for t in tracks}
+    for layer in layers:
+        meta = {"layer": layer, "pooling": pooling, "model": frozen.model_info,
+                "frame_rate": frame_rate if p.frames else None, "window_frames": frozen.window,
+                "window_seconds": frozen.window / frozen.frame_rate, "min_tail": p.min_tail,
+                "feature_set": frozen.feature_set, "timing": frozen.timing}
+        writers[layer], st = open_writer(str(outs[layer]), p.frames, dim, meta, ids)
+        status = st if status == "created" else status
     source = FeatureSource(frozen, p.features)
     report = ExtractReport(status=status, n_tracks=len(tracks), feature_note=source.note, dim=dim,
                            frame_rate=frame_rate if p.frames else None)
-    done = writer.done
+    done_in = {layer: w.done for layer, w in writers.items()}
+    done = set.intersection(*done_in.values())
     todo = [t for t in tracks if t.track_id not in done]
     report.skipped = len(tracks) - len(todo)
-    manifest_dir = Path(p.manifest).parent
     count = [0]
 
     def inputs() -> Iterator[tuple[Any, np.ndarray]]:
@@ -463,18 +482,24 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
             report.computed += not stored
             yield t, feats
 
-    with writer:
-        for t, emb in frozen.embed_tracks(inputs(), layer, pooling, p.frames, p.batch_size, p.min_tail):
+    with contextlib.ExitStack() as stack:
+        for w in writers.values():
+            stack.enter_context(w)
+        for key, emb in frozen.embed_tracks(inputs(), layers, pooling, p.frames, p.batch_size, p.min_tail):
+            t: Any = key
             count[0] += 1
             if not finite_embeddings(emb):
                 report.failures.append((_shown_path(t.path, manifest_dir), "embeddings contain NaN/inf "
                                         "(input outside what the model handles); not stored"))
             else:
-                times = emb.frame_times + t.offset if p.frames else None
-                writer.append(track_row(t, manifest_dir), emb.chunks, emb.frames, times)
+                times = emb.frame_times + t.offset if emb.frame_times is not None else None
+                for i, (layer, writer) in enumerate(writers.items()):
+                    if t.track_id not in done_in[layer]:
+                        writer.append(track_row(t, manifest_dir), emb.chunks[i],
+                                      emb.frames[i] if emb.frames is not None else None, times)
                 report.embedded += 1
-                report.chunks += len(emb.chunks)
-                report.frames += 0 if emb.frames is None else len(emb.frames)
+                report.chunks += emb.chunks.shape[1]
+                report.frames += 0 if emb.frames is None else emb.frames.shape[1]
             if on_progress:
                 on_progress(count[0], len(todo), t.track_id)
     return report

@@ -52,7 +52,7 @@ class PretrainParams:
                                              "recipe's own loss on fixed crops); null = none")
     val_every: int = param(100, ge=1, help="steps between validation losses (also at the last step)")
     val_batches: int = param(4, ge=1, help="held-out batches of `batch_size` fixed examples per validation")
-    out: str = param("models/pretrain", help="checkpoint directory")
+    out: str = param("models/pretrain", help="training run folder: step-N/model (encoder) + step-N/training (resume)")
     log: str = param("results/pretrain/live", help="dvclive folder: metrics.json (dvc metrics / exp show) "
                                                    "and one curve per metric under plots/metrics (dvc plots)")
     summary: str = param("results/pretrain/summary.json", help="final numbers (a DVC metric)")
@@ -299,7 +299,7 @@ def train(p: PretrainParams, resume: bool = False,
     # (bench/bench_mfu.py, docs/benchmarks.md)
     optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas),
                         fused=device.type in ("cpu", "cuda"))
-    if resume and (Path(p.out) / checkpoint.STATE_FILE).exists():
+    if resume and checkpoint.has_train_state(p.out):
         state = checkpoint.load_train_state(p.out)
         step_w = checkpoint.load_weights(p.out, model)
         if step_w != state["step"]:

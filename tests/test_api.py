@@ -85,7 +85,7 @@ def test_api_arguments_are_checked(workspace, enc, tmp_path):
         enc.embed(sines(1.0, SR), sample_rate=SR, pooling="cls")
     with pytest.raises(ValueError, match="layer=7"):
         enc.embed(sines(1.0, SR), sample_rate=SR, layer=7)
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="no such model folder"):
         load_encoder(tmp_path / "nothing")
     assert enc.layers == (-1, 0, 1, 2) and enc.poolings == ("mean",) and enc.sample_rate == SR
     layer1 = enc.embed(sines(4.0, SR), sample_rate=SR, layer=1)
@@ -127,3 +127,91 @@ def test_readme_example_is_the_tested_one():
     if not blocks:
         pytest.skip("README.md has no ```python api-example block yet")
     assert blocks[0].strip() + "\n" == docstring_example()
+
+
+# ----------------------------------------------------------------------------- many files, all layers
+def test_embed_files_equals_embed_per_file_and_the_stage(workspace, enc, tmp_path):
+    files = [workspace / "data" / "a.wav", workspace / "data" / "b.wav"]
+    many = enc.embed_files(files, batch_size=3)
+    assert list(many) == [str(f) for f in files]
+    for f in files:
+        np.testing.assert_allclose(many[str(f)], enc.embed(f), atol=1e-6)
+    # a manifest, reading the feature store, written as the extract stage writes it
+    report = enc.embed_files(workspace / "data" / "manifest.csv", features=str(workspace / "features.zarr"),
+                             out=tmp_path / "api.zarr", frames=True)
+    assert report.embedded == 2 and report.from_store == 2
+    stage = run(params(workspace, out=tmp_path / "stage.zarr"))
+    assert stage.embedded == 2
+    a, b = Embeddings(str(tmp_path / "api.zarr")), Embeddings(str(tmp_path / "stage.zarr"))
+    for i in range(2):
+        np.testing.assert_array_equal(a.chunks(i), b.chunks(i))
+        np.testing.assert_array_equal(a.frames(i)[0], b.frames(i)[0])
+    assert a.attrs["timing"] == b.attrs["timing"] and a.attrs["timing"]["frame_rate"] == pytest.approx(1.953125)
+    again = enc.embed_files(workspace / "data" / "manifest.csv", out=tmp_path / "api.zarr", frames=True)
+    assert again.skipped == 2 and again.embedded == 0             # resumes like the stage
+
+
+def test_all_layers_come_from_one_pass_and_equal_single_layers(workspace, enc, tmp_path):
+    wave = sines(6.0, SR)
+    every = enc.embed(wave, sample_rate=SR, layer="all", frames=True)
+    depth = enc.frozen.encoder.depth
+    assert every["chunks"].shape[0] == depth + 2 and every["frames"].shape[0] == depth + 2
+    for i, layer in enumerate([*range(depth + 1), -1]):
+        single = enc.embed(wave, sample_rate=SR, layer=layer, frames=True)
+        np.testing.assert_allclose(every["chunks"][i], single["chunks"], atol=1e-6)
+        np.testing.assert_allclose(every["frames"][i], single["frames"], atol=1e-6)
+    np.testing.assert_array_equal(every["times"], single["times"])
+    picked = enc.embed_files([workspace / "data" / "a.wav"], layers=[1, -1])
+    np.testing.assert_allclose(picked[str(workspace / "data" / "a.wav")][1], enc.embed(workspace / "data" / "a.wav"),
+                               atol=1e-6)
+    report = enc.embed_files(workspace / "data" / "manifest.csv", layers=[0, -1], out=tmp_path / "layers")
+    assert report.embedded == 2
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == ["layer_0.zarr", "layer_last.zarr"]
+    assert Embeddings(str(tmp_path / "layers" / "layer_0.zarr")).layer == 0
+    with pytest.raises(ValueError, match="layer=9"):
+        enc.embed(wave, sample_rate=SR, layer=[1, 9])
+    with pytest.raises(ValueError, match="'every'"):
+        enc.embed(wave, sample_rate=SR, layer="every")
+
+
+def test_public_api_is_listed_and_loads_lazily():
+    import subprocess
+    import sys
+    code = ("import sys, mirkit; names = dir(mirkit); "
+            "assert {'load_encoder', 'embed_files', 'create_encoder', 'list_encoders', 'MirkitEncoder'} <= set(names), names; "
+            "assert 'torch' not in sys.modules; mirkit.load_encoder; assert 'torch' in sys.modules; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(README.parent)})
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]
+    import mirkit
+    assert set(mirkit.__all__) <= set(dir(mirkit))
+    assert any(e["name"] == "brn-sum-164m" for e in mirkit.list_encoders())
+
+
+def readme_block(name: str) -> str:
+    blocks = re.findall(rf"```python {name}\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, f"README.md has no ```python {name} block"
+    return blocks[0]
+
+
+def test_readme_examples_for_many_files_and_all_layers_run(tmp_path, monkeypatch):
+    samples = tmp_path / "data" / "samples"
+    samples.mkdir(parents=True)
+    for i, seconds in enumerate((5.0, 3.5)):
+        sf.write(samples / f"clip_{i:04d}.wav", sines(seconds, 22050), 22050)
+    (samples / "manifest.csv").write_text("path,split\nclip_0000.wav,train\nclip_0001.wav,test\n")
+    build_features(samples / "manifest.csv", tmp_path / "data" / "features.zarr")
+    make_checkpoint(tmp_path / "models" / "pretrain")
+    monkeypatch.chdir(tmp_path)
+    printed = {}
+    for name in ("api-many-files", "api-all-layers"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            exec(compile(readme_block(name), name, "exec"), {})
+        printed[name] = buf.getvalue()
+    many = printed["api-many-files"].splitlines()
+    assert many[0] == "data/samples/clip_0000.wav (2, 64)" and many[1] == "data/samples/clip_0001.wav (1, 64)"
+    assert many[2] == "2 embedded, 2 from the feature store"
+    layers = printed["api-all-layers"].splitlines()
+    assert layers[0] == "(4, 2, 64) [0, 1, 2, -1]"
+    assert layers[1] == "['layer_2.zarr', 'layer_last.zarr']"

@@ -137,7 +137,7 @@ def test_summary_mixing_model_has_no_attention_but_ssms(models, tmp_path):
 
 def test_model_command_errors(models, tmp_path):
     res = invoke("model", str(tmp_path / "nope"), str(tmp_path / "x.wav"))
-    assert res.exit_code == 1 and "no config.json" in res.text
+    assert res.exit_code == 1 and "no such model folder" in res.text
     res = invoke("model", str(models / "vit"))
     assert res.exit_code == 2 and "--manifest" in res.text
     (tmp_path / "bad.wav").write_bytes(b"not audio")

@@ -363,13 +363,13 @@ def test_checkpoint_round_trip_is_self_contained(tmp_path) -> None:
     torch.manual_seed(0)
     model = r.build_model()
     checkpoint.save(tmp_path, model, checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}))
-    _, loaded, config = checkpoint.load_model(tmp_path)
-    assert config["recipe_params"]["mean"] == sources.tokens.attrs["mean"]
-    assert config["recipe_params"]["codebook_size"] == 16
+    encoder, config, _ = checkpoint.load_encoder(tmp_path)
+    assert config["args"]["mean"] == sources.tokens.attrs["mean"]
+    assert config["provenance"]["recipe_params"]["codebook_size"] == 16
     x = torch.from_numpy(np.stack([sources.features.arrays[0][:80].T]))
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encoder.embed(x), model.encoder.embed(x))
+        torch.testing.assert_close(encoder.embed(x), model.encoder.embed(x))
 
 
 # ---------------------------------------------------------------- SummaryMixing layouts (SamsungLabs)

@@ -38,7 +38,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_then_only_what_changed(tmp_path):
     metrics = json.loads((tmp_path / "results" / "probe.json").read_text())
     assert set(metrics) == {"pretrained", "random-init"}
     assert set(metrics["pretrained"]) == set(params["probe"]["tasks"])
-    assert (tmp_path / "models" / "pretrain" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "pretrain" / "LATEST").is_file()
     log = (tmp_path / "results" / "pretrain" / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert log[0] == "step\tloss"
     losses = [float(row.split("\t")[1]) for row in log[1:]]

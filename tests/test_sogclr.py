@@ -144,8 +144,15 @@ def test_bad_indices_are_named():
 
 
 def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
-    """The moving averages live in the model's buffers, so the existing checkpoint carries them."""
+    """The moving averages live in the model's buffers, so the checkpoint carries them (with the
+    training heads, in the run folder's ``training/heads.safetensors``)."""
+    from mirkit import checkpoint
     from mirkit.train import PretrainParams, train
+
+    def weights(out):
+        folder = checkpoint.model_dir(out)
+        return {**{f"encoder.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()},
+                **checkpoint.read_heads(out)}
 
     def params(out):
         return PretrainParams(recipe="myna", recipe_params={"myna": {"preset": "myna-tiny", "mask_ratio": 0.5,
@@ -156,7 +163,7 @@ def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
 
     full = params(tmp_path / "full")
     train(full)
-    u_full = load_file(str(tmp_path / "full" / "model.safetensors"))["sogclr.u"]
+    u_full = weights(tmp_path / "full")["sogclr.u"]
     assert u_full.shape == (6,) and bool((u_full > 0).all())           # 6 tracks, all seen in 4 x 4 examples
     interrupted = params(tmp_path / "cut")
 
@@ -168,11 +175,12 @@ def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
             raise Stop
     with pytest.raises(Stop):
         train(interrupted, on_step=stop)
-    at_2 = load_file(str(tmp_path / "cut" / "model.safetensors"))["sogclr.u"]
+    at_2 = weights(tmp_path / "cut")["sogclr.u"]
     assert not torch.equal(at_2, u_full)
     train(interrupted, resume=True)
-    resumed = load_file(str(tmp_path / "cut" / "model.safetensors"))
-    full_weights = load_file(str(tmp_path / "full" / "model.safetensors"))
+    resumed = weights(tmp_path / "cut")
+    full_weights = weights(tmp_path / "full")
+    assert resumed.keys() == full_weights.keys() and "sogclr.u" in resumed
     for k in full_weights:
         torch.testing.assert_close(resumed[k], full_weights[k], rtol=0, atol=0)
 

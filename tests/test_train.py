@@ -33,6 +33,18 @@ def make_params(tmp_path, corpus, recipe="myna", **kw):
     return PretrainParams(**base)
 
 
+def run_weights(out) -> dict[str, torch.Tensor]:
+    """Encoder (prefixed ``encoder.``) and head weights of a run folder's current checkpoint."""
+    folder = checkpoint.model_dir(out)
+    weights = {f"encoder.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    weights.update(load_file(str(folder.parent / "training" / "heads.safetensors")))
+    return weights
+
+
+def run_config(out) -> dict:
+    return json.loads((checkpoint.model_dir(out) / "config.json").read_text())
+
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     p = PretrainParams(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     f = [lr_factor(s, p) for s in range(100)]
@@ -53,16 +65,19 @@ def test_training_writes_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus, r
     full = make_params(tmp_path / "a", tiny_corpus, recipe)
     result = train(full)
     assert np.isfinite(result.final_loss) and len(result.history) == 4
-    weights_full = load_file(str(Path(full.out) / "model.safetensors"))
-    config = json.loads((Path(full.out) / "config.json").read_text())
-    assert config["recipe"] == recipe and config["step"] == 4 and config["features"]["n_mels" if recipe != "mt2" else "n_bins"]
+    weights_full = run_weights(full.out)
+    config = run_config(full.out)
+    assert config["provenance"]["recipe"] == recipe and config["step"] == 4
+    assert config["features"]["n_mels" if recipe != "mt2" else "n_bins"]
+    assert sorted(p.name for p in Path(full.out).iterdir()) == ["LATEST", "step-000004"]   # older steps removed
 
     # an interrupted run: stopped right after the step-2 checkpoint, then resumed
     interrupted = make_params(tmp_path / "b", tiny_corpus, recipe)
     _train_until(interrupted, stop_after=2)
     resumed = train(interrupted, resume=True)
     assert resumed.resumed_from == 2
-    weights_resumed = load_file(str(Path(interrupted.out) / "model.safetensors"))
+    weights_resumed = run_weights(interrupted.out)
+    assert weights_resumed.keys() == weights_full.keys()
     for k in weights_full:
         torch.testing.assert_close(weights_resumed[k], weights_full[k], rtol=0, atol=0)
     curves_full, curves_resumed = read_curves(full.log), read_curves(interrupted.log)
@@ -103,32 +118,33 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus
     p = make_params(tmp_path, tiny_corpus, "myna", steps=6)
     with pytest.raises(TrainingDiverged, match=r"step 3: loss is nan.*\(step 2\)"):
         train(p)
-    assert json.loads((Path(p.out) / "config.json").read_text())["step"] == 2
-    recipe, model, _ = checkpoint.load_model(p.out)
-    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+    assert run_config(p.out)["step"] == 2
+    encoder, _, _ = checkpoint.load_encoder(p.out)
+    assert all(torch.isfinite(t).all() for t in encoder.state_dict().values())
 
 
 def test_bad_checkpoints_fail_with_clear_messages(tmp_path, tiny_corpus):
     p = make_params(tmp_path, tiny_corpus, "myna", steps=2)
     train(p)
-    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
-        checkpoint.load_model(tmp_path / "nowhere")
+    folder = checkpoint.model_dir(p.out)
+    with pytest.raises(checkpoint.CheckpointError, match="no such model folder"):
+        checkpoint.load_encoder(tmp_path / "nowhere")
     bad = tmp_path / "truncated"
     bad.mkdir()
-    (bad / "config.json").write_text((Path(p.out) / "config.json").read_text())
-    (bad / "model.safetensors").write_bytes((Path(p.out) / "model.safetensors").read_bytes()[:200])
+    (bad / "config.json").write_text((folder / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:200])
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
-        checkpoint.load_model(bad)
-    other = json.loads((Path(p.out) / "config.json").read_text())
-    other["recipe_params"]["preset"] = "myna-small"
+        checkpoint.load_encoder(bad)
+    other = json.loads((folder / "config.json").read_text())
+    other["args"]["dim"] = 192
     (bad / "config.json").write_text(json.dumps(other))
-    (bad / "model.safetensors").write_bytes((Path(p.out) / "model.safetensors").read_bytes())
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     with pytest.raises(checkpoint.CheckpointError, match="do not fit the model"):
-        checkpoint.load_model(bad)
+        checkpoint.load_encoder(bad)
     (bad / "config.json").write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable JSON"):
-        checkpoint.load_model(bad)
-    (Path(p.out) / "train_state.pt").write_bytes(b"garbage")
+        checkpoint.load_encoder(bad)
+    (folder.parent / "training" / "state.pt").write_bytes(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable training state"):
         train(p, resume=True)
 
@@ -185,11 +201,11 @@ def test_torchrun_cli_trains_muse_lq_with_ddp(tmp_path, tiny_corpus):
                           str(30500 + os.getpid() % 1000), "-m", "mirkit", "pretrain", "--params",
                           str(tmp_path / "params.yaml")], env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    config = json.loads((Path(p.out) / "config.json").read_text())
-    assert config["step"] == 3 and config["recipe"] == "muse-lq"
+    config = run_config(p.out)
+    assert config["step"] == 3 and config["provenance"]["recipe"] == "muse-lq"
     steps, losses = read_curves(p.log)["train/loss"]
     assert steps == [1, 2, 3] and all(np.isfinite(losses))
-    checkpoint.load_model(p.out)
+    checkpoint.load_encoder(p.out)
 
 
 @pytest.mark.slow
@@ -200,8 +216,8 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
     compiled = make_params(tmp_path / "compiled", tiny_corpus, "myna", compile=True, **kw)
     train(eager)
     train(compiled)
-    a = load_file(str(Path(eager.out) / "model.safetensors"))
-    b = load_file(str(Path(compiled.out) / "model.safetensors"))
+    a = run_weights(eager.out)
+    b = run_weights(compiled.out)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
@@ -245,7 +261,7 @@ def test_validation_loss_is_held_out_deterministic_and_leaves_training_untouched
     with_val = make_params(tmp_path / "val", tiny_corpus, recipe, val_split="valid", **kw)
     train(plain)
     result = train(with_val)
-    a, b = (load_file(str(Path(q.out) / "model.safetensors")) for q in (plain, with_val))
+    a, b = (run_weights(q.out) for q in (plain, with_val))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
     curves = read_curves(with_val.log)

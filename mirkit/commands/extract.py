@@ -10,7 +10,7 @@ import typer
 from mirkit import params as P
 from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
 
-HELP = """Embed every track of a manifest with a frozen mirkit checkpoint into an embeddings store (Zarr).
+HELP = """Embed every track of a manifest with a frozen mirkit encoder (a model folder) into an embeddings store (Zarr).
 
 Chunks are non-overlapping windows of the model's training crop; a remainder of at least `min_tail` of a window adds one end-aligned chunk; tracks shorter than a window are padded with their silence floor. Frames (frames=true) are per-frame embeddings at the model's native rate, timed in seconds from the start of the audio file. Input features come from the feature store when it holds the track with the model's exact feature parameters, otherwise they are computed from audio (the store is not modified).
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @app.command("extract", help=HELP)
     def extract(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `extract` is read"),
-        model: Optional[str] = typer.Option(None, "--model", help="checkpoint directory (overrides extract.model)"),
+        model: Optional[str] = typer.Option(None, "--model", help="model folder, training run folder or installed model name (overrides extract.model)"),
         out: Optional[str] = typer.Option(None, "--out", help="embeddings store (overrides extract.out)"),
         random_init: Optional[bool] = typer.Option(None, "--random-init/--pretrained",
                                                    help="freshly initialised weights (seed = extract.seed)"),

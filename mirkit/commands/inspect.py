@@ -33,7 +33,7 @@ def _fail(exc: Exception, code: int = 1) -> None:
 
 @sub.command("model")
 def model_cmd(
-    checkpoint: Path = typer.Argument(..., help="checkpoint directory"),
+    checkpoint: Path = typer.Argument(..., help="model folder or training run folder"),
     audio: Path | None = typer.Argument(None, help="audio file (or use --manifest and --track)"),
     manifest: Path | None = typer.Option(None, "--manifest", help="manifest CSV holding the track"),
     track: str | None = typer.Option(None, "--track", help="track id in --manifest"),
@@ -71,7 +71,7 @@ def model_cmd(
     except AudioError as exc:
         _fail(ValueError(f"{audio}: {exc}"))
     feats = features_of_wave(frozen, wave, FrontEnd(frozen.spec).to(frozen.device))
-    title = f"{frozen.config['recipe']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
+    title = f"{frozen.model_info.get('recipe') or frozen.config['architecture']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
     try:
         analysis, paths = inspect_model(frozen, feats, out, title, start)
     except ValueError as exc:

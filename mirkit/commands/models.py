@@ -1,4 +1,4 @@
-"""``mirkit models``: every preset with its parameter count, input features and paper."""
+"""``mirkit models``: every named encoder size per recipe, with parameters, timing, input and paper."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from mirkit.ui import out_console, table
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models() -> None:
-        """List every model preset: recipe, parameters of the encoder (what extraction keeps) and of the
-        whole pretraining model (heads included), the size its paper reports, the input feature set and
-        the paper it follows. Counted on the meta device: no memory is used."""
-        from mirkit.models.base import count_parameters
-        from mirkit.params import resolve
-        from mirkit import recipes
+        """List every model preset: recipe, encoder architecture (mirkit.models.registry), parameters of
+        the encoder (what a model folder keeps) and of the whole pretraining model (heads included), the
+        size its paper reports, the input feature set, the output frame rate (frames per second of
+        frame embeddings), what one output frame sees of the audio before mixing, and the receptive
+        field (every architecture mixes its whole window: attention or SummaryMixing). Counted on the
+        meta device: no memory is used."""
         import torch
+
+        from mirkit import recipes
+        from mirkit.features import PRESETS as FEATURES
+        from mirkit.models.base import count_parameters
+        from mirkit.models.registry import architecture_name
+        from mirkit.params import resolve
+        from mirkit.timing import timing
         papers: dict[str, str] = {}
         rows = []
         for name, cls, preset in recipes.all_presets():
@@ -26,9 +33,12 @@ def register(app: typer.Typer) -> None:
             with torch.device("meta"):
                 model = recipe.build_model()
             n, full = count_parameters(model.encoder), count_parameters(model)
-            rows.append((cls.name, name, f"{n / 1e6:.2f} M", f"{full / 1e6:.2f} M",
-                         f"{preset.paper_params:g} M" if preset.paper_params else "-",
-                         recipe.feature_set, "CPU" if preset.cpu_sized else "GPU"))
+            t = timing(model.encoder, FEATURES[recipe.feature_set].to_dict(), recipe.crop_frames)
+            rows.append((cls.name, name, architecture_name(model.encoder), f"{n / 1e6:.2f} M", f"{full / 1e6:.2f} M",
+                         f"{preset.paper_params:g} M" if preset.paper_params else "-", recipe.feature_set,
+                         f"{t['frame_rate']:.3g} Hz", f"{t['token_seconds'] * 1000:.0f} ms",
+                         f"{t['receptive_field_seconds']:.2f} s", "CPU" if preset.cpu_sized else "GPU"))
         out_console.print(table("mirkit models (encoder parameters counted without allocating memory)",
-                                ["recipe", "preset", "encoder", "with training heads", "paper says", "features", "for"], rows))
+                                ["recipe", "preset", "architecture", "encoder", "with training heads", "paper says",
+                                 "features", "frame rate", "frame sees", "receptive field", "for"], rows))
         out_console.print(table("papers", ["recipe", "follows"], papers.items()))

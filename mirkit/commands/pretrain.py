@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             ("throughput", f"{result.samples_per_s:.1f} samples/s"),
             ("time", f"{result.seconds:.1f} s" + (f" (evaluating {result.eval_seconds:.1f} s, of which online probes "
                                                   f"{result.probe_seconds:.1f} s)" if result.eval_seconds else "")),
-            ("checkpoint", f"{result.out}/model.safetensors + config.json"),
+            ("model folder", f"{result.out} (current step: {result.out}/step-{result.steps:06d}/model)"),
             ("curves / summary", f"{p.log} (dvclive) / {p.summary}"),
         ]))
 

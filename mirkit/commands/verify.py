@@ -8,11 +8,12 @@ from mirkit.ui import console, table
 
 HELP = """Check an artifact end to end and report what is wrong with it.
 
-PATH is a feature or token store (or a folder of shard stores), an embeddings store, or a model
-directory. Stores: the index against the arrays' shapes, start offsets, every chunk file present
-(a deleted chunk would read as zeros) and decodable, values finite (token codes in range). Model
-directories: config.json readable with parameters within bounds, model.safetensors fitting it with
-finite values, train_state.pt from the same step.
+PATH is a feature or token store (or a folder of shard stores), an embeddings store, a model folder
+or a training run folder. Stores: the index against the arrays' shapes, start offsets, every chunk file
+present (a deleted chunk would read as zeros) and decodable, values finite (token codes in range). Model
+folders: config.json readable with parameters within bounds, model.safetensors fitting its architecture
+with finite values; run folders also: the current step's heads readable and finite, its training state
+of the same step.
 
 Stages run the cheap part of these checks whenever they open an artifact; verify also decodes
 everything. Exit code 0 when sound, 2 when damaged or not an artifact.
@@ -23,7 +24,7 @@ Example: mirkit verify data/features.zarr
 
 def register(app: typer.Typer) -> None:
     @app.command("verify", help=HELP)
-    def verify(path: str = typer.Argument(..., help="store, shard folder, embeddings store or model directory")) -> None:
+    def verify(path: str = typer.Argument(..., help="store, shard folder, embeddings store, model folder or training run folder")) -> None:
         from mirkit.errors import InputError
         from mirkit.verify import verify as run
         try:

@@ -10,8 +10,10 @@ each block, and ``-1`` the last block's output after the final norm (what the pa
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor, nn
 
@@ -83,9 +85,47 @@ class Encoder(nn.Module):
     dim: int
     #: which poolings make sense for this model (the first is its default)
     poolings: tuple[str, ...] = ("mean",)
+    #: the constructor arguments this encoder was built with (what a model folder stores)
+    init_args: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Make every encoder remember its constructor arguments (the outermost constructor's)."""
+        super().__init_subclass__(**kwargs)
+        original = cls.__dict__.get("__init__")
+        if original is None:
+            return
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            original(self, *args, **kw)
+            if type(self) is cls:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.init_args = {k: list(v) if isinstance(v, tuple) else v
+                                  for k, v in bound.arguments.items() if k != "self"}
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
     def encode(self, x: Tensor, layers: Sequence[int] = (-1,), attention: bool = False) -> EncoderOutput:
         raise NotImplementedError
+
+    def token_frames(self) -> tuple[float, int]:
+        """``(step, span)`` in input frames: the step between consecutive output frames (the finest
+        pass for multi-pass models) and how many input frames one output frame sees before any
+        mixing across time (its local receptive field). Attention/SummaryMixing then mix a whole
+        window, so every output frame's full receptive field is the window."""
+        raise NotImplementedError
+
+    def embed_layers(self, x: Tensor, layers: Sequence[int], pooling: str | None = None,
+                     frames: bool = False) -> tuple[dict[int, Tensor], dict[int, Tensor], float]:
+        """Pooled ``{layer: (batch, dim')}``, per-time-step ``{layer: (batch, cols, dim')}`` (when
+        ``frames``) and the input frames per column, for several layers in one forward pass."""
+        pooling = pooling or self.poolings[0]
+        out = self.encode(x, layers=tuple(layers))
+        pooled = {layer: pool(out, layer, pooling) for layer in layers}
+        tokens = {layer: out.time_tokens(layer) for layer in layers} if frames else {}
+        return pooled, tokens, out.frames_per_col
 
     def embed(self, x: Tensor, layer: int = -1, pooling: str | None = None) -> Tensor:
         """``(batch, dim')`` embedding of each crop (hybrid models may concatenate passes)."""
@@ -96,6 +136,23 @@ class Encoder(nn.Module):
         """``(batch, cols, dim')`` per-time-step embeddings and the input frames each covers."""
         out = self.encode(x, layers=(layer,))
         return out.time_tokens(layer), out.frames_per_col
+
+
+def layer_list(depth: int, layers: int | Sequence[int] | str) -> list[int]:
+    """Validated layer numbers: one layer, a list, or ``"all"`` (0..depth, then -1)."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers={layers!r}: give a layer number, a list of them or 'all'")
+        return [*range(depth + 1), -1]
+    wanted = [int(layers)] if isinstance(layers, int) else [int(v) for v in layers]
+    if not wanted:
+        raise ValueError("layers: the list is empty")
+    for layer in wanted:
+        if not (layer == -1 or 0 <= layer <= depth):
+            raise ValueError(f"layer={layer}: this model has layers 0..{depth} (or -1 = last, normed)")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"layers={wanted}: a layer is listed twice")
+    return wanted
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -122,6 +122,10 @@ class MuseEncoder(Encoder):
             for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
+    def token_frames(self) -> tuple[float, int]:
+        """25 Hz steps of 4 frames; the two stride-2 residual blocks let step k see frames 4k-9..4k+9."""
+        return float(STACK), 19
+
     def normalise(self, x: Tensor) -> Tensor:
         """Stored dB mel -> zero-mean unit-variance input (global scalar statistics)."""
         return (x - self.mean) / self.std

@@ -221,6 +221,23 @@ class SimpleViT(Encoder):
         return torch.cat([pool(self.encode(x, layers=(layer,), patch=k), layer, pooling)
                           for k in self.patch_kinds], dim=-1)
 
+    def token_frames(self) -> tuple[float, int]:
+        """Output step: the finest patch width; a frame sees the widest patch's frames."""
+        widths = [self.patch_width(k) for k in self.patch_kinds]
+        return float(min(widths)), int(max(widths))
+
+    def embed_layers(self, x: Tensor, layers: Sequence[int], pooling: str | None = None,
+                     frames: bool = False) -> tuple[dict[int, Tensor], dict[int, Tensor], float]:
+        """One forward pass per patch kind for all ``layers``; passes concatenate as in :meth:`embed`
+        and :meth:`embed_frames`."""
+        pooling = pooling or self.poolings[0]
+        outs = [self.encode(x, layers=tuple(layers), patch=k) for k in self.patch_kinds]
+        pooled = {i: torch.cat([pool(o, i, pooling) for o in outs], dim=-1) for i in layers}
+        step = min(o.frames_per_col for o in outs)
+        tokens = {i: torch.cat([o.time_tokens(i).repeat_interleave(int(o.frames_per_col // step), dim=1)
+                                for o in outs], dim=-1) for i in layers} if frames else {}
+        return pooled, tokens, step
+
     def embed_frames(self, x: Tensor, layer: int = -1) -> tuple[Tensor, float]:
         """Per-time-step tokens (averaged over frequency rows). For hybrid, each pass's columns are
         repeated to the finest column rate of the two (the vertical 2-frame columns) before the

@@ -32,13 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.registry import sizes_of
 
-#: backbone sizes (width, depth, heads); the recipes add in_bins, max_len and n_cls
-PRESETS: dict[str, dict[str, int]] = {
-    "vit1d-tiny": {"width": 192, "depth": 12, "heads": 3},   # ViT-Tiny, ~5.4 M parameters (papers)
-    "vit1d-mini": {"width": 128, "depth": 4, "heads": 4},    # CPU-sized
-    "vit1d-micro": {"width": 64, "depth": 2, "heads": 2},    # CPU-sized, for tests
-}
+#: backbone sizes (width, depth, heads) from the registry; the recipes add in_bins, max_len and n_cls
+PRESETS: dict[str, dict[str, int]] = {name: dict(size.args) for name, size in sizes_of("vit1d").items()}
 
 
 class SelfAttention(nn.Module):
@@ -149,6 +146,10 @@ class ViT1D(Encoder):
         if bad:
             raise ValueError(f"layer {bad[0]} out of range (0..{self.depth} or -1)")
         return wanted
+
+    def token_frames(self) -> tuple[float, int]:
+        """One token per input frame."""
+        return 1.0, 1
 
     def encode(self, x: Tensor, layers: Sequence[int] = (-1,), attention: bool = False) -> EncoderOutput:
         """Hidden states of ``layers`` (0 = block input, 1..depth, -1 = last block + final norm).

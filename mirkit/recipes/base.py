@@ -63,6 +63,14 @@ class Preset:
     paper_params: float | None = None   # parameter count the paper reports (millions), if any
     cpu_sized: bool = False
 
+    @classmethod
+    def of(cls, size: str, **extra: Any) -> "Preset":
+        """The recipe preset of a named encoder size of :mod:`mirkit.models.registry` (``extra``:
+        recipe-side values kept with the preset, e.g. a head's vocabulary)."""
+        from mirkit.models.registry import SIZES
+        s = SIZES[size]
+        return cls({**s.args, **extra}, s.description, s.paper_params, s.cpu_sized)
+
 
 class PretrainModel(nn.Module):
     """A trainable module: ``forward(batch) -> {"loss": ..., other scalars}``; keeps ``encoder``."""

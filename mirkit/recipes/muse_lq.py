@@ -41,33 +41,15 @@ from torch import Tensor, nn
 
 from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_FRAMES
 from mirkit.models.muse import BLOCKS, MIXERS, STACK, MuseEncoder
+from mirkit.models.registry import sizes_of
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
 
-_PAPER = dict(conv_dim=512, units=4096, kernel_size=31, dropout=0.1, sm_local_hidden=[512], sm_local_out=512,
-              sm_summary_hidden=[1024], sm_summary_out=1024, codebook_size=8192)
-_TINY = dict(dim=64, depth=2, heads=4, conv_dim=16, units=256, kernel_size=31, dropout=0.0,
-             sm_local_hidden=[64], sm_local_out=64, sm_summary_hidden=[64], sm_summary_out=64, codebook_size=8192)
+#: token vocabulary of the paper (Table 2 rows); the sizes live in ``mirkit.models.registry``
+CODEBOOK_SIZE = 8192
 
-
-def _paper(block: str, attention: str, depth: int, dim: int) -> dict[str, Any]:
-    heads = 16 if dim == 1024 else 12
-    return dict(_PAPER, block=block, attention=attention, depth=depth, dim=dim, heads=heads, sm_groups=heads)
-
-
-PRESETS: dict[str, Preset] = {
-    "cnf-att-95m": Preset(_paper("conformer", "mhsa", 4, 768), "Conformer + rotary MHSA, 4 x 768 (Table 2)", 95),
-    "cnf-att-330m": Preset(_paper("conformer", "mhsa", 12, 1024), "Conformer + rotary MHSA, 12 x 1024 (Table 2)", 330),
-    "cnf-sum-302m": Preset(_paper("conformer", "summary", 12, 1024), "Conformer + SummaryMixing, 12 x 1024 (Table 2)", 302),
-    "brn-att-60m": Preset(_paper("branchformer", "mhsa", 4, 768), "Branchformer + rotary MHSA, 4 x 768 (Table 2)", 60),
-    "brn-att-187m": Preset(_paper("branchformer", "mhsa", 12, 1024), "Branchformer + rotary MHSA, 12 x 1024 (Table 2)", 187),
-    "brn-sum-164m": Preset(_paper("branchformer", "summary", 12, 1024), "Branchformer + SummaryMixing, 12 x 1024 (Table 2)", 164),
-    "brn-sum-tiny": Preset(dict(_TINY, block="branchformer", attention="summary"), "CPU-sized Branchformer + SummaryMixing, 2 x 64", cpu_sized=True),
-    "brn-att-tiny": Preset(dict(_TINY, block="branchformer", attention="mhsa"), "CPU-sized Branchformer + rotary MHSA, 2 x 64", cpu_sized=True),
-    "cnf-att-tiny": Preset(dict(_TINY, block="conformer", attention="mhsa"), "CPU-sized Conformer + rotary MHSA, 2 x 64", cpu_sized=True),
-    "cnf-sum-tiny": Preset(dict(_TINY, block="conformer", attention="summary"), "CPU-sized Conformer + SummaryMixing, 2 x 64", cpu_sized=True),
-}
+PRESETS: dict[str, Preset] = {name: Preset.of(name, codebook_size=CODEBOOK_SIZE) for name in sizes_of("muse")}
 
 
 @dataclass

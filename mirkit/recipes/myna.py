@@ -25,6 +25,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES, MAX_WIDTH
+from mirkit.models.registry import sizes_of
 from mirkit.models.vit import PATCH_KINDS, PATCH_SIZES, SimpleViT
 from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
 from mirkit.objectives.sogclr import SogCLR
@@ -52,16 +53,8 @@ def projection_head(dim: int, widths: list[int]) -> nn.Sequential:
         dim = width
     return nn.Sequential(*layers)
 
-PRESETS: dict[str, Preset] = {
-    "myna-22m": Preset(dict(dim=384, depth=12, heads=6, mlp_dim=1536, dim_head=64),
-                       "Myna 22M (vit-s-32 in Myna's code; the released checkpoints)", paper_params=21.4),
-    "myna-85m": Preset(dict(dim=768, depth=12, heads=12, mlp_dim=3072, dim_head=64),
-                       "Myna 85M (vit-b-16 in Myna's code; Myna-85M-Hybrid)", paper_params=85.2),
-    "myna-small": Preset(dict(dim=192, depth=4, heads=3, mlp_dim=768, dim_head=64),
-                         "CPU-sized: 192-d, 4 blocks", cpu_sized=True),
-    "myna-tiny": Preset(dict(dim=64, depth=2, heads=2, mlp_dim=128, dim_head=32),
-                        "CPU-sized: 64-d, 2 blocks (tests and smoke runs)", cpu_sized=True),
-}
+#: Myna's sizes live with the models (``mirkit.models.registry``); the recipe adds patch, bins and log1p
+PRESETS: dict[str, Preset] = {name: Preset.of(name) for name in sizes_of("simple-vit")}
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Converters from other checkpoint formats into mirkit model folders (``mirkit import ...``)."""
