@@ -308,3 +308,16 @@ def test_key_readout_calibrates_on_c_major_and_follows_transpositions():
     assert fixed.estimate(reference_features(0))[0] == 9                  # a given offset is used as is
     with pytest.raises(ValueError, match="key head"):
         KeyReadout.from_model(recipe_for(objectives="ntxent").build_model(), chunk_frames=16)
+
+
+def test_frame_norm_is_part_of_the_encoder_and_its_stored_arguments():
+    """The per-frame LayerNorm lives in the encoder (extraction sees it) and in the arguments a model
+    folder stores; a folder written before it (no ``frame_norm``) rebuilds the old encoder."""
+    from mirkit.models.registry import resolve_args
+    encoder = recipe_for().build_encoder()
+    assert isinstance(encoder.frame_norm, nn.LayerNorm) and encoder.init_args["frame_norm"] is True
+    x = torch.rand(2, 84, 16) * 0.5 + 0.5
+    tokens = encoder.frame_tokens(x)
+    torch.testing.assert_close(tokens, encoder.frame_tokens(3 * x - 1), atol=1e-3, rtol=0)   # standardised per frame
+    assert resolve_args("vit1d", {k: v for k, v in encoder.init_args.items() if k != "frame_norm"})["frame_norm"] is False
+    assert recipe_for(frame_norm=False).build_encoder().frame_norm is None
