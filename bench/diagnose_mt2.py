@@ -36,11 +36,12 @@ PITCH = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#
          "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}
 
 
-def key_signature(label: str) -> int:
-    """Position of a key's signature on the circle of fifths (relative major's tonic x 7 mod 12)."""
+def key_signature(label: str, c: int = 7) -> int:
+    """Position of a key's signature on the circle of CPSD's ``c`` (relative major's tonic x c mod 12;
+    c = 7: circle of fifths, c = 1: semitones)."""
     tonic, mode = label.split()
     pc = PITCH[tonic] + (3 if mode.startswith("min") else 0)
-    return (7 * pc) % 12
+    return (c * pc) % 12
 
 
 def forward_terms(model, batch):
@@ -99,7 +100,7 @@ def held_out_crops(recipe, sources, manifest: str, split: str) -> tuple[torch.Te
             if len(frames) < p.segment_frames:
                 continue
             crops.append(np.ascontiguousarray(frames.T[: p.crop_bins], dtype=np.float32))
-            sigs.append(key_signature(tracks[t.track_id].labels["key"]))
+            sigs.append(key_signature(tracks[t.track_id].labels["key"], p.c))
     return torch.from_numpy(np.stack(crops)), np.array(sigs)
 
 
@@ -123,7 +124,8 @@ class StandardisedBins:
 
 def run(args, lr: float, warmup: int, log: bool = True) -> dict:
     p = PretrainParams(recipe="mt2", recipe_params={"mt2": {"preset": args.preset, "segment_frames": args.segment_frames,
-                                                             "objectives": args.objectives}},
+                                                             "objectives": args.objectives,
+                                                             "frame_norm": not args.no_frame_norm, "c": args.c}},
                        features=args.features, manifest=args.manifest, splits=["train"], steps=args.steps,
                        batch_size=args.batch, lr=lr, warmup_steps=warmup, seed=args.seed)
     recipe = make_recipe(p)
@@ -141,7 +143,8 @@ def run(args, lr: float, warmup: int, log: bool = True) -> dict:
     diag_batch = default_collate([stream[10 ** 9 + k] for k in range(args.batch)])
     crops, sigs = held_out_crops(recipe, sources, args.manifest, "valid")
     curves: dict[str, list] = {"step": [], "loss": [], "cpsd": [], "ntxent": [], "grad_norm": []}
-    summary_extra = {"objectives": args.objectives, "standardise_bins": args.standardise_bins, "preset": args.preset}
+    summary_extra = {"objectives": args.objectives, "standardise_bins": args.standardise_bins, "preset": args.preset,
+                     "frame_norm": not args.no_frame_norm, "c": args.c}
     diags = []
     t0 = time.perf_counter()
     for step in range(p.steps):
@@ -193,6 +196,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--objectives", default="both", choices=["both", "cpsd"])
     ap.add_argument("--standardise-bins", action="store_true", help="standardise each CQT bin (train statistics)")
+    ap.add_argument("--c", type=int, default=7, choices=[1, 5, 7, 11], help="CPSD circle (7 = fifths, 1 = semitones)")
+    ap.add_argument("--no-frame-norm", action="store_true",
+                    help="feed the raw STONE-scaled CQT (the recipe before its per-frame LayerNorm)")
     ap.add_argument("--out", default="results/diagnose_mt2.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

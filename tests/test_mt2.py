@@ -30,9 +30,10 @@ def stone_scale(power: np.ndarray) -> np.ndarray:
     return (np.maximum(db, db.max() - 80) / 80 + 1).astype(np.float32)
 
 
-def harmonic_cqt(notes_per_frame: list[list[int]], n_bins: int = 99) -> np.ndarray:
-    """CQT-like ``(frames, bins)`` array: each note (a bin index) with 1/h partials."""
-    power = np.full((len(notes_per_frame), n_bins), 1e-8)
+def harmonic_cqt(notes_per_frame: list[list[int]], n_bins: int = 99, floor: float = 1e-8) -> np.ndarray:
+    """CQT-like ``(frames, bins)`` array: each note (a bin index) with 1/h partials over a noise
+    floor of ``floor`` (power; a note's fundamental has power 1)."""
+    power = np.full((len(notes_per_frame), n_bins), floor)
     for f, notes in enumerate(notes_per_frame):
         for n in notes:
             for h, up in HARMONICS:
@@ -165,7 +166,7 @@ def test_single_objective_ablations_have_one_class_token(objectives, n_cls, keys
     assert {"cpsd", "ntxent"} & set(out) == keys
 
 
-def _tonal_tracks(n_tracks: int, n_frames: int, seed: int) -> list[np.ndarray]:
+def _tonal_tracks(n_tracks: int, n_frames: int, seed: int, floor: float = 1e-8) -> list[np.ndarray]:
     """Each track in one major key: frames hold three scale notes (changing every 4 frames)."""
     rng = np.random.default_rng(seed)
     tracks = []
@@ -175,7 +176,7 @@ def _tonal_tracks(n_tracks: int, n_frames: int, seed: int) -> list[np.ndarray]:
         for _ in range(0, n_frames, 4):
             chord = (12 * rng.integers(2, 5, size=3) + (tonic + rng.choice(MAJOR_SCALE, size=3)) % 12 + 3).tolist()
             notes += [chord] * 4
-        tracks.append(harmonic_cqt(notes[:n_frames]))
+        tracks.append(harmonic_cqt(notes[:n_frames], floor=floor))
     return tracks
 
 
@@ -200,6 +201,65 @@ def test_short_training_lowers_cpsd_and_ntxent():
         after = model(eval_batch)
     assert after["cpsd"] < 0.6 * before["cpsd"], (before["cpsd"], after["cpsd"])
     assert after["ntxent"] < 0.85 * before["ntxent"], (before["ntxent"], after["ntxent"])
+
+
+def constant_profile_plateau() -> float:
+    """CPSD of the best input-independent profile under STONE's shifts, from its closed form:
+    ``z1 = z2 = z3 = r`` gives ``(1 - r^2)^2 + 2 (1 + r^4 - 2 r^2 E cos(2 pi 7 d / 12))``,
+    minimal at ``r^2 = (1 + 2 E cos) / 3``."""
+    e_cos = sum(pr * np.cos(2 * np.pi * 7 * d / 12) for d, pr in stone_shift_probabilities().items())
+    r2 = (1 + 2 * e_cos) / 3
+    return float((1 - r2) ** 2 + 2 * (1 + r2 ** 2 - 2 * r2 * e_cos))
+
+
+def test_constant_profile_plateau_matches_a_fitted_constant_profile():
+    """The collapse value quoted in docs/training.md (2.777: E cos = -1/11 under STONE's shifts) is what
+    the best constant profile reaches."""
+    plateau = constant_profile_plateau()
+    assert plateau == pytest.approx(2.777, abs=1e-3)
+    d = torch.tensor([(o + t) % 12 - o for o in range(1, 13) for t in range(1, 12)])   # STONE's 132 pairs
+    logits = torch.zeros(12, requires_grad=True)
+    with torch.no_grad():
+        logits[0] = 1.0                                  # break the symmetry of the uniform profile
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1000):
+        y = torch.softmax(logits, -1).expand(len(d), 12)
+        loss = cpsd_loss(y, y, y, d)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() == pytest.approx(plateau, abs=0.02)
+
+
+def _cpsd_after_training(frame_norm: bool, floor: float, steps: int = 300) -> float:
+    """Held-out CPSD of a vit1d-micro CPSD-only model after ``steps`` AdamW steps on tonal tracks."""
+    torch.manual_seed(0)
+    recipe = recipe_for(objectives="cpsd", frame_norm=frame_norm)
+    train = Sources(MemorySource(_tonal_tracks(84, 48, seed=0, floor=floor)))
+    valid = Sources(MemorySource(_tonal_tracks(18, 48, seed=1, floor=floor)))
+    recipe.prepare(train)
+    model = recipe.build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        batch = stack([recipe.sample(train, int(t), rng) for t in rng.integers(0, 84, size=8)])
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    held_out = stack([recipe.sample(valid, t % 18, np.random.default_rng(1000 + t)) for t in range(64)])
+    with torch.no_grad():
+        return float(model.eval()(held_out)["cpsd"])
+
+
+def test_frame_norm_lets_cpsd_leave_the_constant_profile_plateau():
+    """STONE-scaled input over a -40 dB noise floor (values 0.5..1, like the sample clips' 0.55..1.06):
+    without STONE's per-frame normalisation the ViT-1D's CPSD stays on the constant-profile
+    plateau; with it, CPSD falls far below (docs/training.md, "MT2")."""
+    plateau = constant_profile_plateau()
+    assert _cpsd_after_training(frame_norm=True, floor=1e-4) < 0.4 * plateau
+    assert _cpsd_after_training(frame_norm=False, floor=1e-4) > 0.95 * plateau
 
 
 # --- params ------------------------------------------------------------------------------------
@@ -248,3 +308,16 @@ def test_key_readout_calibrates_on_c_major_and_follows_transpositions():
     assert fixed.estimate(reference_features(0))[0] == 9                  # a given offset is used as is
     with pytest.raises(ValueError, match="key head"):
         KeyReadout.from_model(recipe_for(objectives="ntxent").build_model(), chunk_frames=16)
+
+
+def test_frame_norm_is_part_of_the_encoder_and_its_stored_arguments():
+    """The per-frame LayerNorm lives in the encoder (extraction sees it) and in the arguments a model
+    folder stores; a folder written before it (no ``frame_norm``) rebuilds the old encoder."""
+    from mirkit.models.registry import resolve_args
+    encoder = recipe_for().build_encoder()
+    assert isinstance(encoder.frame_norm, nn.LayerNorm) and encoder.init_args["frame_norm"] is True
+    x = torch.rand(2, 84, 16) * 0.5 + 0.5
+    tokens = encoder.frame_tokens(x)
+    torch.testing.assert_close(tokens, encoder.frame_tokens(3 * x - 1), atol=1e-3, rtol=0)   # standardised per frame
+    assert resolve_args("vit1d", {k: v for k, v in encoder.init_args.items() if k != "frame_norm"})["frame_norm"] is False
+    assert recipe_for(frame_norm=False).build_encoder().frame_norm is None

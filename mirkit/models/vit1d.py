@@ -19,6 +19,13 @@ a pure content summary (the mean of positional embeddings would otherwise add a 
 varies with the chunk length), and class tokens get no positional embedding of their own (their
 learned vectors already tell them apart).
 
+``frame_norm=True`` (the ``mt2`` recipe) standardises each frame over its bins with a
+``LayerNorm(in_bins)`` (learnable per-bin gain and bias) before the tokeniser: the first operation
+of STONE's ChromaNet (``LayerNorm([bins, channels])`` per frame, ``src/stone12/model/convnext.py``).
+Without it the STONE-scaled CQT (noise floor at 0.5-0.85, see docs/training.md, "MT2") reaches the
+tokeniser as a large constant vector plus a small pitch-dependent part, and CPSD collapses to a
+constant key profile.
+
 Inputs with more bins than the model (a 99-bin CQT for an 84-bin MT2 model) are cropped to bins
 ``[crop_offset, crop_offset + in_bins)``; ``crop_offset`` is 0 by default, as STONE's inference.
 """
@@ -88,7 +95,7 @@ class ViT1D(Encoder):
 
     def __init__(self, in_bins: int = 128, width: int = 192, depth: int = 12, heads: int = 3,
                  max_len: int = 126, n_cls: int = 1, mlp_ratio: int = 4, crop_offset: int = 0,
-                 input_mean: float = 0.0, input_std: float = 1.0):
+                 input_mean: float = 0.0, input_std: float = 1.0, frame_norm: bool = False):
         super().__init__()
         if n_cls not in (1, 2):
             raise ValueError(f"n_cls must be 1 or 2, got {n_cls}")
@@ -100,6 +107,7 @@ class ViT1D(Encoder):
         self.poolings = ("cls-mean", "cls", "cls2", "seq-mean", "mean") if n_cls == 2 else ("cls", "seq-mean", "mean")
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
+        self.frame_norm = nn.LayerNorm(in_bins) if frame_norm else None
         self.patch = nn.Linear(in_bins, width)
         self.pos = nn.Parameter(torch.zeros(max_len, width))
         self.cls = nn.Parameter(torch.zeros(n_cls, width))
@@ -130,8 +138,10 @@ class ViT1D(Encoder):
         if frames > self.max_len:
             raise ValueError(f"input has {frames} frames; this model has {self.max_len} positions "
                              "(feed chunks of the training crop length)")
-        x = (x - self.input_mean) / self.input_std
-        return self.patch(x.transpose(1, 2))
+        x = ((x - self.input_mean) / self.input_std).transpose(1, 2)
+        if self.frame_norm is not None:
+            x = self.frame_norm(x)
+        return self.patch(x)
 
     def tokens(self, x: Tensor) -> Tensor:
         """Layer-0 sequence: class tokens (learned vector + frame mean) then frames + positions."""

@@ -20,7 +20,12 @@ MT2's code is not public; where its abstract is silent this module follows STONE
 * ``objectives``: "both" (MT2), or "cpsd" / "ntxent" for the paper's single-class-token ablations;
   a single-objective model has ONE class token (k = 1) that the chosen objective trains, as the
   paper's "single-class-token ViT-1D models".
-* Inputs are not normalised further (STONE's scaling already maps to about [0, 1]).
+* Each frame is standardised over its 84 bins by a ``LayerNorm`` with per-bin gain and bias
+  before the ViT-1D's tokeniser (``frame_norm``, on by default): STONE's ChromaNet starts with
+  exactly this layer. It is not optional in practice: STONE's dB scaling puts the CQT's noise
+  floor at 0.5-0.85, and a linear tokeniser fed that raw sees a large constant vector plus a small
+  pitch-dependent part; CPSD then sits on the constant-profile plateau (2.79) instead of learning
+  (docs/training.md, "MT2"). MT2's own input normalisation is not published.
 """
 
 from __future__ import annotations
@@ -120,6 +125,8 @@ class MT2Params:
     temperature: float = param(0.1, gt=0, help="NT-Xent temperature")
     silence_db: float = param(-7.5, le=0, help="segments this many dB (power) below the track are silent")
     proj_dims: list[int] | None = param(None, help="projection head widths (default: per preset)")
+    frame_norm: bool = param(True, help="standardise each CQT frame over its bins (STONE's first layer); "
+                                        "off = raw STONE-scaled input, where CPSD collapses")
 
     def check(self) -> None:
         check_proj_dims(self.proj_dims)
@@ -164,7 +171,7 @@ class MT2Recipe(Recipe):
 
     def build_encoder(self) -> ViT1D:
         model = {**self.preset().model, "in_bins": self.params.crop_bins,
-                 "max_len": self.params.segment_frames, "n_cls": self.n_cls}
+                 "max_len": self.params.segment_frames, "n_cls": self.n_cls, "frame_norm": self.params.frame_norm}
         return ViT1D(**model)
 
     def build_model(self) -> MT2Model:
