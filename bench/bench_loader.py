@@ -14,9 +14,9 @@ import argparse
 import time
 
 import torch
+from timing import train_step_seconds
 from torch.utils.data import DataLoader
 
-from timing import train_step_seconds
 from mirkit.train import ExampleStream, PretrainParams, batch_indices, make_recipe, open_sources
 
 

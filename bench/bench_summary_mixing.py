@@ -89,7 +89,7 @@ def main() -> None:
           f"threads={torch.get_num_threads()} clock={clock_name} (best of {args.repeats}, fwd+bwd)\n")
     print(f"| audio (s) | steps (25 Hz) | {LABELS['mhsa']} (ms) | {LABELS['summary']} (ms) | MHSA / SM |")
     print("|---:|---:|---:|---:|---:|")
-    for s, n, ta, ts in zip(args.seconds, steps, times["mhsa"], times["summary"]):
+    for s, n, ta, ts in zip(args.seconds, steps, times["mhsa"], times["summary"], strict=True):
         print(f"| {s:g} | {n} | {ta * 1e3:.1f} | {ts * 1e3:.1f} | {ta / ts:.2f} |")
     print(f"| **growth exponent** (log-log slope) | | **{slopes['mhsa']:.2f}** | **{slopes['summary']:.2f}** | |")
 

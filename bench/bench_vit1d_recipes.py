@@ -17,10 +17,10 @@ import statistics
 
 import numpy as np
 import torch
+from timing import train_step_seconds
 
 from mirkit.models.base import count_parameters
 from mirkit.params import resolve
-from timing import train_step_seconds
 from mirkit.recipes.contrastive import ContrastiveParams, ContrastiveRecipe
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe
 
@@ -88,7 +88,7 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU thread(s), median of {args.steps} steps after {args.warmup} warm-up\n")
     print("| recipe | encoder params | input per view | crops/step | step (ms) | samples/s | crops/s |")
     print("|---|---|---|---|---|---|---|")
-    for name, (model, _, batch, views, recipe) in runs.items():
+    for name, (model, _, batch, views, _recipe) in runs.items():
         med = statistics.median(times[name])
         shape = "x".join(str(s) for s in batch["view1"].shape[1:])
         print(f"| {name} | {count_parameters(model.encoder) / 1e6:.2f} M | {shape} | {views * args.batch} | "

@@ -36,10 +36,11 @@ import csv
 import gzip
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 AUDIO_EXTENSIONS = (".wav", ".au", ".mp3", ".flac", ".ogg", ".m4a", ".aiff", ".aif")
 

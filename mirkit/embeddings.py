@@ -20,7 +20,8 @@ to the committed counts and resumes after the last committed track (``writer.don
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -168,7 +169,7 @@ class EmbeddingsWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "EmbeddingsWriter":
+    def __enter__(self) -> EmbeddingsWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -186,7 +187,7 @@ def _count(value: Any) -> int:
     return value
 
 
-def scan(emb: "Embeddings", block: int = 65536) -> list[str]:
+def scan(emb: Embeddings, block: int = 65536) -> list[str]:
     """Full check of an opened store: decode every committed row; values must be finite."""
     problems = []
     arrays = [("chunks", emb._n_chunks)] + ([("frames", emb._n_frames), ("frame_time", emb._n_frames)]

@@ -220,7 +220,7 @@ def plot_novelty(analysis: ModelAnalysis, path: Path, title: str) -> Path:
                                   + (analysis.frames_per_col - 1) / 2) / analysis.frame_rate
     norm = lambda v: (v - v.min()) / (v.max() - v.min() + 1e-12)  # noqa: E731
     k = analysis.half_width
-    for ax, la in zip(axes[:, 0], analysis.layers):
+    for ax, la in zip(axes[:, 0], analysis.layers, strict=True):
         ax.fill_between(t, norm(analysis.onset), color="0.8", label="onset strength (spectral flux)")
         novelty = la.ssm_novelty.astype(float).copy()
         if len(novelty) > 2 * k:     # the edges (kernel off the matrix) are not drawn, as not correlated
@@ -293,7 +293,7 @@ def embedding_map(store_url: str, label: str, method: str, out_path: str | Path,
                              sharex=True, sharey=True)
     classes = sorted({str(v) for v in values})
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    for ax, split in zip(axes[0], splits):
+    for ax, split in zip(axes[0], splits, strict=True):
         idx = [i for i, t in enumerate(emb.tracks) if (t.get("split") or "all") == split]
         if numeric is not None:
             sc = ax.scatter(xy[idx, 0], xy[idx, 1], c=numeric[idx], cmap="viridis", s=14,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-
 from typing import Any
 
 import numpy as np
@@ -121,7 +120,7 @@ class KeyReadout:
             self.offset = int(np.argmax(self.raw_profile(ref)))
 
     @classmethod
-    def from_model(cls, model: Any, chunk_frames: int, **kwargs: Any) -> "KeyReadout":
+    def from_model(cls, model: Any, chunk_frames: int, **kwargs: Any) -> KeyReadout:
         """From a trained :class:`mirkit.recipes.mt2.MT2Model` (uses its ``key_head``)."""
         if getattr(model, "key_head", None) is None:
             raise ValueError("this model has no key head (trained without the CPSD objective)")

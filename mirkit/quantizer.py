@@ -19,8 +19,6 @@ normalisation stats). Paths may be local or fsspec URLs.
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import json
 import math
 import os
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mirkit.errors import InputError
 from mirkit.files import atomic_write_bytes
 
 FORMAT = "mirkit.rpq/1"
@@ -117,7 +116,7 @@ class RandomProjectionQuantizer(nn.Module):
         _write_bytes(sidecar_path(path), (json.dumps(self.hparams(), indent=2) + "\n").encode())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RandomProjectionQuantizer":
+    def load(cls, path: str | os.PathLike) -> RandomProjectionQuantizer:
         """Read a quantizer written by :meth:`save`; raises :class:`QuantizerFileError` naming the problem."""
         from safetensors import SafetensorError
         from safetensors.torch import load

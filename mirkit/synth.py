@@ -30,9 +30,10 @@ import io
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -515,7 +516,7 @@ def assign_splits(keys: list[str], fractions: tuple[float, ...] = SPLIT_FRACTION
     counts = [0] * len(fractions)
     splits = [""] * len(keys)
     for j, i in enumerate(order):
-        s = int(np.argmax([f * (j + 1) - c for f, c in zip(fractions, counts)]))
+        s = int(np.argmax([f * (j + 1) - c for f, c in zip(fractions, counts, strict=True)]))
         counts[s] += 1
         splits[i] = SPLITS[s]
     return splits
@@ -594,10 +595,10 @@ def synthesize(out_dir: Path, n_clips: int = 120, seed: int = 0, sample_rate: in
     plans = [plan_clip(i, seed, sample_rate, min_seconds, max_seconds) for i in range(n_clips)]
     splits = assign_splits([p.key for p in plans])
     clips = []
-    for plan, split in zip(plans, splits):
+    for plan, split in zip(plans, splits, strict=True):
         audio = render_clip(plan, seed)
         _write_atomic(out_dir / f"{plan.name}.wav",
-                      lambda tmp: sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV"))
+                      lambda tmp, audio=audio: sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV"))
         _write_text(out_dir / f"{plan.name}.beats.txt", "".join(f"{t:.6f}\n" for t in plan.beats))
         _write_text(out_dir / f"{plan.name}.chords.lab",
                     "".join(f"{a:.6f} {b:.6f} {label}\n" for a, b, label in plan.chords))

@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,7 +253,7 @@ def _mean_across(values: dict[str, float], info: DistInfo, device: torch.device)
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return {k: float(v) / info.world for k, v in zip(keys, t.tolist())}
+    return {k: float(v) / info.world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
 @dataclass

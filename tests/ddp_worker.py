@@ -12,8 +12,15 @@ import torch.distributed as dist
 from torch.utils.data import default_collate
 
 from mirkit.params import resolve
-from mirkit.train import (ExampleStream, PretrainParams, batch_indices, init_distributed, make_recipe,
-                          open_sources, wrap_ddp)
+from mirkit.train import (
+    ExampleStream,
+    PretrainParams,
+    batch_indices,
+    init_distributed,
+    make_recipe,
+    open_sources,
+    wrap_ddp,
+)
 
 
 def grads_on_global_batch(p: PretrainParams, rank: int, world: int):

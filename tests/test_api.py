@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_extract import SR, build_features, make_checkpoint, params, write_dataset
 
 import mirkit.api as api
 from mirkit.api import load_encoder
 from mirkit.checkpoint import CheckpointError
 from mirkit.embeddings import Embeddings
 from mirkit.extract import run
-from test_extract import SR, build_features, make_checkpoint, params, write_dataset
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

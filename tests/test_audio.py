@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_fixtures import tone, write_bad, write_odd_but_valid
+
 from mirkit.audio import AudioError, find_audio, load_audio, read_audio
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from memory_source import MemorySource as ArraySource
 from torch import nn
 
 from mirkit.models.branchformer import BranchformerBlock
@@ -21,7 +22,6 @@ from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.recipes.base import Sources
 from mirkit.recipes.muse_lq import MuseLQRecipe
-from memory_source import MemorySource as ArraySource
 
 torch.set_num_threads(1)
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from memory_source import MemorySource as ArraySource
 
 import mirkit.models.vit as vit
 from mirkit.models.base import count_parameters
@@ -16,7 +17,6 @@ from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.recipes.base import Sources
 from mirkit.recipes.myna import PRESETS, MynaParams, MynaRecipe
-from memory_source import MemorySource as ArraySource
 
 TINY = PRESETS["myna-tiny"].model
 
@@ -152,7 +152,7 @@ def test_views_get_independent_masks(monkeypatch):
     model({"view1": view, "view2": view.clone()})
     assert len(calls) == 2 and all(c.shape == (8, 5) for c in calls)
     sets = [[frozenset(r.tolist()) for r in c] for c in calls]
-    assert sum(a != b for a, b in zip(*sets)) == 8            # same sample, different subset per view
+    assert sum(a != b for a, b in zip(*sets, strict=True)) == 8            # same sample, different subset per view
 
 
 def test_nothing_is_dropped_at_embedding_even_in_train_mode():

@@ -12,8 +12,17 @@ import yaml
 from typer.testing import CliRunner
 
 from mirkit.cli import app
-from mirkit.synth import (KEYS, MANIFEST_COLUMNS, SPLITS, TEMPO_RANGE, TIMBRES, assign_splits,
-                          pitch_class, plan_clip, synthesize)
+from mirkit.synth import (
+    KEYS,
+    MANIFEST_COLUMNS,
+    SPLITS,
+    TEMPO_RANGE,
+    TIMBRES,
+    assign_splits,
+    pitch_class,
+    plan_clip,
+    synthesize,
+)
 
 SMALL = dict(n_clips=24, sample_rate=8000, min_seconds=2.0, max_seconds=4.0)
 
@@ -165,7 +174,7 @@ def test_onsets_line_up_with_annotated_beats(corpus):
         beats = np.loadtxt(out / row["beats"], ndmin=1)
         period = 60.0 / float(row["tempo"])
 
-        def strength(times):
+        def strength(times, sr=sr, flux=flux):
             frames = np.round(np.asarray(times) * sr / hop).astype(int)
             frames = frames[(frames >= 2) & (frames < len(flux) - 2)]
             return [flux[f - 2:f + 3].max() for f in frames]
@@ -211,7 +220,7 @@ def test_splits_are_stratified_by_key():
     counts = {s: splits.count(s) for s in SPLITS}
     assert counts == {"train": 84, "valid": 18, "test": 18}
     for key in KEYS:
-        assert "train" in {s for k, s in zip(keys, splits) if k == key}
+        assert "train" in {s for k, s in zip(keys, splits, strict=True) if k == key}
     assert splits == assign_splits(keys)
 
 

@@ -8,10 +8,29 @@ import torch
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
 from mirkit.params import ParamsError
-from mirkit.tasks import (CHORD_CLASSES, ENSEMBLES, IGNORE, KEY_CLASSES, Songs, TaskDataError, TaskSpec,
-                          beat_targets, best_ensemble, check_columns, chord_class, chord_targets, decode_chords,
-                          ensemble, majmin_score, make_task, normalise_key, parse_tasks, pick_peaks, read_beats,
-                          read_chords)
+from mirkit.tasks import (
+    CHORD_CLASSES,
+    ENSEMBLES,
+    IGNORE,
+    KEY_CLASSES,
+    Songs,
+    TaskDataError,
+    TaskSpec,
+    beat_targets,
+    best_ensemble,
+    check_columns,
+    chord_class,
+    chord_targets,
+    decode_chords,
+    ensemble,
+    majmin_score,
+    make_task,
+    normalise_key,
+    parse_tasks,
+    pick_peaks,
+    read_beats,
+    read_chords,
+)
 
 
 def task(ttype, label="y", **options):
@@ -97,7 +116,7 @@ def test_key_weighted_score_hand_case_and_mir_eval():
     # exact 1, fifth .5, relative (A minor -> C major) .3, parallel .2, unrelated 0
     assert m["weighted_score"] == pytest.approx((1 + 0.5 + 0.3 + 0.2 + 0) / 5)
     assert m["accuracy"] == pytest.approx(1 / 5)
-    direct = np.mean([mir_eval.key.weighted_score(r, e) for r, e in zip(refs, ests)])
+    direct = np.mean([mir_eval.key.weighted_score(r, e) for r, e in zip(refs, ests, strict=True)])
     assert m["weighted_score"] == pytest.approx(direct)
     # enharmonic label in the data maps to the same class
     assert list(t.targets([{"y": "d# minor"}])) == [KEY_CLASSES.index("Eb minor")]

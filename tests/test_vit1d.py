@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from memory_source import MemorySource
 
 import mirkit.objectives.contrastive as contrastive_objective
 import mirkit.recipes.contrastive as contrastive_recipe
@@ -12,10 +13,7 @@ from mirkit.models.base import count_parameters, pool
 from mirkit.models.vit1d import ViT1D, build_vit1d
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes.base import Sources
-from mirkit.recipes.contrastive import (ContrastiveParams, ContrastiveRecipe, db_power,
-                                        pick_two_segments)
-from memory_source import MemorySource
-
+from mirkit.recipes.contrastive import ContrastiveParams, ContrastiveRecipe, db_power, pick_two_segments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,7 @@ lucidrains ``simple_vit``), with Myna's token dropping and its hybrid (two patch
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

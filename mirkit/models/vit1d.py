@@ -32,7 +32,7 @@ Inputs with more bins than the model (a 99-bin CQT for an 84-bin MT2 model) are 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -151,8 +151,8 @@ class ViT1D(Encoder):
 
     # --- Encoder contract ------------------------------------------------------------------
     def _check_layers(self, layers: Sequence[int]) -> set[int]:
-        wanted = set(int(l) for l in layers)
-        bad = [l for l in wanted if not (l == -1 or 0 <= l <= self.depth)]
+        wanted = {int(i) for i in layers}
+        bad = [i for i in wanted if not (i == -1 or 0 <= i <= self.depth)]
         if bad:
             raise ValueError(f"layer {bad[0]} out of range (0..{self.depth} or -1)")
         return wanted

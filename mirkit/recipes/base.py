@@ -64,7 +64,7 @@ class Preset:
     cpu_sized: bool = False
 
     @classmethod
-    def of(cls, size: str, **extra: Any) -> "Preset":
+    def of(cls, size: str, **extra: Any) -> Preset:
         """The recipe preset of a named encoder size of :mod:`mirkit.models.registry` (``extra``:
         recipe-side values kept with the preset, e.g. a head's vocabulary)."""
         from mirkit.models.registry import SIZES
@@ -104,7 +104,7 @@ class Recipe(ABC):
         """Length of one training crop in input frames (extraction chunks use the same length)."""
         return int(getattr(self.params, self.crop_param))
 
-    def prepare(self, sources: Sources) -> None:
+    def prepare(self, sources: Sources) -> None:  # noqa: B027  (an optional hook, not abstract)
         """Hook called once before training with the sources (e.g. to copy normalisation stats
         into ``self.params`` so they are saved in ``config.json``). Default: nothing."""
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES
-from mirkit.models.vit1d import PRESETS as VIT1D_SIZES, ViT1D
+from mirkit.models.vit1d import PRESETS as VIT1D_SIZES
+from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import CropSource, Preset, PretrainModel, Recipe, Sources
