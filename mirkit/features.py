@@ -219,6 +219,8 @@ class MelFFT(nn.Module):
             basis = MelSpectrogram(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels,
                                    hop_length=spec.hop_length, fmin=spec.fmin, fmax=fmax, center=True,
                                    pad_mode="reflect", power=2.0, verbose=False).mel_basis
+        self.mel_basis: torch.Tensor
+        self.window: torch.Tensor
         self.register_buffer("mel_basis", basis.clone().float(), persistent=False)
         self.register_buffer("window", torch.hann_window(spec.n_fft, periodic=True), persistent=False)
         self.n_fft, self.hop = spec.n_fft, spec.hop_length

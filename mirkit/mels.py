@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 from mirkit import store
 from mirkit.audio import AudioError, fingerprint, read_audio, resample
 from mirkit.device import DEVICES, pick
-from mirkit.files import atomic_write_text, write_json
 from mirkit.features import PRESETS, FeatureSpec, FrontEnd
+from mirkit.files import atomic_write_text, write_json
 from mirkit.manifest import Track, load_tracks
 from mirkit.params import ParamsError, param, resolve
 
@@ -188,7 +189,7 @@ def _write(p: MelsParams, specs: dict[str, FeatureSpec], tracks: list[Track], ou
     for name, spec in specs.items():
         fs, status = _open_set(out, name, spec, shard)
         stored = {r.track_id: r.fingerprint for r in fs.tracks}
-        changed = [t.track_id for t, fp in zip(tracks, prints) if t.track_id in stored and fp is not None
+        changed = [t.track_id for t, fp in zip(tracks, prints, strict=True) if t.track_id in stored and fp is not None
                    and stored[t.track_id] != fp]
         if changed:  # an append-only set cannot replace a track in place: rebuild it
             store.delete_set(out, name)
@@ -217,7 +218,7 @@ def _write(p: MelsParams, specs: dict[str, FeatureSpec], tracks: list[Track], ou
 
     def compute_batch() -> None:
         for name, spec in specs.items():
-            items = []
+            items: list[tuple[int, np.ndarray]] = []
             for i, w in batch:
                 if i not in todo[name]:
                     continue
@@ -228,14 +229,14 @@ def _write(p: MelsParams, specs: dict[str, FeatureSpec], tracks: list[Track], ou
                     continue
                 items.append((i, w[spec.sample_rate]))
             by_len: dict[int, list[tuple[int, np.ndarray]]] = {}
-            for i, w in items:
-                by_len.setdefault(w.shape[0], []).append((i, w))
+            for i, wave in items:
+                by_len.setdefault(wave.shape[0], []).append((i, wave))
             results: dict[int, np.ndarray] = {}
             for group in by_len.values():
                 for lo in range(0, len(group), p.batch_size):
                     part = group[lo: lo + p.batch_size]
                     for (i, _), feats in zip(part, _compute_fixed(fronts[name], [w for _, w in part],
-                                                                  p.batch_size, device)):
+                                                                  p.batch_size, device), strict=True):
                         results[i] = feats
             for i, _ in items:  # commit in manifest order
                 with np.errstate(over="ignore"):   # checked as stored: float16 overflows to inf

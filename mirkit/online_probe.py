@@ -25,11 +25,15 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 
 from mirkit.params import ParamsError, param
+
+if TYPE_CHECKING:
+    from mirkit.models.base import Encoder
 
 _IDS = itertools.count()
 
@@ -92,13 +96,13 @@ class OnlineProbes:
         self.offsets = [float(t.offset) for t in tracks]
         check_columns(self.specs, self.rows, f"pretrain.online_probe.manifest ({p.manifest})",
                       key="pretrain.online_probe.tasks")
-        self.features = [fs.read(fs.index_of(t.track_id)) for t in tracks]
+        self.features = [fs.read(cast(int, fs.index_of(t.track_id))) for t in tracks]   # none missing (above)
         self.frames = any(isinstance(make_task(s), FrameTask) for s in self.specs.values())
 
     def due(self, step: int) -> bool:
         return step == 0 or step % self.p.every == 0 or step == self.total_steps
 
-    def embed(self, encoder: torch.nn.Module, config: dict[str, Any]):
+    def embed(self, encoder: Encoder, config: dict[str, Any]):
         """The labelled clips embedded by a frozen copy of ``encoder`` (as ``mirkit extract``), in
         an in-memory store whose ``test`` split is a copy of ``valid``."""
         from mirkit.embeddings import Embeddings, EmbeddingsWriter
@@ -107,20 +111,20 @@ class OnlineProbes:
         layer, pooling = frozen.resolve(self.p.layer, self.p.pooling)
         dim = frozen.probe_shapes(layer, pooling)[0]
         url = f"memory://mirkit-online-probe-{next(_IDS)}"
-        out = [None] * len(self.rows)
         items = ((i, f) for i, f in enumerate(self.features))
-        for i, emb in frozen.embed_tracks(items, layer, pooling, self.frames):
-            out[i] = emb
+        embedded = dict(frozen.embed_tracks(items, layer, pooling, self.frames))   # one per item
+        out = [embedded[i] for i in range(len(self.rows))]
         with EmbeddingsWriter(url, dim, frames=self.frames, flush_every=1 << 30, layer=layer, pooling=pooling) as w:
             for split_as, keep in (("train", "train"), ("valid", "valid"), ("test", "valid")):
                 for row, offset, emb in zip(self.rows, self.offsets, out, strict=True):
                     if row["split"] == keep:
-                        times = emb.frame_times + offset if self.frames else None
+                        # embed_tracks(frames=True) sets frame_times
+                        times = cast(np.ndarray, emb.frame_times) + offset if self.frames else None
                         w.append({**row, "track_id": f"{row['track_id']}#{split_as}", "split": split_as},
                                  emb.chunks, emb.frames, times)
         return Embeddings(url)
 
-    def __call__(self, encoder: torch.nn.Module, config: dict[str, Any]) -> dict[str, float]:
+    def __call__(self, encoder: Encoder, config: dict[str, Any]) -> dict[str, float]:
         """``{probe/<task>/<metric>: valid score}`` of the encoder as it is now."""
         from mirkit.probe import TrainSettings, evaluate_task
         from mirkit.tasks import make_task

@@ -503,6 +503,7 @@ def evaluate_track_task(store: Embeddings, task: Task, protocol: str | Sequence[
         metrics = task.score(chosen_outputs("test"), y_track["test"])   # the only look at test
         metrics[f"valid_{task.primary}"] = chosen.valid_score
         return TaskResult(metrics, details)
+    assert isinstance(task, Multiclass)   # parse_tasks allows `group` only on GROUPED_TYPES
     valid = task.score_songs(chosen_outputs("valid"), y_track["valid"], songs["valid"])
     strategy = best_ensemble(valid, task.primary)   # fixed before test is looked at
     test_out = chosen_outputs("test")

@@ -597,8 +597,11 @@ def synthesize(out_dir: Path, n_clips: int = 120, seed: int = 0, sample_rate: in
     clips = []
     for plan, split in zip(plans, splits, strict=True):
         audio = render_clip(plan, seed)
-        _write_atomic(out_dir / f"{plan.name}.wav",
-                      lambda tmp, audio=audio: sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV"))
+
+        def write_wav(tmp: Path, audio: np.ndarray = audio) -> None:
+            sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
+
+        _write_atomic(out_dir / f"{plan.name}.wav", write_wav)
         _write_text(out_dir / f"{plan.name}.beats.txt", "".join(f"{t:.6f}\n" for t in plan.beats))
         _write_text(out_dir / f"{plan.name}.chords.lab",
                     "".join(f"{a:.6f} {b:.6f} {label}\n" for a, b, label in plan.chords))

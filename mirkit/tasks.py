@@ -139,7 +139,8 @@ def read_jams(path: str | Path, namespaces: Sequence[str]) -> list[dict[str, Any
                     return _jams_observations(ann.get("data", []))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise TaskDataError(f"{path}: cannot read JAMS ({exc})") from exc
-    found = sorted({a.get("namespace") for a in annotations if isinstance(a, dict)} - {None})
+    found = sorted({a["namespace"] for a in annotations
+                    if isinstance(a, dict) and isinstance(a.get("namespace"), str)})
     raise TaskDataError(f"{path}: no {' or '.join(namespaces)} annotation in this JAMS file "
                         f"(namespaces: {', '.join(found) or 'none'})")
 
@@ -616,7 +617,7 @@ class Beats(FrameTask):
         return F.binary_cross_entropy_with_logits(outputs[..., 0], targets.expand(outputs.shape[:-1]),
                                                   reduction="none").mean(1)
 
-    def score_tracks(self, activations, times, tracks, threshold: float = 0.5):
+    def score_tracks(self, activations, times, tracks, threshold: float = 0.5, **_):
         f = []
         for act, t, track in zip(activations, times, tracks, strict=True):
             ref = self.reference(track)

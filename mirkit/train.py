@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from mirkit.files import write_json
 from mirkit.live import TrainLog, grouped
 from mirkit.manifest import read_manifest
 from mirkit.params import ParamsError, param, resolve
-from mirkit.recipes.base import Recipe, Sources
+from mirkit.recipes.base import Example, Recipe, Sources
 
 
 @dataclass
@@ -134,6 +134,8 @@ def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]
 
 def tracks_of_splits(p: PretrainParams, feats: Any, splits: list[str]) -> list[int]:
     """Positions in the feature set of the manifest's tracks whose split is in ``splits``."""
+    if not p.manifest:
+        raise ParamsError(f"pretrain.splits={splits}: choosing tracks by split needs pretrain.manifest")
     wanted = {t.track_id for t in read_manifest(p.manifest) if t.split in splits}
     return [i for i, t in enumerate(feats.tracks) if t.track_id in wanted]
 
@@ -146,6 +148,8 @@ class Validation:
     the global batch, as in training) and the means are averaged."""
 
     def __init__(self, p: PretrainParams, recipe: Recipe, sources: Sources, info: DistInfo, device: torch.device):
+        if p.val_split is None:
+            raise ParamsError("pretrain.val_split: the validation loss needs a split to hold out")
         tracks = tracks_of_splits(p, sources.features, [p.val_split])
         if not tracks:
             raise store.StoreError(f"{p.features}/{recipe.feature_set}: no track of split '{p.val_split}' of "
@@ -189,7 +193,7 @@ class ExampleStream(Dataset):
         perm = np.random.default_rng([self.seed, 0, k // n]).permutation(n)
         return self.tracks[int(perm[k % n])]
 
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, k: int) -> Example:
         track = self.track_of(k)
         return {**self.recipe.sample(self.sources, track, np.random.default_rng([self.seed, 1, k])),
                 "index": np.int64(track)}
@@ -211,7 +215,8 @@ def lr_factor(step: int, p: PretrainParams) -> float:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms and other 1-D parameters (common ViT/STONE practice)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, prm in model.named_parameters():
         if prm.requires_grad:
             (decay if prm.ndim >= 2 else no_decay).append(prm)
@@ -296,7 +301,8 @@ def train(p: PretrainParams, resume: bool = False,
     # fused: one vectorised pass over each parameter instead of a Python loop of elementwise ops
     # (torch's CPU default); a fixed per-step cost that dominates once Myna drops 90 % of its tokens
     # (bench/bench_mfu.py, docs/benchmarks.md)
-    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=tuple(p.betas),
+    # check() guarantees exactly two betas
+    optimizer = opt_cls(param_groups(model, p.weight_decay), lr=p.lr, betas=(p.betas[0], p.betas[1]),
                         fused=device.type in ("cpu", "cuda"))
     if resume and checkpoint.has_train_state(p.out):
         state = checkpoint.load_train_state(p.out)
@@ -308,7 +314,7 @@ def train(p: PretrainParams, resume: bool = False,
         start = int(state["step"])
     train_module: torch.nn.Module = wrap_ddp(model, device) if info.world > 1 else model
     if p.compile:
-        train_module = torch.compile(train_module)
+        train_module = cast(torch.nn.Module, torch.compile(train_module))   # an OptimizedModule
 
     stream = ExampleStream(recipe, sources, tracks, p.seed)
     loader = DataLoader(stream, batch_sampler=batch_indices(start, p.steps, p.batch_size, info.rank, info.world),
@@ -337,6 +343,7 @@ def train(p: PretrainParams, resume: bool = False,
 
     history: list[dict[str, float]] = []
     model.train()
+    last: dict[str, float]
     t0, seen, last, eval_seconds = time.perf_counter(), 0, {}, 0.0
     if start == 0:   # the untrained baseline
         first = evaluate(0)

@@ -46,6 +46,7 @@ class ConvolutionalGatingMLP(nn.Module):
         self.up = nn.Sequential(nn.Linear(dim, units), nn.GELU())
         self.gate_norm = nn.LayerNorm(half)
         self.gate_conv = nn.Conv1d(half, half, kernel_size, padding=kernel_size // 2, groups=half)
+        assert self.gate_conv.bias is not None   # Conv1d's default bias=True
         nn.init.ones_(self.gate_conv.bias)
         self.dropout = nn.Dropout(dropout)
         self.down = nn.Linear(half, dim)

@@ -30,7 +30,7 @@ class FeedForward(nn.Module):
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over ``(batch, channels, time)`` whose training statistics skip padded frames."""
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         if padding_mask is None or not self.training or not bool(padding_mask.any()):
             return super().forward(x)
         valid = (~padding_mask).unsqueeze(1).float()                # (b, 1, t)
@@ -38,7 +38,9 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         n = valid.sum()
         mean = (xf * valid).sum(dim=(0, 2)) / n
         var = (((xf - mean[:, None]) ** 2) * valid).sum(dim=(0, 2)) / n
-        if self.track_running_stats and self.running_mean is not None:
+        # track_running_stats registers all three buffers (torch's _NormBase); the checks narrow their types
+        if (self.track_running_stats and self.running_mean is not None and self.running_var is not None
+                and self.num_batches_tracked is not None):
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)

@@ -113,6 +113,8 @@ class MuseEncoder(Encoder):
         if std <= 0:
             raise ValueError(f"normalisation std must be > 0, got {std}")
         self.dim, self.depth, self.n_mels, self.attention = dim, depth, n_mels, attention
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         self.frontend = ConvSubsampling(n_mels, conv_dim, dim)

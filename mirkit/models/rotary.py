@@ -20,6 +20,8 @@ from torch import Tensor, nn
 class RotaryEmbedding(nn.Module):
     """cos/sin tables for rotating pairs of channels ``(i, i + head_dim/2)`` ("rotate-half" layout)."""
 
+    inv_freq: Tensor
+
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
         if head_dim % 2:

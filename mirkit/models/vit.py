@@ -77,7 +77,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, size: tuple[int, int], dim: int):
         super().__init__()
-        self.size = tuple(size)
+        self.size: tuple[int, int] = (size[0], size[1])
         patch_dim = size[0] * size[1]
         self.norm_in = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, dim)
@@ -171,7 +171,9 @@ class SimpleViT(Encoder):
     # --- pieces ---------------------------------------------------------------------------------
     def patch_width(self, kind: str | None = None) -> int:
         """Input frames per token column of a pass (the default pass when ``kind`` is None)."""
-        return self.patch_embeds[kind or self.patch_kinds[0]].size[1]
+        embed = self.patch_embeds[kind or self.patch_kinds[0]]
+        assert isinstance(embed, PatchEmbed)
+        return embed.size[1]
 
     def tokens(self, x: Tensor, kind: str) -> tuple[Tensor, tuple[int, int]]:
         """Embedded tokens with positions ``(batch, rows * cols, dim)`` and their grid."""

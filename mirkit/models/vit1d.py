@@ -105,6 +105,8 @@ class ViT1D(Encoder):
         self.dim, self.depth, self.heads = width, depth, heads
         self.crop_offset = crop_offset
         self.poolings = ("cls-mean", "cls", "cls2", "seq-mean", "mean") if n_cls == 2 else ("cls", "seq-mean", "mean")
+        self.input_mean: Tensor
+        self.input_std: Tensor
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
         self.frame_norm = nn.LayerNorm(in_bins) if frame_norm else None

@@ -36,6 +36,7 @@ class CropSource(Protocol):
     n_bins: int          # feature bins (or number of codebooks for tokens)
     frame_rate: float    # frames per second
     attrs: dict[str, Any]  # the store's parameters (feature spec, quantizer stats, ...)
+    spec: dict[str, Any]   # the exact parameters the set was computed with
 
     def __len__(self) -> int: ...
 
@@ -44,6 +45,10 @@ class CropSource(Protocol):
     def read(self, track: int, start: int = 0, length: int | None = None) -> np.ndarray:
         """``(length, n_bins)`` frames; zero-padded when the range runs past the track's end."""
         ...
+
+
+#: one training example: numpy arrays, or numpy scalars such as a track index (batches stack them)
+Example = dict[str, np.ndarray | np.generic]
 
 
 @dataclass
@@ -110,7 +115,7 @@ class Recipe(ABC):
 
     # --- data -------------------------------------------------------------------------------
     @abstractmethod
-    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         """One training example (all views of ``track``) as numpy arrays; batches stack them."""
 
     # --- model ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from mirkit.models.vit1d import PRESETS as VIT1D_SIZES
 from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.params import ParamsError, param
-from mirkit.recipes.base import CropSource, Preset, PretrainModel, Recipe, Sources
+from mirkit.recipes.base import CropSource, Example, Preset, PretrainModel, Recipe, Sources
 
 MEL_BINS = 128
 SEGMENT_FRAMES = 126  # 4 s at 16 kHz, hop 512
@@ -174,7 +174,7 @@ class ContrastiveRecipe(Recipe):
             self.params.input_mean = mean if self.params.input_mean is None else self.params.input_mean
             self.params.input_std = std if self.params.input_std is None else self.params.input_std
 
-    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         seg = self.params.segment_frames
         frames = sources.features.read(track)   # whole track: the silence rule needs its level
         s1, s2 = pick_two_segments(db_power(frames), seg, rng, self.params.silence_db)

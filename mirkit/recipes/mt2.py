@@ -31,6 +31,7 @@ MT2's code is not public; where its abstract is silent this module follows STONE
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.objectives.cpsd import cpsd_terms
 from mirkit.params import ParamsError, param
-from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
+from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
 from mirkit.recipes.contrastive import DEFAULT_PROJ_DIMS, ProjectionHead, check_proj_dims, pick_two_segments, take_view
 
 CROP_BINS = 84
@@ -76,6 +77,8 @@ def draw_offsets(rng: np.random.Generator) -> tuple[int, int]:
 class MT2Model(PretrainModel):
     """ViT-1D + key head (token 1, CPSD) + projection head (token 2, NT-Xent)."""
 
+    encoder: ViT1D
+
     def __init__(self, encoder: ViT1D, objectives: str, proj_dims: list[int], c: int,
                  ntxent_weight: float, temperature: float):
         super().__init__()
@@ -89,6 +92,8 @@ class MT2Model(PretrainModel):
 
     def key_profiles(self, cls_tokens: Tensor) -> Tensor:
         """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens."""
+        if self.key_head is None:
+            raise RuntimeError(f"objectives={self.objectives!r}: this model has no key head")
         return torch.softmax(self.key_head(cls_tokens[:, self.key_token]).float(), dim=-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -101,7 +106,7 @@ class MT2Model(PretrainModel):
         if use_cpsd:
             y1, y2, y3 = self.key_profiles(cls).split(b)
             terms = cpsd_terms(y1, y2, y3, batch["shift"], self.c)
-            cpsd = sum(terms.values())
+            cpsd = cast(Tensor, sum(terms.values()))   # a sum of three tensors
             loss = loss + cpsd
             out.update({"cpsd": cpsd.detach(), **{k: v.detach() for k, v in terms.items()}})
         if self.head is not None:
@@ -157,13 +162,13 @@ class MT2Recipe(Recipe):
                               f"crop_bins + {MAX_OFFSET} = {need} exceeds the {n_bins} bins of feature set "
                               f"'{self.feature_set}'")
 
-    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         p = self.params
         frames = sources.features.read(track)   # whole track: the silence rule needs its level
         s1, s2 = pick_two_segments(cqt_power(frames), p.segment_frames, rng, p.silence_db)
         seg1, seg2 = take_view(frames, s1, p.segment_frames), take_view(frames, s2, p.segment_frames)
         o1, o2 = draw_offsets(rng)
-        out = {"view1": crop_bins(seg1, o1, p.crop_bins), "view2": crop_bins(seg2, o1, p.crop_bins)}
+        out: Example = {"view1": crop_bins(seg1, o1, p.crop_bins), "view2": crop_bins(seg2, o1, p.crop_bins)}
         if p.objectives != "ntxent":
             out["view3"] = crop_bins(seg1, o2, p.crop_bins)
             out["shift"] = np.int64(o2 - o1)

@@ -44,7 +44,7 @@ from mirkit.models.muse import BLOCKS, MIXERS, STACK, MuseEncoder
 from mirkit.models.registry import sizes_of
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
 from mirkit.params import ParamsError, param
-from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
+from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
 
 #: token vocabulary of the paper (Table 2 rows); the sizes live in ``mirkit.models.registry``
 CODEBOOK_SIZE = 8192
@@ -78,6 +78,8 @@ class MuseLQParams:
 
 class MuseLQModel(PretrainModel):
     """Encoder + one token head per codebook + a stacked-mel reconstruction head."""
+
+    encoder: MuseEncoder
 
     def __init__(self, encoder: MuseEncoder, codebook_size: int, num_codebooks: int, mask_prob: float,
                  mask_block_frames: int, noise_std: float, ce_weight: float, mse_weight: float):
@@ -135,7 +137,7 @@ class MuseLQRecipe(Recipe):
         p.mean, p.std = float(attrs["mean"]), float(attrs["std"])
         p.codebook_size, p.num_codebooks, p.stack = int(attrs["codebook_size"]), int(attrs["num_codebooks"]), stack
 
-    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         """A crop aligned to a 4-frame step plus its tokens; ``valid`` marks steps inside the track."""
         if sources.tokens is None:
             raise ValueError("muse-lq needs a token store (run `mirkit tokens` first)")

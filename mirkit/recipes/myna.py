@@ -20,6 +20,7 @@ head maps the mean token to the loss space. Choices, each from Myna's code (``ut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ from mirkit.models.vit import PATCH_KINDS, PATCH_SIZES, SimpleViT
 from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
 from mirkit.objectives.sogclr import SogCLR
 from mirkit.params import ParamsError, param
-from mirkit.recipes.base import Preset, PretrainModel, Recipe, Sources
+from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
 
 #: mel bins Myna's input has (nnAudio MelSpectrogram n_mels=128); vertical patches span them all.
 N_MELS = 128
@@ -94,6 +95,8 @@ class MynaModel(PretrainModel):
     track (``n_items``), indexed by ``batch["index"]``.
     """
 
+    encoder: SimpleViT
+
     def __init__(self, encoder: SimpleViT, proj_dims: list[int], mask_ratio: float, temperature: float,
                  loss: str = "sogclr", gamma: float = 0.9, n_items: int = 0):
         super().__init__()
@@ -112,12 +115,12 @@ class MynaModel(PretrainModel):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Each view masked independently (the masking *is* the augmentation, so it applies in
         eval mode too); for hybrid, loss = mean of the per-pass losses, also reported."""
-        losses = {}
+        losses: dict[str, Tensor] = {}
         for kind in self.encoder.patch_kinds:
             z1 = self.head(self.encoder.pooled(batch["view1"], kind, self.mask_ratio))
             z2 = self.head(self.encoder.pooled(batch["view2"], kind, self.mask_ratio))
             losses[kind] = self.contrast(z1, z2, batch.get("index"))
-        out = {"loss": sum(losses.values()) / len(losses)}
+        out = {"loss": cast(Tensor, sum(losses.values())) / len(losses)}   # a sum of one or two tensors
         if len(losses) > 1:
             out.update({f"loss_{kind}": loss.detach() for kind, loss in losses.items()})
         return out
@@ -141,11 +144,11 @@ class MynaRecipe(Recipe):
                              f"{sources.features.n_bins}")
         self.params.n_items = len(sources.features)
 
-    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         """Two crops of the track with independent uniform starts (zero-padded when short)."""
         feats, crop = sources.features, self.crop_frames
         last_start = max(feats.n_frames(track) - crop, 0)
-        views = {}
+        views: Example = {}
         for name in ("view1", "view2"):
             start = int(rng.integers(0, last_start + 1))
             frames = feats.read(track, start, crop)                 # (crop, bins)
