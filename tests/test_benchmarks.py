@@ -143,7 +143,7 @@ def test_command_reports_missing_and_fails_when_none_found(tmp_path):
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(cli(), ["benchmark-manifest", "mtt", "--audio-dir", str(tmp_path / "empty"),
                                      "--out", str(tmp_path / "x.csv")])
-    assert res.exit_code == 1 and "no mtt audio found" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "no mtt audio found" in " ".join(res.output.split())
     assert not (tmp_path / "x.csv").exists()
     res = CliRunner().invoke(cli(), ["benchmark-manifest", "fma", "--audio-dir", str(tmp_path)])
     assert res.exit_code == 2

@@ -64,7 +64,7 @@ def test_bad_files_are_reported_and_the_rest_is_processed(tmp_path):
 
 def test_exit_codes_nothing_succeeded_and_strict(tmp_path):
     write_bad(tmp_path / "bad")
-    base = ["mels", "--params", str(tmp_path / "none.yaml"), "--store", str(tmp_path / "f.zarr"),
+    base = ["mels", "--params", "none", "--store", str(tmp_path / "f.zarr"),
             "--set", f"failures={tmp_path / 'f.tsv'}", "--set", f"summary={tmp_path / 's.json'}"]
     result = CliRunner().invoke(app, base + ["--input", str(tmp_path / "bad")])
     assert result.exit_code == 1 and "nothing" not in result.output.lower() or "no file" in result.output
@@ -139,7 +139,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     write_good(tmp_path / "in", 40, seconds=3.0)
 
     def cmd(store):
-        return [sys.executable, "-m", "mirkit", "mels", "--params", str(tmp_path / "none.yaml"),
+        return [sys.executable, "-m", "mirkit", "mels", "--params", "none",
                 "--input", str(tmp_path / "in"), "--store", str(store), "--set", "batch_size=1",
                 "--set", "commit_frames=1", "--set", "num_workers=0",
                 "--set", f"failures={tmp_path / 'k.tsv'}", "--set", f"summary={tmp_path / 'k.json'}"]

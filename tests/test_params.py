@@ -53,7 +53,7 @@ def test_override_values_are_parsed_as_yaml():
 
 
 def test_cli_rejects_bad_params_before_any_work(tmp_path):
-    result = CliRunner().invoke(app, ["mels", "--params", str(tmp_path / "none.yaml"),
+    result = CliRunner().invoke(app, ["mels", "--params", "none",
                                       "--set", "batch_size=0", "--set", f"store={tmp_path / 's.zarr'}"])
     assert result.exit_code == 2
     assert "mels.batch_size=0" in result.output and ">= 1" in result.output
@@ -61,7 +61,7 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path):
 
 
 def test_cli_names_an_unknown_feature_set(tmp_path):
-    result = CliRunner().invoke(app, ["mels", "--params", str(tmp_path / "none.yaml"),
+    result = CliRunner().invoke(app, ["mels", "--params", "none",
                                       "--set", "feature_sets=[mel99k]"])
     assert result.exit_code == 2 and "mel99k" in result.output and "mel16k" in result.output
 

@@ -151,14 +151,14 @@ def test_bad_checkpoints_fail_with_clear_messages(tmp_path, tiny_corpus):
 
 def test_cli_pretrain_reports_missing_features_and_bad_params(tmp_path, tiny_corpus):
     runner = CliRunner()
-    missing = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set",
+    missing = runner.invoke(app, ["pretrain", "--params", "none", "--set",
                                   f"features={tmp_path / 'none.zarr'}", "--set", "manifest=null"])
-    assert missing.exit_code == 1 and "none.zarr" in missing.output and "mirkit mels" in missing.output
-    bad = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set", "lr=-1"])
+    assert missing.exit_code == 2 and "none.zarr" in missing.output and "mirkit mels" in missing.output
+    bad = runner.invoke(app, ["pretrain", "--params", "none", "--set", "lr=-1"])
     assert bad.exit_code == 2 and "pretrain.lr=-1" in bad.output
-    unknown = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--recipe", "wav2vec"])
+    unknown = runner.invoke(app, ["pretrain", "--params", "none", "--recipe", "wav2vec"])
     assert unknown.exit_code == 2 and "wav2vec" in unknown.output and "myna" in unknown.output
-    preset = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--preset", "huge"])
+    preset = runner.invoke(app, ["pretrain", "--params", "none", "--preset", "huge"])
     assert preset.exit_code == 2 and "preset" in preset.output
 
 
