@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import typer
 from typer.testing import CliRunner
 
 from mirkit.benchmarks import (BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata,
@@ -119,13 +118,7 @@ def test_emomusic_manifest(tmp_path):
 
 
 def cli():
-    from mirkit.commands import benchmark_manifest as cmd
-    app = typer.Typer()
-    cmd.register(app)
-
-    @app.command("noop")
-    def _noop() -> None:
-        pass
+    from mirkit.cli import app
     return app
 
 

@@ -281,7 +281,7 @@ def test_bad_audio_is_reported_and_the_rest_goes_on(workspace, tmp_path):
     (data / "broken.wav").write_bytes(b"RIFF....not audio at all")
     def args(manifest: Path, out: str) -> list[str]:
         return ["--model", str(workspace / "ckpt"), "--out", str(tmp_path / out), "--set", f"manifest={manifest}",
-                "--set", f"features={tmp_path / 'none.zarr'}", "--set", "device=cpu", "--params", str(tmp_path / "p.yaml")]
+                "--set", f"features={tmp_path / 'none.zarr'}", "--set", "device=cpu", "--params", "none"]
 
     res = invoke(*args(manifest, "e.zarr"))
     assert res.exit_code == 0, res.output

@@ -56,4 +56,4 @@ def register(app: typer.Typer) -> None:
             console.print(table(f"extract: {len(report.failures)} file(s) rejected", ["file", "reason"],
                                 report.failures[:50]))
         if report.n_tracks and report.succeeded == 0:
-            raise MirkitError(f"extract: no track of {p.manifest} could be embedded")
+            raise MirkitError(f"extract: no track could be embedded (manifest {p.manifest})")

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
             console.print(table(f"mels: {len(report.failures)} file(s) rejected (also in {p.out_failures})",
                                 ["file", "reason"], report.failures[:50]))
         if report.n_tracks and report.succeeded == 0:
-            raise MirkitError(f"mels: no file of {p.input} could be processed (reasons in {p.out_failures})")
+            raise MirkitError(f"mels: no file could be processed ({p.input}; reasons in {p.out_failures})")
         if p.strict and report.failures:
             raise MirkitError(f"mels: {len(report.failures)} file(s) rejected and strict is set "
                               f"(reasons in {p.out_failures})")
