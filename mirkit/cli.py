@@ -44,7 +44,7 @@ def params_help(section: str) -> str:
     """Every key of a stage's params section with its default and help (imported only for --help)."""
     import dataclasses
     import json
-    from mirkit.params import THREADS_HELP
+    from mirkit.params import RUNTIME_ONLY, THREADS_HELP
     module, cls_name, section = STAGE_PARAMS[section]
     cls = getattr(importlib.import_module(module), cls_name)
     lines = [f"Keys of section `{section}` (params.yaml; --set KEY=VALUE overrides one):"]
@@ -56,6 +56,8 @@ def params_help(section: str) -> str:
         choices = f.metadata.get("choices")
         if choices:
             extra = f"{extra} (one of: {', '.join(map(str, choices))})".strip()
+        if f.name in RUNTIME_ONLY.get(section, ()):
+            extra = f"{extra} [runtime-only: changing it keeps cached results]".strip()
         lines.append(f"{f.name} = {shown}: {extra}".rstrip(": "))
     lines.append(f"threads = null: {THREADS_HELP}")
     if section == "pretrain":

@@ -243,6 +243,18 @@ def load(cls: type[T], section: str, params_path: str | Path | None = None,
     return resolve(cls, raw, overrides, section)
 
 
+#: per params section, the keys that change how fast a stage runs but not what it writes (up to float
+#: rounding): dvc.yaml lists every other key, so changing these never invalidates a cached result
+#: (tests/test_dvc.py keeps dvc.yaml and this table in step). `threads` is runtime-only everywhere.
+RUNTIME_ONLY: dict[str, set[str]] = {
+    "synth": set(),
+    "mels": {"batch_size", "num_workers", "commit_frames", "device", "strict"},
+    "tokens": {"batch_tracks", "device"},
+    "pretrain": {"num_workers", "in_memory", "compile", "device", "log_every", "checkpoint_every"},
+    "extract": {"batch_size", "device"},
+    "probe": {"device", "stack"},
+}
+
 THREADS_HELP = ("CPU threads torch may use (runtime-only: changing it never invalidates a cached result). "
                 "null = auto: the cores not already busy (os.getloadavg), at least 1. Lower it when other "
                 "jobs share the machine: on a busy 2-core machine 1 thread pretrained 11x faster than "
