@@ -188,3 +188,27 @@ def test_dvc_status_sees_code_and_results_params_but_not_runtime_ones(tmp_path):
     assert changed(set_param("probe", "seed", 3)) == {"probe"}
     store = tmp_path / "mirkit" / "store.py"
     assert changed(lambda: store.write_text(store.read_text() + "\n# edited\n")) >= {"mels", "tokens", "pretrain", "extract"}
+
+
+def test_committed_dvc_lock_is_current():
+    """`make demo` must leave git clean: dvc.lock records today's code, params and commands. When this fails,
+    run `dvc repro` (or `make demo`) and commit dvc.lock."""
+    if not (BIN / "dvc").exists():
+        pytest.skip("dvc is not installed beside this python")
+    import json
+    res = _dvc(["status", "--json"], ROOT, {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stderr
+    stale = {}
+    for stage, changes in json.loads(res.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else [changes]:
+            if not isinstance(change, dict):       # "changed checksum", "always changed", ...
+                stale.setdefault(stage, []).append(change)
+                continue
+            for kind, items in change.items():
+                if kind == "changed outs":
+                    continue    # outputs are not in a clone
+                items = {k: v for k, v in items.items() if k.startswith("mirkit/") or k == "params.yaml"
+                         } if kind == "changed deps" else items
+                if items:
+                    stale.setdefault(stage, []).append({kind: items})
+    assert not stale, f"dvc.lock is stale (run `dvc repro` and commit dvc.lock): {stale}"

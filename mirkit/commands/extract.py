@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
             ("model", f"{p.model} ({weights})"),
             ("tracks", f"{report.n_tracks}: {report.embedded} embedded, {report.skipped} already there, "
                        f"{len(report.failures)} failed"),
-            ("features", f"{report.from_store} from the store, {report.computed} computed from audio"),
+            ("features", f"{report.from_store} from the store, {report.computed} computed from audio" +
+                         (f" ({', '.join(f'{n}: {why}' for why, n in report.recomputed.items())})"
+                          if report.recomputed else "")),
             ("embeddings", f"{report.chunks} chunks, {report.frames} frames, dim {report.dim}"),
             ("frame rate", f"{report.frame_rate:.3g} Hz" if report.frame_rate else "-"),
         ]))
