@@ -257,8 +257,9 @@ RUNTIME_ONLY: dict[str, set[str]] = {
 
 THREADS_HELP = ("CPU threads torch may use (runtime-only: changing it never invalidates a cached result). "
                 "null = auto: the cores not already busy (os.getloadavg), at least 1. Lower it when other "
-                "jobs share the machine: on a busy 2-core machine 1 thread pretrained 11x faster than "
-                "torch's default of one per core; raise it on a dedicated many-core CPU.")
+                "jobs share the machine (on a busy 2-core machine a Myna step ran 17x faster with 1 thread than "
+                "with torch's default of one per core: docs/benchmarks.md); raise it on a dedicated many-core "
+                "CPU if auto picks too few.")
 
 
 def auto_threads() -> int:
