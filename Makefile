@@ -38,4 +38,4 @@ lock:
 	PY=$(PY) .ci/lock
 
 clean:
-	rm -rf data/samples data/*.zarr data/embeddings models results .dvc/cache dvc.lock
+	rm -rf data/samples data/*.zarr data/embeddings models results .dvc/cache
