@@ -16,10 +16,10 @@ import os
 import statistics
 
 import torch
+from timing import train_step_seconds
 
 from mirkit.params import auto_threads, resolve
 from mirkit.recipes.myna import MynaParams, MynaRecipe
-from timing import train_step_seconds
 
 
 def main() -> None:

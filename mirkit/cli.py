@@ -24,6 +24,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except MirkitError as exc:
             from rich.markup import escape
+
             from mirkit.ui import console
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -44,6 +45,7 @@ def params_help(section: str) -> str:
     """Every key of a stage's params section with its default and help (imported only for --help)."""
     import dataclasses
     import json
+
     from mirkit.params import RUNTIME_ONLY, THREADS_HELP
     module, cls_name, section = STAGE_PARAMS[section]
     cls = getattr(importlib.import_module(module), cls_name)
@@ -140,6 +142,7 @@ for _info in app.registered_commands:
     _doc = _info.help or (_info.callback.__doc__ if _info.callback else None)
     if _doc:
         import inspect as _inspect
+
         from rich.markup import escape as _escape
         _info.help = _escape(reflow(_inspect.cleandoc(_doc)))
 

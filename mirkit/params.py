@@ -7,8 +7,6 @@ before any work with a :class:`ParamsError` naming the key, the value and what i
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import dataclasses
 import difflib
 import json
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from mirkit.errors import InputError
 
 T = TypeVar("T")
 

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_runner import invoke
+
 from mirkit.audio import AudioError
 from mirkit.checkpoint import CheckpointError
 from mirkit.errors import InputError, MirkitError
@@ -43,6 +43,7 @@ def test_every_mirkit_error_class_has_a_documented_kind():
     import importlib
     import inspect
     import pkgutil
+
     import mirkit
     seen = set()
     for info in pkgutil.walk_packages(mirkit.__path__, "mirkit."):

@@ -76,17 +76,12 @@ def test_dvc_repro_runs_the_whole_pipeline_and_then_only_what_changed(tmp_path):
     chords = {run: metrics[run]["chords"]["majmin"] for run in metrics}
     assert chords["pretrained"] > chords["random-init"], chords
     # metrics files hold numbers only (strings and params go to the details files)
-    for name in ("features.json", "tokens.json", "probe.json"):
+    def leaves(v):
+        return [x for child in v.values() for x in leaves(child)] if isinstance(v, dict) else [v]
+    for name in ("features.json", "tokens.json", "probe.json"):   # pretrain/summary.json: train.py (learning)
         text = (tmp_path / "results" / name).read_text()
-        leaves = []
-        def walk(v):
-            if isinstance(v, dict):
-                for x in v.values():
-                    walk(x)
-            else:
-                leaves.append(v)
-        walk(json.loads(text))
-        assert leaves and all(isinstance(v, (int, float)) for v in leaves), (name, text[:300])
+        values = leaves(json.loads(text))
+        assert values and all(isinstance(v, (int, float)) for v in values), (name, text[:300])
 
     status = _run([dvc, "status"], tmp_path, env)
     assert "up to date" in status.stdout.lower(), status.stdout
