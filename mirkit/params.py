@@ -45,12 +45,12 @@ def param(default: Any = dataclasses.MISSING, *, choices: typing.Iterable[Any] |
 def load_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
     """The raw mapping of one section of a params file.
 
-    ``None`` or the default ``params.yaml`` when absent, and the word ``none``, give ``{}`` (built-in
-    defaults); any other file that does not exist is an error (a misspelt name must not silently
+    ``None`` means the default ``params.yaml``; that file when absent, and the word ``none``, give ``{}``
+    (built-in defaults); any other file that does not exist is an error (a misspelt name must not silently
     fall back to defaults)."""
-    if path is None or str(path) == NO_PARAMS:
+    if str(path) == NO_PARAMS:
         return {}
-    path = Path(path)
+    path = Path(path) if path is not None else DEFAULT_PARAMS
     if not path.exists():
         if path == DEFAULT_PARAMS:
             return {}

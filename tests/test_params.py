@@ -117,6 +117,8 @@ def test_missing_params_file_is_an_error_and_none_means_defaults(tmp_path, monke
     assert load(Demo, "demo", "none").steps == 3
     monkeypatch.chdir(tmp_path)            # the default params.yaml may be absent (outside a project)
     assert load(Demo, "demo").steps == 3
+    (tmp_path / "params.yaml").write_text("demo:\n  steps: 4\n")    # and is read when present
+    assert load(Demo, "demo").steps == load(Demo, "demo", None).steps == 4
 
 
 def test_threads_is_runtime_only_in_every_section(tmp_path, one_thread):
