@@ -7,8 +7,8 @@ assembles them, so adding a stage never touches the others.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
-import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
@@ -19,7 +19,7 @@ class _Group(TyperGroup):
     """The one place errors reach the user: a :class:`MirkitError` from any command becomes one red
     line and the exit code of its kind (docs/errors.md); anything else is a bug and keeps its traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except MirkitError as exc:
@@ -73,7 +73,7 @@ def params_help(section: str) -> str:
 class _StageCommand(TyperCommand):
     """A stage whose --help ends with the keys of its params section (built only when asked)."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:
         if self.name in STAGE_PARAMS and not self.epilog:
             from rich.markup import escape
             self.epilog = escape(params_help(self.name))

@@ -68,8 +68,8 @@ def test_cli_names_an_unknown_feature_set(tmp_path):
 
 def test_every_stage_reads_the_shipped_params_file():
     """params.yaml must validate against every stage's dataclass (a typo there breaks `dvc repro`)."""
-    from pathlib import Path
     import importlib
+    from pathlib import Path
     root = Path(__file__).parent.parent / "params.yaml"
     for module, cls, section in [("mirkit.mels", "MelsParams", "mels"), ("mirkit.tokens", "TokensParams", "tokens"),
                                  ("mirkit.train", "PretrainParams", "pretrain")]:
@@ -136,6 +136,7 @@ def test_threads_is_runtime_only_in_every_section(tmp_path, one_thread):
 def test_stage_help_lists_every_key_with_its_help(stage):
     import dataclasses
     import importlib
+
     from mirkit.cli import STAGE_PARAMS
     module, cls, section = STAGE_PARAMS[stage]
     result = CliRunner().invoke(app, [stage, "--help"], env={"COLUMNS": "200"})
