@@ -61,7 +61,8 @@ def params_help(section: str) -> str:
         if f.name in RUNTIME_ONLY.get(section, ()):
             extra = f"{extra} [runtime-only: changing it keeps cached results]".strip()
         lines.append(f"{f.name} = {shown}: {extra}".rstrip(": "))
-    lines.append(f"threads = null: {THREADS_HELP}")
+    if "threads" not in {f.name for f in dataclasses.fields(cls)}:
+        lines.append(f"threads = null: {THREADS_HELP}")
     if section == "pretrain":
         from mirkit import recipes
         for name, recipe in recipes.available().items():

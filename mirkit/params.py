@@ -236,6 +236,8 @@ def load(cls: type[T], section: str, params_path: str | Path | None = None,
     and applied here, so no stage needs a field for it."""
     raw = load_yaml_section(params_path, section)
     overrides = dict(overrides or {})
+    if "threads" in {f.name for f in dataclasses.fields(cls)}:   # a stage with its own threads rule
+        return resolve(cls, raw, overrides, section)
     threads = raw.pop("threads", None)
     for key in [k for k in overrides if k.rstrip(":") in ("threads", f"{section}.threads")]:
         threads = overrides.pop(key)
@@ -252,7 +254,7 @@ RUNTIME_ONLY: dict[str, set[str]] = {
     "tokens": {"batch_tracks", "device"},
     "pretrain": {"num_workers", "in_memory", "compile", "device", "log_every", "checkpoint_every"},
     "extract": {"batch_size", "device"},
-    "probe": {"device", "stack"},
+    "probe": {"device", "stack", "threads"},
 }
 
 THREADS_HELP = ("CPU threads torch may use (runtime-only: changing it never invalidates a cached result). "

@@ -195,7 +195,7 @@ clips of each song (vote, max, gmean, mean; JukeMIR) and reports the strategy be
 Beat and chord annotations are text/.lab files or JAMS.
 Writes metrics JSON (`dvc metrics show`), details JSON and a bar plot comparing runs.
 
-Example: mirkit probe --set protocol=jukemir --set 'runs={mine: data/embeddings/mine.zarr}'
+Example: mirkit probe --set protocol=jukemir --set 'runs:={mine: data/embeddings/mine.zarr}'
 """
 
 
