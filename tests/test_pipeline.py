@@ -119,7 +119,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_then_only_what_changed(tmp_path):
     collect(json.loads(show.stdout))
     assert declared <= set(loaded), (declared, show.stdout[:2000])
     assert all(all(ok) for path, ok in loaded.items() if path in declared), f"a metric did not load: {show.stdout[:3000]}"
-    diff = _run([dvc, "metrics", "diff", "main", "seed1", "--json"], tmp_path, env)
+    diff = _run([dvc, "metrics", "diff", "main", "seed1", "--all", "--json"], tmp_path, env)   # --all: unchanged too
     assert diff.returncode == 0, diff.stderr[-3000:]
     assert "results/probe.json" in json.loads(diff.stdout), diff.stdout
     assert "unable to" not in (diff.stderr + diff.stdout).lower(), diff.stderr
