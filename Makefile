@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint lock bench clean
+.PHONY: install demo test test-fast test-slow lint lock bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -20,11 +20,15 @@ demo: install
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(BIN):$$PATH" $(BIN)/mirkit probe --show
 
-test: install
-	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest
+# two tiers (pytest marker `slow`): unit and CLI tests first, so they fail fast; then the end-to-end
+# ones (the whole `dvc repro`, experiments, kill -9 resume, DDP under torchrun, torch.compile)
+test: test-fast test-slow
 
 test-fast: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+test-slow: install
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m slow --durations=10
 
 lint: install
 	$(BIN)/ruff check mirkit tests bench
@@ -34,4 +38,4 @@ lock:
 	PY=$(PY) .ci/lock
 
 clean:
-	rm -rf data/samples data/*.zarr data/embeddings models results .dvc/cache dvc.lock
+	rm -rf data/samples data/*.zarr data/embeddings models results .dvc/cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 import tempfile
@@ -35,9 +36,16 @@ class AudioError(InputError):
 
 
 def fingerprint(path: str | Path, offset: float = 0.0, duration: float | None = None) -> str:
-    """Cheap change detector: size + mtime (+ the clip boundaries)."""
-    st = os.stat(path)
-    return f"{st.st_size}:{st.st_mtime_ns}:{offset:g}:{duration if duration is not None else ''}"
+    """What identifies a clip's audio: a hash of the file's bytes (+ the clip boundaries).
+
+    Content, not size + modification time, so a copy made by ``cp``, ``rsync`` or ``dvc checkout``
+    (same bytes, new time) is recognised and its stored features are reused. BLAKE2b reads at
+    about 1 GB/s, small next to decoding the same file."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"b2:{digest.hexdigest()}:{offset:g}:{duration if duration is not None else ''}"
 
 
 @functools.lru_cache(maxsize=16)

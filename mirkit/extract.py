@@ -295,6 +295,7 @@ class ExtractReport:
     frames: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     feature_note: str = ""
+    recomputed: dict[str, int] = field(default_factory=dict)   # why features came from audio -> tracks
     dim: int = 0
     frame_rate: float | None = None
 
@@ -325,6 +326,7 @@ class FeatureSource:
         from mirkit import store
         from mirkit.features import FrontEnd
         self.frozen, self.set, self.note = frozen, None, ""
+        self.why: dict[str, int] = {}     # reason features were computed from audio -> tracks
         want = json.dumps(frozen.config["features"], sort_keys=True, default=str)
         if store_url:
             try:
@@ -340,14 +342,33 @@ class FeatureSource:
     def get(self, track: Any) -> tuple[np.ndarray, bool]:
         """``(frames, bins)`` float32 and whether they came from the store; raises AudioError."""
         from mirkit.store import StoreError
-        if self.set is not None:
+        if self.set is None:
+            reason = "no usable feature store"
+        else:
             i = self.set.index_of(track.track_id)
-            if i is not None and self._unchanged(track, self.set.tracks[i].fingerprint):
+            if i is None:
+                reason = "not in the feature store"
+            elif self._unchanged(track, self.set.tracks[i].fingerprint):
                 try:
                     return self.set.read(i), True
                 except StoreError as exc:   # a damaged chunk: never read as data; the audio is the truth
                     self.note = f"{exc}: computing from audio"
-        return compute_features(self.frozen, track.path, track.offset, track.duration, self), False
+                    reason = "damaged in the feature store"
+            else:
+                reason = "audio differs from what was stored"
+        feats = compute_features(self.frozen, track.path, track.offset, track.duration, self)
+        self.why[reason] = self.why.get(reason, 0) + 1
+        return feats, False
+
+    def shared_ids_note(self, track_ids: list[str], manifest: str) -> str:
+        """A warning when the store holds features of the model's set but none of the manifest's ids."""
+        if self.set is None or not track_ids or not len(self.set):
+            return ""
+        if any(self.set.index_of(t) is not None for t in track_ids):
+            return ""
+        return (f"the feature store shares no track id with {manifest} (store: {self.set.tracks[0].track_id!r}, "
+                f"manifest: {track_ids[0]!r}): every track is computed from audio. Ids are paths relative to "
+                f"the manifest, or to the folder given to `mirkit mels`; keep the manifest in that folder")
 
     @staticmethod
     def _unchanged(track: Any, stored: str) -> bool:
@@ -460,8 +481,9 @@ def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, out
         writers[layer], st = open_writer(str(outs[layer]), p.frames, dim, meta, ids)
         status = st if status == "created" else status
     source = FeatureSource(frozen, p.features)
-    report = ExtractReport(status=status, n_tracks=len(tracks), feature_note=source.note, dim=dim,
-                           frame_rate=frame_rate if p.frames else None)
+    report = ExtractReport(status=status, n_tracks=len(tracks), dim=dim, frame_rate=frame_rate if p.frames else None,
+                           feature_note=source.note or source.shared_ids_note([t.track_id for t in tracks], p.manifest),
+                           recomputed=source.why)
     done_in = {layer: w.done for layer, w in writers.items()}
     done = set.intersection(*done_in.values())
     todo = [t for t in tracks if t.track_id not in done]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,11 +312,24 @@ def write_failures(path: str, failures: list[tuple[str, str]]) -> None:
 
 
 def write_summary(p: MelsParams, report: MelsReport) -> None:
-    data = {"tracks": report.n_tracks, "failed": len(report.failures),
-            "sets": {n: {"stored_now": r.stored, "skipped": r.skipped, "status": r.status}
-                     for n, r in report.sets.items()},
-            "params": {k: v for k, v in p.__dict__.items()}}
-    write_json(p.out_summary, data)
+    """The DVC metrics file holds only numbers worth comparing across runs (tracks, failures, and per set
+    its size in the store); what this run did and with which params goes to ``<summary>.details.json``."""
+    sets = {}
+    for name in report.sets:
+        fs = store.open_set(p.out_store, name)
+        sets[name] = {"tracks": len(fs), "frames": fs.total_frames,
+                      "minutes": round(fs.total_frames / fs.frame_rate / 60, 3)}
+    write_json(p.out_summary, {"tracks": report.n_tracks, "failed": len(report.failures), "sets": sets})
+    details = {"sets": {n: {"status": r.status, "stored_now": r.stored, "skipped": r.skipped}
+                        for n, r in report.sets.items()},
+               "params": {k: v for k, v in p.__dict__.items()}}
+    write_json(details_path(p.out_summary), details)
+
+
+def details_path(metrics: str) -> str:
+    """``results/features.json`` -> ``results/features.details.json`` (beside a metrics file)."""
+    path = Path(metrics)
+    return str(path.with_name(path.stem + ".details" + path.suffix))
 
 
 def report_rows(report: MelsReport, store_url: str) -> list[tuple[Any, ...]]:

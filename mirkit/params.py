@@ -7,9 +7,8 @@ before any work with a :class:`ParamsError` naming the key, the value and what i
 
 from __future__ import annotations
 
-from mirkit.errors import InputError
-
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -18,9 +17,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mirkit.errors import InputError
+
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
+#: ``--params none``: no params file, built-in defaults only
+NO_PARAMS = "none"
 
 
 class ParamsError(InputError):
@@ -40,10 +43,18 @@ def param(default: Any = dataclasses.MISSING, *, choices: typing.Iterable[Any] |
 
 
 def load_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
-    """The raw mapping of one section of a params file ({} when the file or section is absent)."""
+    """The raw mapping of one section of a params file.
+
+    ``None`` means the default ``params.yaml``; that file when absent, and the word ``none``, give ``{}``
+    (built-in defaults); any other file that does not exist is an error (a misspelt name must not silently
+    fall back to defaults)."""
+    if str(path) == NO_PARAMS:
+        return {}
     path = Path(path) if path is not None else DEFAULT_PARAMS
     if not path.exists():
-        return {}
+        if path == DEFAULT_PARAMS:
+            return {}
+        raise ParamsError(f"--params {path}: no such file (give `--params {NO_PARAMS}` for built-in defaults)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -57,11 +68,60 @@ def load_yaml_section(path: str | Path | None, section: str) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` from the command line; the value is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    """``key=value`` from the command line; the value is parsed as YAML (so 1e-4, true, [a, b] work).
+
+    The key may be dotted (``pretrain.steps``, ``recipe_params.myna.mask_ratio``); ``key:=value``
+    marks a mapping that replaces the one in the params file instead of merging into it."""
     if "=" not in text:
         raise ParamsError(f"override '{text}': expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{text}': the value is not valid YAML ({exc})") from None
+    return key.strip(), parsed
+
+
+def _merge(base: Any, extra: Any) -> Any:
+    """``extra`` merged into ``base``: mappings key by key (recursively), anything else replaced."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = dict(base)
+        for k, v in extra.items():
+            out[k] = _merge(base.get(k), v)
+        return out
+    return extra
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, section: str = "",
+                    fields: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """The section ``raw`` with command-line overrides applied.
+
+    Keys may carry the section prefix (``pretrain.steps``, DVC's ``-S`` form) and dots into
+    mappings (``recipe_params.myna.mask_ratio``); mapping values merge into the existing mapping
+    (``recipe_params={myna: {mask_ratio: 0.5}}`` keeps myna's other keys) unless the key ends in
+    ``:`` (``runs:={mine: ...}``, from ``--set runs:={...}``), which replaces it."""
+    out = dict(raw)
+    fields = set(fields)
+    for key, value in (overrides or {}).items():
+        replace = key.endswith(":")
+        path = key.rstrip(":").split(".")
+        if section and len(path) > 1 and path[0] == section and path[0] not in fields:
+            path = path[1:]
+        if fields and path[0] not in fields:
+            prefix = f"{section}." if section else ""
+            raise ParamsError(f"{prefix}{path[0]}: unknown parameter{_suggest(path[0], fields)} "
+                              f"(known: {', '.join(sorted(fields))})")
+        for part in reversed(path[1:]):
+            value = {part: value}
+        if len(path) > 1 and path[0] in out and not isinstance(out[path[0]], dict):
+            raise ParamsError(f"{'.'.join(path)}: {path[0]} is not a mapping")
+        out[path[0]] = value if replace and len(path) == 1 else _merge(out.get(path[0]), value)
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -139,18 +199,18 @@ def _check_bounds(key: str, value: Any, meta: dict[str, Any]) -> None:
 
 def resolve(cls: type[T], raw: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
             section: str = "") -> T:
-    """Build and validate ``cls`` from a raw mapping plus overrides (overrides win).
+    """Build and validate ``cls`` from a raw mapping plus overrides (see :func:`apply_overrides`).
 
-    Unknown keys are errors (a typo must not silently fall back to a default).
+    Unknown keys are errors naming the closest known key (a typo must not silently fall back to a default).
     """
-    merged = dict(raw or {})
-    merged.update(overrides or {})
     prefix = f"{section}." if section else ""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    merged = apply_overrides(dict(raw or {}), overrides, section, fields)
     unknown = sorted(set(merged) - set(fields))
     if unknown:
-        raise ParamsError(f"{prefix}{unknown[0]}: unknown parameter (known: {', '.join(sorted(fields))})")
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown parameter{_suggest(unknown[0], fields)} "
+                          f"(known: {', '.join(sorted(fields))})")
     values = {}
     for name, f in fields.items():
         key = prefix + name
@@ -170,8 +230,61 @@ def resolve(cls: type[T], raw: dict[str, Any] | None = None, overrides: dict[str
 
 def load(cls: type[T], section: str, params_path: str | Path | None = None,
          overrides: dict[str, Any] | None = None) -> T:
-    """Read ``section`` of the params file into ``cls``, applying CLI overrides."""
-    return resolve(cls, load_yaml_section(params_path, section), overrides, section)
+    """Read ``section`` of the params file into ``cls``, applying CLI overrides.
+
+    The runtime-only key ``threads`` (allowed in every section, see :data:`THREADS_HELP`) is taken out
+    and applied here, so no stage needs a field for it."""
+    raw = load_yaml_section(params_path, section)
+    overrides = dict(overrides or {})
+    if "threads" in {f.name for f in dataclasses.fields(cls)}:   # a stage with its own threads rule
+        return resolve(cls, raw, overrides, section)
+    threads = raw.pop("threads", None)
+    for key in [k for k in overrides if k.rstrip(":") in ("threads", f"{section}.threads")]:
+        threads = overrides.pop(key)
+    set_threads(threads, section)
+    return resolve(cls, raw, overrides, section)
+
+
+#: per params section, the keys that change how fast a stage runs but not what it writes (up to float
+#: rounding): dvc.yaml lists every other key, so changing these never invalidates a cached result
+#: (tests/test_dvc.py keeps dvc.yaml and this table in step). `threads` is runtime-only everywhere.
+RUNTIME_ONLY: dict[str, set[str]] = {
+    "synth": set(),
+    "mels": {"batch_size", "num_workers", "commit_frames", "device", "strict"},
+    "tokens": {"batch_tracks", "device"},
+    "pretrain": {"num_workers", "in_memory", "compile", "device", "log_every", "checkpoint_every"},
+    "extract": {"batch_size", "device"},
+    "probe": {"device", "stack", "threads"},
+}
+
+THREADS_HELP = ("CPU threads torch may use (runtime-only: changing it never invalidates a cached result). "
+                "null = auto: the cores not already busy (os.getloadavg), at least 1. Lower it when other "
+                "jobs share the machine (on a busy 2-core machine a Myna step ran 17x faster with 1 thread than "
+                "with torch's default of one per core: docs/benchmarks.md); raise it on a dedicated many-core "
+                "CPU if auto picks too few.")
+
+
+def auto_threads() -> int:
+    """Cores available to this process minus the current load (rounded up), at least 1."""
+    import os
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, cores - busy)
+
+
+def set_threads(value: Any, section: str = "") -> int:
+    """Apply the ``threads`` setting (null = :func:`auto_threads`) to torch; returns the count."""
+    key = f"{section}.threads" if section else "threads"
+    value = _coerce(key, value, int | None)
+    if value is not None and value < 1:
+        raise ParamsError(f"{key}={value!r}: must be >= 1 (or null = auto)")
+    n = auto_threads() if value is None else value
+    import torch
+    torch.set_num_threads(n)
+    return n
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> To
     """
     try:
         device = pick(p.device)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:   # ParamsError: no CUDA here
         raise TokensError(f"tokens.device={p.device!r}: {exc}") from None
     features = open_set(p.features, p.feature_set)
     if len(features) == 0:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from mirkit.params import ParamsError, parse_override
+from mirkit.params import parse_override
 
 console = Console(stderr=True)   # logs and tables go to stderr; stdout stays clean for piping
 out_console = Console()
@@ -43,15 +41,5 @@ def print_params(stage: str, params: Any) -> None:
 
 
 def overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``--set key=value`` options into a dict (values parsed as YAML)."""
+    """``--set key=value`` options into a dict (values parsed as YAML; see :func:`mirkit.params.apply_overrides`)."""
     return dict(parse_override(p) for p in pairs or [])
-
-
-@contextmanager
-def stage_errors() -> Iterator[None]:
-    """Turn parameter errors into one red line and exit code 2, before any work is done."""
-    try:
-        yield
-    except ParamsError as exc:
-        console.print(f"[red]parameter error:[/red] {exc}")
-        raise typer.Exit(2) from None

@@ -1,9 +1,16 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# before torch is imported (here and in every subprocess a test starts): no more threads than idle cores,
+# since torch's default of one per core is many times slower on a busy machine (docs/benchmarks.md)
+if "OMP_NUM_THREADS" not in os.environ:
+    from mirkit.params import auto_threads
+    os.environ["OMP_NUM_THREADS"] = str(auto_threads())
 
 
 @pytest.fixture(scope="session")

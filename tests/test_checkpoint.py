@@ -202,7 +202,7 @@ def _extract_from_folder(tmp_path: Path, folder: Path) -> None:
     (tmp_path / "m.csv").write_text("path,split\nclip.wav,test\n")
     res = run_cli("extract", "--model", str(folder), "--out", str(tmp_path / "e.zarr"), "--set",
                   f"manifest={tmp_path / 'm.csv'}", "--set", f"features={tmp_path / 'none.zarr'}", "--set",
-                  "device=cpu", "--params", str(tmp_path / "none.yaml"))
+                  "device=cpu", "--params", "none")
     assert res.exit_code == 0, res.output
     from mirkit.embeddings import Embeddings
     emb = Embeddings(str(tmp_path / "e.zarr"))

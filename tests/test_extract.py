@@ -239,7 +239,7 @@ def test_vit1d_pooling_choice(workspace):
     assert not np.allclose(all_rows(p.out)["chunks"], all_rows(q.out)["chunks"])
     result = invoke("--model", str(workspace / "vit"), "--out", str(workspace / "x.zarr"),
                     "--set", f"manifest={workspace / 'data' / 'manifest.csv'}", "--set", "pooling=cls2",
-                    "--set", "device=cpu", "--params", str(workspace / "none.yaml"))
+                    "--set", "device=cpu", "--params", "none")
     assert result.exit_code == 2
     assert "cls2" in result.text and "supports cls, seq-mean, mean" in result.text
 
@@ -248,30 +248,30 @@ def test_vit1d_pooling_choice(workspace):
 def _cli_args(workspace: Path, model: Path, out: str = "err.zarr") -> list[str]:
     return ["--model", str(model), "--out", str(workspace / out), "--set",
             f"manifest={workspace / 'data' / 'manifest.csv'}", "--set", f"features={workspace / 'features.zarr'}",
-            "--set", "device=cpu", "--params", str(workspace / "none.yaml")]
+            "--set", "device=cpu", "--params", "none"]
 
 
 def test_checkpoint_errors_are_clear(workspace, tmp_path):
     missing = invoke(*_cli_args(workspace, tmp_path / "nope"))
-    assert missing.exit_code != 0 and "no such model folder" in missing.text
+    assert missing.exit_code == 2 and "no such model folder" in missing.text
 
     truncated = make_checkpoint(tmp_path / "trunc")
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     res = invoke(*_cli_args(workspace, truncated))
-    assert res.exit_code == 1 and "unreadable or truncated weights" in res.text
+    assert res.exit_code == 2 and "unreadable or truncated weights" in res.text
 
     other = make_checkpoint(tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
     config["args"]["dim"] = 192                                       # a config of another shape
     (other / "config.json").write_text(json.dumps(config))
     res = invoke(*_cli_args(workspace, other))
-    assert res.exit_code == 1 and "do not fit the model" in res.text and "shape mismatch" in res.text
+    assert res.exit_code == 2 and "do not fit the model" in res.text and "shape mismatch" in res.text
 
     no_weights = make_checkpoint(tmp_path / "noweights")
     (no_weights / "model.safetensors").unlink()
     res = invoke(*_cli_args(workspace, no_weights))
-    assert res.exit_code == 1 and "no model.safetensors" in res.text
+    assert res.exit_code == 2 and "no model.safetensors" in res.text
 
 
 def test_bad_audio_is_reported_and_the_rest_goes_on(workspace, tmp_path):
@@ -281,7 +281,7 @@ def test_bad_audio_is_reported_and_the_rest_goes_on(workspace, tmp_path):
     (data / "broken.wav").write_bytes(b"RIFF....not audio at all")
     def args(manifest: Path, out: str) -> list[str]:
         return ["--model", str(workspace / "ckpt"), "--out", str(tmp_path / out), "--set", f"manifest={manifest}",
-                "--set", f"features={tmp_path / 'none.zarr'}", "--set", "device=cpu", "--params", str(tmp_path / "p.yaml")]
+                "--set", f"features={tmp_path / 'none.zarr'}", "--set", "device=cpu", "--params", "none"]
 
     res = invoke(*args(manifest, "e.zarr"))
     assert res.exit_code == 0, res.output

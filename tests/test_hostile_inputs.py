@@ -66,7 +66,7 @@ def test_extract_reports_short_and_loud_clips_and_commits_the_others(hostile):
     out = hostile / "emb.zarr"
     r = invoke("extract", "--model", str(hostile / "ckpt"), "--out", str(out), "--set",
                f"manifest={hostile / 'data' / 'manifest.csv'}", "--set", f"features={hostile / 'none.zarr'}",
-               "--set", "device=cpu", "--params", str(hostile / "p.yaml"))
+               "--set", "device=cpu", "--params", "none")
     assert r.exit_code == 0, r.text
     assert "tiny.wav" in r.text and "too short" in r.text and "STFT window" in r.text
     assert "huge.wav" in r.text and "NaN/inf" in r.text and "2 failed" in r.text
@@ -192,7 +192,7 @@ def test_extract_never_reads_a_deleted_chunk_as_zeros(hostile, tmp_path):
     shards = sorted((store / "mel16k" / "frames" / "c").iterdir())
     (shards[0] / "0").unlink()
     args = ["--model", str(hostile / "ckpt"), "--set", f"manifest={hostile / 'data' / 'manifest.csv'}",
-            "--set", "device=cpu", "--params", str(tmp_path / "p.yaml")]
+            "--set", "device=cpu", "--params", "none"]
     r = invoke("extract", *args, "--out", str(tmp_path / "a.zarr"), "--set", f"features={store}")
     assert r.exit_code == 0 and "damaged" in r.text and "computing from audio" in r.text, r.text
     assert "0 from the store, 3 computed from audio" in r.text

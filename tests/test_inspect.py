@@ -137,12 +137,12 @@ def test_summary_mixing_model_has_no_attention_but_ssms(models, tmp_path):
 
 def test_model_command_errors(models, tmp_path):
     res = invoke("model", str(tmp_path / "nope"), str(tmp_path / "x.wav"))
-    assert res.exit_code == 1 and "no such model folder" in res.text
+    assert res.exit_code == 2 and "no such model folder" in res.text
     res = invoke("model", str(models / "vit"))
     assert res.exit_code == 2 and "--manifest" in res.text
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     res = invoke("model", str(models / "vit"), str(tmp_path / "bad.wav"), "--out", str(tmp_path / "o"))
-    assert res.exit_code == 1 and "bad.wav" in res.text and "not decodable" in res.text
+    assert res.exit_code == 2 and "bad.wav" in res.text and "not decodable" in res.text
 
 
 def test_embeddings_map(tmp_path):
@@ -166,7 +166,7 @@ def test_embeddings_map(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((out / "embeddings_emb_tempo_tsne.json").read_text())["kind"] == "numeric"
     res = invoke("embeddings", store, "--label", "mood", "--out", str(out))
-    assert res.exit_code == 1 and "'mood' not in" in res.text and "timbre" in res.text
+    assert res.exit_code == 2 and "'mood' not in" in res.text and "timbre" in res.text
 
 
 def test_training_curves_and_report(models, tmp_path):
@@ -190,4 +190,4 @@ def test_training_curves_and_report(models, tmp_path):
     assert NO_ATTENTION in md and "| 1 |" in md
     for link in __import__("re").findall(r"\]\(([^)]+\.png)\)", md):
         assert (out / link).is_file()
-    assert invoke("report", str(tmp_path / "missing")).exit_code == 1
+    assert invoke("report", str(tmp_path / "missing")).exit_code == 2

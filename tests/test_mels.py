@@ -28,11 +28,6 @@ def params(tmp_path, input, store=None, **kw):
                       num_workers=0, **kw)
 
 
-def store_snapshot(url, name):
-    fs = open_set(url, name)
-    return [(t.track_id, t.fingerprint, t.start, t.n_frames) for t in fs.tracks], np.asarray(fs._frames[:])
-
-
 def test_features_match_a_direct_computation(tmp_path):
     write_good(tmp_path / "a", 2)
     run(params(tmp_path, tmp_path / "a", feature_sets=["mel16k", "cqt22k"]))
@@ -64,7 +59,7 @@ def test_bad_files_are_reported_and_the_rest_is_processed(tmp_path):
 
 def test_exit_codes_nothing_succeeded_and_strict(tmp_path):
     write_bad(tmp_path / "bad")
-    base = ["mels", "--params", str(tmp_path / "none.yaml"), "--store", str(tmp_path / "f.zarr"),
+    base = ["mels", "--params", "none", "--store", str(tmp_path / "f.zarr"),
             "--set", f"failures={tmp_path / 'f.tsv'}", "--set", f"summary={tmp_path / 's.json'}"]
     result = CliRunner().invoke(app, base + ["--input", str(tmp_path / "bad")])
     assert result.exit_code == 1 and "nothing" not in result.output.lower() or "no file" in result.output
@@ -135,11 +130,12 @@ def test_fsspec_memory_store(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    """Three CLI runs under the same conditions: uninterrupted, killed with SIGKILL, re-run."""
+    """Three CLI runs under the same conditions: uninterrupted, killed with SIGKILL, re-run: the re-run store
+    holds exactly the uninterrupted run's content per track id."""
     write_good(tmp_path / "in", 40, seconds=3.0)
 
     def cmd(store):
-        return [sys.executable, "-m", "mirkit", "mels", "--params", str(tmp_path / "none.yaml"),
+        return [sys.executable, "-m", "mirkit", "mels", "--params", "none",
                 "--input", str(tmp_path / "in"), "--store", str(store), "--set", "batch_size=1",
                 "--set", "commit_frames=1", "--set", "num_workers=0",
                 "--set", f"failures={tmp_path / 'k.tsv'}", "--set", f"summary={tmp_path / 'k.json'}"]
@@ -167,8 +163,14 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     for i, t in enumerate(partial.tracks):
         np.testing.assert_array_equal(partial.read(i), ref_set.read(ref_set.index_of(t.track_id)))
     subprocess.run(cmd(store), cwd=ROOT, check=True, capture_output=True)
-    a, b = store_snapshot(str(store), "mel16k"), store_snapshot(str(tmp_path / "ref.zarr"), "mel16k")
-    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    # the contract: the same content per track id (ids, fingerprints, frames); where a track's frames sit in
+    # the set's frame array depends on when the kill landed, and readers only ever go through the index
+    resumed = open_set(str(store), "mel16k")
+    assert sorted((t.track_id, t.fingerprint, t.n_frames) for t in resumed.tracks) == \
+        sorted((t.track_id, t.fingerprint, t.n_frames) for t in ref_set.tracks)
+    assert resumed.total_frames == ref_set.total_frames
+    for i, t in enumerate(resumed.tracks):
+        np.testing.assert_array_equal(resumed.read(i), ref_set.read(ref_set.index_of(t.track_id)), err_msg=t.track_id)
 
 
 @pytest.mark.parametrize("name", ["mel16k", "mel16k-db"])

@@ -53,7 +53,7 @@ def test_override_values_are_parsed_as_yaml():
 
 
 def test_cli_rejects_bad_params_before_any_work(tmp_path):
-    result = CliRunner().invoke(app, ["mels", "--params", str(tmp_path / "none.yaml"),
+    result = CliRunner().invoke(app, ["mels", "--params", "none",
                                       "--set", "batch_size=0", "--set", f"store={tmp_path / 's.zarr'}"])
     assert result.exit_code == 2
     assert "mels.batch_size=0" in result.output and ">= 1" in result.output
@@ -61,15 +61,15 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path):
 
 
 def test_cli_names_an_unknown_feature_set(tmp_path):
-    result = CliRunner().invoke(app, ["mels", "--params", str(tmp_path / "none.yaml"),
+    result = CliRunner().invoke(app, ["mels", "--params", "none",
                                       "--set", "feature_sets=[mel99k]"])
     assert result.exit_code == 2 and "mel99k" in result.output and "mel16k" in result.output
 
 
 def test_every_stage_reads_the_shipped_params_file():
     """params.yaml must validate against every stage's dataclass (a typo there breaks `dvc repro`)."""
-    from pathlib import Path
     import importlib
+    from pathlib import Path
     root = Path(__file__).parent.parent / "params.yaml"
     for module, cls, section in [("mirkit.mels", "MelsParams", "mels"), ("mirkit.tokens", "TokensParams", "tokens"),
                                  ("mirkit.train", "PretrainParams", "pretrain")]:
@@ -78,3 +78,72 @@ def test_every_stage_reads_the_shipped_params_file():
     p = load(PretrainParams, "pretrain", root)
     for recipe in p.recipe_params:
         make_recipe(load(PretrainParams, "pretrain", root, {"recipe": recipe}))
+
+
+@dataclass
+class Nested:
+    recipe_params: dict = param({"myna": {"preset": "small", "mask_ratio": 0.9}, "mt2": {"preset": "micro"}})
+    steps: int = param(3, ge=1)
+
+
+def test_mapping_overrides_merge_and_colon_equals_replaces():
+    raw = {"recipe_params": {"myna": {"preset": "small", "mask_ratio": 0.9}, "mt2": {"preset": "micro"}}}
+    p = resolve(Nested, raw, {"recipe_params": {"myna": {"mask_ratio": 0.5}}}, section="pretrain")
+    assert p.recipe_params == {"myna": {"preset": "small", "mask_ratio": 0.5}, "mt2": {"preset": "micro"}}
+    p = resolve(Nested, raw, dict([parse_override("recipe_params.myna.mask_ratio=0.5")]), section="pretrain")
+    assert p.recipe_params["myna"] == {"preset": "small", "mask_ratio": 0.5}
+    p = resolve(Nested, raw, dict([parse_override("recipe_params:={myna: {preset: big}}")]), section="pretrain")
+    assert p.recipe_params == {"myna": {"preset": "big"}}
+
+
+def test_section_prefixed_keys_dvc_style():
+    assert resolve(Nested, {}, dict([parse_override("pretrain.steps=5")]), section="pretrain").steps == 5
+    with pytest.raises(ParamsError, match="pretrain.mels: unknown parameter"):
+        resolve(Nested, {}, dict([parse_override("mels.batch_size=5")]), section="pretrain")
+    with pytest.raises(ParamsError, match="steps.x: steps is not a mapping"):
+        resolve(Nested, {"steps": 3}, dict([parse_override("steps.x=5")]), section="pretrain")
+
+
+def test_misspelt_keys_suggest_the_close_one():
+    with pytest.raises(ParamsError, match=r"pretrain\.setps: unknown parameter; did you mean 'steps'\?"):
+        resolve(Nested, {}, {"setps": 5}, section="pretrain")
+    with pytest.raises(ParamsError, match=r"did you mean 'recipe_params'\?"):
+        resolve(Nested, {"recipe_param": {}}, section="pretrain")
+
+
+def test_missing_params_file_is_an_error_and_none_means_defaults(tmp_path, monkeypatch):
+    with pytest.raises(ParamsError, match="paramz.yaml: no such file"):
+        load(Demo, "demo", tmp_path / "paramz.yaml")
+    assert load(Demo, "demo", "none").steps == 3
+    monkeypatch.chdir(tmp_path)            # the default params.yaml may be absent (outside a project)
+    assert load(Demo, "demo").steps == 3
+    (tmp_path / "params.yaml").write_text("demo:\n  steps: 4\n")    # and is read when present
+    assert load(Demo, "demo").steps == load(Demo, "demo", None).steps == 4
+
+
+def test_threads_is_runtime_only_in_every_section(tmp_path, one_thread):
+    import torch
+    path = tmp_path / "p.yaml"
+    path.write_text("demo:\n  steps: 5\n  threads: 1\n")
+    torch.set_num_threads(2)
+    assert load(Demo, "demo", path).steps == 5 and torch.get_num_threads() == 1
+    assert load(Demo, "demo", path, {"demo.threads": 2}).steps == 5 and torch.get_num_threads() == 2
+    with pytest.raises(ParamsError, match="demo.threads=0: must be >= 1"):
+        load(Demo, "demo", path, {"threads": 0})
+
+
+@pytest.mark.parametrize("stage", ["synth", "mels", "tokens", "pretrain", "extract", "probe"])
+def test_stage_help_lists_every_key_with_its_help(stage):
+    import dataclasses
+    import importlib
+
+    from mirkit.cli import STAGE_PARAMS
+    module, cls, section = STAGE_PARAMS[stage]
+    result = CliRunner().invoke(app, [stage, "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"Keys of section `{section}`" in text
+    for f in dataclasses.fields(getattr(importlib.import_module(module), cls)):
+        assert f"{f.name} = " in text, f.name
+        if f.metadata.get("help"):
+            assert " ".join(f.metadata["help"].split())[:40] in text, f.name
+    assert "threads = " in text and ("busy 2-core machine" in text or "shared machine" in text)

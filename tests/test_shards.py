@@ -46,7 +46,7 @@ def corpus(tmp_path_factory):
     folder = str(root / "features")
     outputs = []
     for i in range(N):
-        result = invoke("mels", "--params", str(root / "none.yaml"), "--input", str(audio), "--store", folder,
+        result = invoke("mels", "--params", "none", "--input", str(audio), "--store", folder,
                         "--shard", f"{i}/{N}", "--set", "num_workers=0", "--set", f"feature_sets=[{', '.join(SETS)}]",
                         "--set", f"failures={root / 'failures.tsv'}", "--set", f"summary={root / 'summary.json'}")
         assert result.exit_code == 0, result.text
@@ -201,7 +201,7 @@ def test_tokens_and_pretraining_sources_work_on_a_shard_folder(corpus, tmp_path)
 
 @pytest.mark.parametrize("value", ["3/3", "-1/2", "1/0", "a/b", "1", "1/2/3"])
 def test_bad_shard_values_are_rejected(tmp_path, value):
-    result = invoke("mels", "--params", str(tmp_path / "none.yaml"), "--input", str(tmp_path),
+    result = invoke("mels", "--params", "none", "--input", str(tmp_path),
                     "--store", str(tmp_path / "f"), "--shard", value)
     assert result.exit_code == 2 and "mels.shard" in result.text and "0 <= i < n" in result.text
     assert not (tmp_path / "f").exists()

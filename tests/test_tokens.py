@@ -297,15 +297,15 @@ def _squeezed(result) -> str:
 
 def test_missing_inputs_and_bad_params_fail_clearly(tmp_path):
     runner = CliRunner()
-    missing = runner.invoke(app, ["tokens", "--params", str(tmp_path / "none.yaml"),
+    missing = runner.invoke(app, ["tokens", "--params", "none",
                                   "--features", str(tmp_path / "absent.zarr"), "--out", str(tmp_path / "t.zarr")])
-    assert missing.exit_code == 1 and "absent.zarr:noZarrstorehere" in _squeezed(missing)
+    assert missing.exit_code == 2 and "absent.zarr:noZarrstorehere" in _squeezed(missing)
     make_features(str(tmp_path / "features.zarr"), name="mel16k")
-    wrong_set = runner.invoke(app, ["tokens", "--params", str(tmp_path / "none.yaml"),
+    wrong_set = runner.invoke(app, ["tokens", "--params", "none",
                                     "--features", str(tmp_path / "features.zarr"), "--out", str(tmp_path / "t.zarr")])
-    assert wrong_set.exit_code == 1 and "nosetnamed'mel24k'(has:mel16k)" in _squeezed(wrong_set)
+    assert wrong_set.exit_code == 2 and "nosetnamed'mel24k'(has:mel16k)" in _squeezed(wrong_set)
     assert not (tmp_path / "t.zarr").exists() and not (tmp_path / "quantizer.safetensors").exists()
-    bad = runner.invoke(app, ["tokens", "--params", str(tmp_path / "none.yaml"), "--set", "stack=0"])
+    bad = runner.invoke(app, ["tokens", "--params", "none", "--set", "stack=0"])
     assert bad.exit_code == 2 and "tokens.stack=0:mustbe>=1" in _squeezed(bad)
     with pytest.raises(ParamsError, match="must differ"):
         params_for(tmp_path, out=str(tmp_path / "features.zarr"))

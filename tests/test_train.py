@@ -151,14 +151,14 @@ def test_bad_checkpoints_fail_with_clear_messages(tmp_path, tiny_corpus):
 
 def test_cli_pretrain_reports_missing_features_and_bad_params(tmp_path, tiny_corpus):
     runner = CliRunner()
-    missing = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set",
+    missing = runner.invoke(app, ["pretrain", "--params", "none", "--set",
                                   f"features={tmp_path / 'none.zarr'}", "--set", "manifest=null"])
-    assert missing.exit_code == 1 and "none.zarr" in missing.output and "mirkit mels" in missing.output
-    bad = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--set", "lr=-1"])
+    assert missing.exit_code == 2 and "none.zarr" in missing.output and "mirkit mels" in missing.output
+    bad = runner.invoke(app, ["pretrain", "--params", "none", "--set", "lr=-1"])
     assert bad.exit_code == 2 and "pretrain.lr=-1" in bad.output
-    unknown = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--recipe", "wav2vec"])
+    unknown = runner.invoke(app, ["pretrain", "--params", "none", "--recipe", "wav2vec"])
     assert unknown.exit_code == 2 and "wav2vec" in unknown.output and "myna" in unknown.output
-    preset = runner.invoke(app, ["pretrain", "--params", str(tmp_path / "none.yaml"), "--preset", "huge"])
+    preset = runner.invoke(app, ["pretrain", "--params", "none", "--preset", "huge"])
     assert preset.exit_code == 2 and "preset" in preset.output
 
 
@@ -209,13 +209,22 @@ def test_torchrun_cli_trains_muse_lq_with_ddp(tmp_path, tiny_corpus):
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus):
-    """`pretrain.compile: true` (inductor on CPU) reaches the eager run's weights within float tolerance."""
+def test_torch_compile_trains_like_eager(tmp_path, tiny_corpus, monkeypatch):
+    """`pretrain.compile: true` reaches the eager run's weights within float tolerance.
+
+    The compiled step runs with the ``aot_eager`` backend: TorchDynamo capture and AOTAutograd (what mirkit's
+    training step must survive: graph breaks, functionalised optimiser-facing gradients, checkpoint keys of
+    a compiled module) without inductor's C++ code generation, which is torch's own tested territory and
+    took 140-190 s of g++ on a busy 2-core machine for this 2-block model (a few seconds here)."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, **{"backend": "aot_eager", **kw}))
     kw = dict(steps=2, checkpoint_every=2, recipe_params={"myna": {**TINY["myna"], "mask_ratio": 0.0}})
     eager = make_params(tmp_path / "eager", tiny_corpus, "myna", **kw)
     compiled = make_params(tmp_path / "compiled", tiny_corpus, "myna", compile=True, **kw)
     train(eager)
+    torch._dynamo.reset()
     train(compiled)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
     a = run_weights(eager.out)
     b = run_weights(compiled.out)
     assert a.keys() == b.keys()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mirkit import ui
+from mirkit.errors import InputError
 from mirkit.benchmarks import BENCHMARKS, LABEL_COLUMNS, build_manifest, write_manifest
 
 
@@ -20,19 +21,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build a manifest (path, split, labels, clip offset/duration) from the shipped JukeMIR splits."""
         if name not in BENCHMARKS:
-            ui.console.print(f"[red]error:[/red] unknown benchmark '{name}' (choose from {', '.join(BENCHMARKS)})")
-            raise typer.Exit(2)
+            raise InputError(f"unknown benchmark '{name}' (choose from {', '.join(BENCHMARKS)})")
         if not audio_dir.is_dir():
-            ui.console.print(f"[red]error:[/red] --audio-dir {audio_dir}: not a folder")
-            raise typer.Exit(2)
+            raise InputError(f"--audio-dir {audio_dir}: not a folder")
         build = build_manifest(name, audio_dir)
         if build.missing:
             first = ", ".join(build.missing[:5])
             ui.console.print(f"[yellow]{len(build.missing)} of {build.total} {name} entries have no audio "
                              f"under {audio_dir}[/yellow] (first: {first})")
         if not build.rows:
-            ui.console.print(f"[red]error:[/red] no {name} audio found under {audio_dir}")
-            raise typer.Exit(1)
+            raise InputError(f"--audio-dir {audio_dir}: no {name} audio found there")
         write_manifest(build.rows, out)
         splits = Counter(r["split"] for r in build.rows)
         ui.console.print(ui.table(f"benchmark-manifest {name} -> {out}", ["split", "tracks"],

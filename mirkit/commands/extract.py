@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from mirkit import params as P
-from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
+from mirkit.errors import MirkitError
+from mirkit.ui import console, overrides, print_params, progress, table
 
 HELP = """Embed every track of a manifest with a frozen mirkit encoder (a model folder) into an embeddings store (Zarr).
 
@@ -28,28 +29,18 @@ def register(app: typer.Typer) -> None:
         out: Optional[str] = typer.Option(None, "--out", help="embeddings store (overrides extract.out)"),
         random_init: Optional[bool] = typer.Option(None, "--random-init/--pretrained",
                                                    help="freshly initialised weights (seed = extract.seed)"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
-        from mirkit.checkpoint import CheckpointError
         from mirkit.extract import ExtractParams, run
-        from mirkit.manifest import ManifestError
-        with stage_errors():
-            ov = overrides(set_)
-            ov.update({k: v for k, v in {"model": model, "out": out, "random_init": random_init}.items()
-                       if v is not None})
-            p = P.load(ExtractParams, "extract", params, ov)
+        ov = overrides(set_)
+        ov.update({k: v for k, v in {"model": model, "out": out, "random_init": random_init}.items()
+                   if v is not None})
+        p = P.load(ExtractParams, "extract", params, ov)
         print_params("extract", p)
-        try:
-            with progress() as bar:
-                task = bar.add_task("extract", total=None, info="")
-                report = run(p, lambda done, total, tid: bar.update(task, completed=done, total=total,
-                                                                    info=tid[-40:]))
-        except (CheckpointError, ManifestError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-        except P.ParamsError as exc:
-            console.print(f"[red]parameter error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        with progress() as bar:
+            task = bar.add_task("extract", total=None, info="")
+            report = run(p, lambda done, total, tid: bar.update(task, completed=done, total=total,
+                                                                info=tid[-40:]))
         if report.feature_note:
             console.print(f"[yellow]note:[/yellow] {report.feature_note}")
         weights = "random init" if p.random_init else "pretrained"
@@ -57,7 +48,9 @@ def register(app: typer.Typer) -> None:
             ("model", f"{p.model} ({weights})"),
             ("tracks", f"{report.n_tracks}: {report.embedded} embedded, {report.skipped} already there, "
                        f"{len(report.failures)} failed"),
-            ("features", f"{report.from_store} from the store, {report.computed} computed from audio"),
+            ("features", f"{report.from_store} from the store, {report.computed} computed from audio" +
+                         (f" ({', '.join(f'{n}: {why}' for why, n in report.recomputed.items())})"
+                          if report.recomputed else "")),
             ("embeddings", f"{report.chunks} chunks, {report.frames} frames, dim {report.dim}"),
             ("frame rate", f"{report.frame_rate:.3g} Hz" if report.frame_rate else "-"),
         ]))
@@ -65,5 +58,4 @@ def register(app: typer.Typer) -> None:
             console.print(table(f"extract: {len(report.failures)} file(s) rejected", ["file", "reason"],
                                 report.failures[:50]))
         if report.n_tracks and report.succeeded == 0:
-            console.print("[red]no track could be embedded[/red]")
-            raise typer.Exit(1)
+            raise MirkitError(f"extract: no track could be embedded (manifest {p.manifest})")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mirkit.errors import InputError
 from mirkit.ui import console, table
 
 HELP = """Look inside models and runs (PNG pictures + JSON numbers + a Markdown report).
@@ -26,9 +27,9 @@ Example: mirkit inspect model models/pretrain data/samples/clip_0000.wav --out r
 sub = typer.Typer(help=HELP, no_args_is_help=True)
 
 
-def _fail(exc: Exception, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(code)
+def _input_error(exc: Exception) -> InputError:
+    """A library ValueError/OSError about what the user gave, as the CLI's bad-input error (exit 2)."""
+    return exc if isinstance(exc, InputError) else InputError(str(exc))
 
 
 @sub.command("model")
@@ -45,37 +46,30 @@ def model_cmd(
 ) -> None:
     """Attention maps, self-similarity matrices and onset emergence of every layer on one window."""
     from mirkit.audio import AudioError, load_audio
-    from mirkit.checkpoint import CheckpointError
     from mirkit.extract import features_of_wave, load_frozen
     from mirkit.features import FrontEnd
     from mirkit.inspect import inspect_model
-    from mirkit.manifest import ManifestError, read_manifest
-    try:
-        frozen = load_frozen(checkpoint, device, random_init, seed)
-    except CheckpointError as exc:
-        _fail(exc)
+    from mirkit.manifest import read_manifest
+    frozen = load_frozen(checkpoint, device, random_init, seed)
     if (audio is None) == (manifest is None or track is None):
-        _fail(ValueError("give either an AUDIO file or --manifest M --track ID"), 2)
+        raise InputError("give either an AUDIO file or --manifest M --track ID")
     offset, duration, name = 0.0, None, str(audio)
     if audio is None:
-        try:
-            found = {t.track_id: t for t in read_manifest(manifest)}
-        except ManifestError as exc:
-            _fail(exc)
+        found = {t.track_id: t for t in read_manifest(manifest)}
         if track not in found:
-            _fail(ValueError(f"{manifest}: no track {track!r}"))
+            raise InputError(f"{manifest}: no track {track!r}")
         t = found[track]
         audio, offset, duration, name = t.path, t.offset, t.duration, track
     try:
         wave = load_audio(audio, frozen.spec.sample_rate, offset, duration)
     except AudioError as exc:
-        _fail(ValueError(f"{audio}: {exc}"))
+        raise AudioError(f"{audio}: {exc}") from None
     feats = features_of_wave(frozen, wave, FrontEnd(frozen.spec).to(frozen.device))
     title = f"{frozen.model_info.get('recipe') or frozen.config['architecture']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
     try:
         analysis, paths = inspect_model(frozen, feats, out, title, start)
     except ValueError as exc:
-        _fail(exc, 2)
+        raise _input_error(exc) from None
     if analysis.message:
         console.print(f"[yellow]note:[/yellow] {analysis.message}")
     console.print(table(f"inspect model: onset emergence ({len(analysis.onset)} columns, written to {out})",
@@ -95,13 +89,13 @@ def embeddings_cmd(
     """2-D map of one point per track (mean of its chunk embeddings), one panel per split."""
     from mirkit.inspect import embedding_map
     if method not in ("pca", "tsne"):
-        _fail(ValueError(f"--method {method!r}: choose pca or tsne"), 2)
+        raise InputError(f"--method {method!r}: choose pca or tsne")
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"embeddings_{Path(store.rstrip('/')).stem}_{label}_{method}.png"
     try:
         info = embedding_map(store, label, method, png, seed)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+        raise _input_error(exc) from None
     png.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     console.print(f"[green]wrote[/green] {png} ({info['tracks']} tracks, {info['kind']} label, splits: "
                   f"{', '.join(info['splits'])})")
@@ -115,12 +109,12 @@ def training_cmd(
     """Loss, held-out loss, learning-rate and online-probe curves of a pretraining run."""
     from mirkit.inspect import training_curves
     if not log.exists():
-        _fail(FileNotFoundError(f"{log}: no such training log"))
+        raise InputError(f"{log}: no such training log")
     out.mkdir(parents=True, exist_ok=True)
     try:
         info = training_curves(log, out / "training.png")
     except ValueError as exc:
-        _fail(exc)
+        raise _input_error(exc) from None
     console.print(f"[green]wrote[/green] {out / 'training.png'} ({info['steps']} steps, loss "
                   f"{info['first_loss']:.4g} -> {info['last_loss']:.4g})")
 
@@ -135,7 +129,7 @@ def report_cmd(
     try:
         path = write_report(folder, title)
     except ValueError as exc:
-        _fail(exc)
+        raise _input_error(exc) from None
     console.print(f"[green]wrote[/green] {path}")
 
 

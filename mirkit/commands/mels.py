@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from mirkit import params as P
-from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
+from mirkit.errors import MirkitError
+from mirkit.ui import console, overrides, print_params, progress, table
 
 HELP = """Decode audio once and compute named feature sets (mel / CQT, nnAudio) into a Zarr v3 store.
 
@@ -38,32 +39,25 @@ def register(app: typer.Typer) -> None:
         store_url: Optional[str] = typer.Option(None, "--store", help="store path or fsspec URL (overrides mels.store)"),
         shard: Optional[str] = typer.Option(None, "--shard", help="i/n: process shard i of n (overrides mels.shard)"),
         strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         from mirkit.mels import MelsParams, report_rows, run
-        from mirkit.manifest import ManifestError
-        from mirkit.store import StoreError
-        with stage_errors():
-            ov = overrides(set_)
-            ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict,
-                                          "shard": shard}.items() if v is not None})
-            p = P.load(MelsParams, "mels", params, ov)
+        ov = overrides(set_)
+        ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict,
+                                      "shard": shard}.items() if v is not None})
+        p = P.load(MelsParams, "mels", params, ov)
         print_params("mels", p)
-        try:
-            with progress() as bar:
-                task = bar.add_task("features", total=None, info="")
-                report = run(p, lambda done, total: bar.update(task, completed=done, total=total,
-                                                               info=f"{done}/{total} files"))
-        except (ManifestError, StoreError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        with progress() as bar:
+            task = bar.add_task("features", total=None, info="")
+            report = run(p, lambda done, total: bar.update(task, completed=done, total=total,
+                                                           info=f"{done}/{total} files"))
         console.print(table(f"mels: feature sets in {p.out_store}", ["set", "status", "added", "skipped", "tracks", "frames", "minutes"],
                             report_rows(report, p.out_store)))
         if report.failures:
             console.print(table(f"mels: {len(report.failures)} file(s) rejected (also in {p.out_failures})",
                                 ["file", "reason"], report.failures[:50]))
         if report.n_tracks and report.succeeded == 0:
-            console.print("[red]no file could be processed[/red]")
-            raise typer.Exit(1)
+            raise MirkitError(f"mels: no file could be processed ({p.input}; reasons in {p.out_failures})")
         if p.strict and report.failures:
-            raise typer.Exit(1)
+            raise MirkitError(f"mels: {len(report.failures)} file(s) rejected and strict is set "
+                              f"(reasons in {p.out_failures})")

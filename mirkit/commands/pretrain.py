@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from mirkit import params as P
-from mirkit.ui import console, overrides, print_params, progress, stage_errors, table
+from mirkit.ui import console, overrides, print_params, progress, table
 
 HELP = """Pretrain an encoder on the feature store with a recipe: myna (masked contrastive SimpleViT),
 contrastive (ViT-1D, Emergent properties), mt2 (two class tokens: CPSD + NT-Xent) or muse-lq
@@ -32,30 +32,19 @@ def register(app: typer.Typer) -> None:
         recipe: str | None = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
         preset: str | None = typer.Option(None, help="model preset (overrides pretrain.preset)"),
         resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in `out`"),
-        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
-        from mirkit.checkpoint import CheckpointError
-        from mirkit.manifest import ManifestError
-        from mirkit.store import StoreError
-        from mirkit.train import PretrainParams, TrainingDiverged, make_recipe, train
-        with stage_errors():
-            ov = overrides(set_)
-            ov.update({k: v for k, v in {"recipe": recipe, "preset": preset}.items() if v is not None})
-            p = P.load(PretrainParams, "pretrain", params, ov)
-            r = make_recipe(p)
+        from mirkit.train import PretrainParams, make_recipe, train
+        ov = overrides(set_)
+        ov.update({k: v for k, v in {"recipe": recipe, "preset": preset}.items() if v is not None})
+        p = P.load(PretrainParams, "pretrain", params, ov)
+        r = make_recipe(p)
         print_params("pretrain", p)
         console.print(f"[dim]{r.name} recipe parameters: {r.params_dict()}[/dim]")
-        try:
-            with progress() as bar:
-                task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")
-                result = train(p, resume=resume, on_step=lambda s, row: bar.update(
-                    task, completed=s, info=step_info(row)))
-        except (StoreError, CheckpointError, TrainingDiverged, ManifestError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-        except P.ParamsError as exc:
-            console.print(f"[red]parameter error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        with progress() as bar:
+            task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")
+            result = train(p, resume=resume, on_step=lambda s, row: bar.update(
+                task, completed=s, info=step_info(row)))
         first = next((r["loss"] for r in result.history if "loss" in r), float("nan"))
         val = [r["val/loss"] for r in result.history if "val/loss" in r]
         console.print(table(f"pretrain: {r.name} ({r.params.preset})", None, [

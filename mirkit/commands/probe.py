@@ -17,7 +17,7 @@ import typer
 
 from mirkit import ui
 from mirkit.device import pick as resolve_device
-from mirkit.errors import MirkitError
+from mirkit.errors import InputError, MirkitError
 from mirkit.params import ParamsError, load, param, to_dict
 from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
 from mirkit.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
@@ -195,25 +195,23 @@ clips of each song (vote, max, gmean, mean; JukeMIR) and reports the strategy be
 Beat and chord annotations are text/.lab files or JAMS.
 Writes metrics JSON (`dvc metrics show`), details JSON and a bar plot comparing runs.
 
-Example: mirkit probe --set protocol=jukemir --set 'runs={mine: data/embeddings/mine.zarr}'
+Example: mirkit probe --set protocol=jukemir --set 'runs:={mine: data/embeddings/mine.zarr}'
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("probe", help=HELP)
     def probe(params_file: Optional[Path] = typer.Option(None, "--params", help="params file (default params.yaml)"),
-              set_: Optional[list[str]] = typer.Option(None, "--set", help="override: key=value"),
+              set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
               show: bool = typer.Option(False, "--show", help="only print the table of the last results (`out`)")) -> None:
-        with ui.stage_errors():
-            params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
-            specs = parse_tasks(params.tasks)
-            if show:
-                if not Path(params.out).is_file():
-                    ui.console.print(f"[red]error:[/red] {params.out}: no probe results yet (run `mirkit probe`)")
-                    raise typer.Exit(1)
-                ui.out_console.print(comparison_table(json.loads(Path(params.out).read_text()), specs, params))
-                return
-            stores = open_stores(params, specs)   # a bad store or label column fails before any work
+        params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
+        specs = parse_tasks(params.tasks)
+        if show:
+            if not Path(params.out).is_file():
+                raise InputError(f"{params.out}: no probe results yet (run `mirkit probe`)")
+            ui.out_console.print(comparison_table(json.loads(Path(params.out).read_text()), specs, params))
+            return
+        stores = open_stores(params, specs)   # a bad store or label column fails before any work
         ui.print_params("probe", params)
         metrics, details = run_probes(params, stores)
         write_outputs(metrics, details, params, specs)
@@ -228,6 +226,5 @@ def register(app: typer.Typer) -> None:
         ui.out_console.print(comparison_table(metrics, specs, params))
         failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
         if failed:   # the other tasks' results are written above; the stage itself did not succeed
-            ui.console.print(f"[red]error:[/red] {len(failed)} probe task(s) failed: {', '.join(failed)} "
-                             f"(reasons above and in {Path(params.out).stem}.details.json)")
-            raise typer.Exit(1)
+            raise MirkitError(f"{len(failed)} probe task(s) failed: {', '.join(failed)} "
+                              f"(reasons above and in {Path(params.out).stem}.details.json)")

@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from mirkit import ui
+from mirkit.errors import MirkitError
 from mirkit.params import DEFAULT_PARAMS, ParamsError, load, param
 from mirkit.synth import KEYS, MANIFEST_COLUMNS, SPLITS, TIMBRES, SynthResult, synthesize
 
@@ -64,16 +65,15 @@ def _summary(result: SynthResult) -> None:
 def synth(
     params: Annotated[Path, typer.Option("--params", help="params file (section 'synth')")] = DEFAULT_PARAMS,
     set_: Annotated[Optional[List[str]], typer.Option(
-        "--set", metavar="KEY=VALUE", help="override one parameter, KEY=VALUE (repeatable)")] = None,
+        "--set", metavar="KEY=VALUE", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)")] = None,
     out: Annotated[Optional[str], typer.Option(help="output folder (overrides synth.out)")] = None,
     n_clips: Annotated[Optional[int], typer.Option(help="number of clips (overrides synth.n_clips)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="random seed (overrides synth.seed)")] = None,
 ) -> None:
-    with ui.stage_errors():
-        overrides = ui.overrides(set_)
-        overrides.update({k: v for k, v in (("out", out), ("n_clips", n_clips), ("seed", seed))
-                          if v is not None})
-        p = load(SynthParams, SECTION, params, overrides)
+    overrides = ui.overrides(set_)
+    overrides.update({k: v for k, v in (("out", out), ("n_clips", n_clips), ("seed", seed))
+                      if v is not None})
+    p = load(SynthParams, SECTION, params, overrides)
     ui.print_params(SECTION, p)
     try:
         with ui.progress() as bar:
@@ -83,8 +83,7 @@ def synth(
                 min_seconds=p.min_seconds, max_seconds=p.max_seconds,
                 on_clip=lambda c: bar.update(task, advance=1, info=f"{c.name} {c.key}, {c.timbre}"))
     except OSError as exc:
-        ui.console.print(f"[red]synth failed:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise MirkitError(f"synth: cannot write {p.out} ({exc})") from None
     _summary(result)
     ui.out_console.print(str(result.manifest))
 

@@ -9,9 +9,7 @@ import typer
 
 from mirkit import ui
 from mirkit.params import DEFAULT_PARAMS, load
-from mirkit.quantizer import QuantizerFileError
-from mirkit.store import StoreError
-from mirkit.tokens import TokensError, TokensParams, run
+from mirkit.tokens import TokensParams, run
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +19,7 @@ def register(app: typer.Typer) -> None:
         features: Optional[str] = typer.Option(None, help="feature store (overrides tokens.features)"),
         feature_set: Optional[str] = typer.Option(None, help="feature set (overrides tokens.feature_set)"),
         out: Optional[str] = typer.Option(None, help="token store (overrides tokens.out)"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE (repeatable)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         """Random-projection-quantizer tokens (BEST-RQ / MusicFM targets) of one stored feature set.
 
@@ -29,23 +27,18 @@ def register(app: typer.Typer) -> None:
         (same track ids and order as the features) plus the quantizer and codebook-usage metrics.
         Re-runs skip tokenised tracks; changed parameters or statistics rebuild the token set.
         """
-        with ui.stage_errors():
-            ov = ui.overrides(set_)
-            ov.update({k: v for k, v in {"features": features, "feature_set": feature_set, "out": out}.items()
-                       if v is not None})
-            p = load(TokensParams, "tokens", params, ov)
+        ov = ui.overrides(set_)
+        ov.update({k: v for k, v in {"features": features, "feature_set": feature_set, "out": out}.items()
+                   if v is not None})
+        p = load(TokensParams, "tokens", params, ov)
         ui.print_params("tokens", p)
-        try:
-            with ui.progress() as bar:
-                task = bar.add_task("tokens", total=None, info=p.feature_set)
+        with ui.progress() as bar:
+            task = bar.add_task("tokens", total=None, info=p.feature_set)
 
-                def report(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
+            def report(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-                result = run(p, report)
-        except (StoreError, TokensError, QuantizerFileError, OSError) as exc:
-            ui.console.print(f"[red]tokens failed:[/red] {exc}")
-            raise typer.Exit(1) from None
+            result = run(p, report)
         ui.console.print(ui.table(
             f"tokens {p.feature_set} -> {p.out} ({result.status})",
             ["codebook", "codes used", "fraction used", "perplexity"],

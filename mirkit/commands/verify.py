@@ -27,15 +27,10 @@ def register(app: typer.Typer) -> None:
     def verify(path: str = typer.Argument(..., help="store, shard folder, embeddings store, model folder or training run folder")) -> None:
         from mirkit.errors import InputError
         from mirkit.verify import verify as run
-        try:
-            kind, findings = run(path)
-        except InputError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        kind, findings = run(path)
         rows = [(f.part, f.check, "[green]ok[/green]" if f.ok else "[red]DAMAGED[/red]", f.detail) for f in findings]
         console.print(table(f"verify {path} ({kind})", ["part", "check", "result", "detail"], rows))
         damaged = [f for f in findings if not f.ok]
         if damaged:
-            console.print(f"[red]{path}: {len(damaged)} problem(s) found[/red]")
-            raise typer.Exit(2)
+            raise InputError(f"{path}: {len(damaged)} problem(s) found")
         console.print(f"[green]{path}: sound[/green]")

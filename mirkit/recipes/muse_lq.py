@@ -45,6 +45,7 @@ from mirkit.models.registry import sizes_of
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
+from mirkit.store import StoreError
 
 #: token vocabulary of the paper (Table 2 rows); the sizes live in ``mirkit.models.registry``
 CODEBOOK_SIZE = 8192
@@ -101,7 +102,7 @@ class MuseLQModel(PretrainModel):
         tokens = batch["tokens"]
         steps = x.shape[-1] // STACK
         if tokens.shape[1] != steps:
-            raise ValueError(f"tokens cover {tokens.shape[1]} steps but the mel crop gives {steps}")
+            raise StoreError(f"tokens cover {tokens.shape[1]} steps but the mel crop gives {steps} (token store and features disagree)")
         valid = batch.get("valid")
         valid = torch.ones(x.shape[0], steps, dtype=torch.bool, device=x.device) if valid is None else valid.bool()
         mask = block_mask(valid, self.block_tokens, self.mask_prob)
@@ -122,17 +123,17 @@ class MuseLQRecipe(Recipe):
     def prepare(self, sources: Sources) -> None:
         """Copy the token store's normalisation stats and codebook shape into the params."""
         if sources.tokens is None:
-            raise ValueError("muse-lq needs a token store (run `mirkit tokens` first)")
+            raise ParamsError("pretrain.tokens: muse-lq needs a token store (run `mirkit tokens` first)")
         attrs = sources.tokens.attrs
         missing = [k for k in ("mean", "std", "codebook_size", "num_codebooks") if k not in attrs]
         if missing:
-            raise ValueError(f"token store attrs lack {', '.join(missing)}")
+            raise StoreError(f"token store attrs lack {', '.join(missing)}")
         stack = int(attrs.get("stack", STACK))
         if stack != STACK:
-            raise ValueError(f"token store stack={stack}, but the muse-lq front end subsamples by {STACK}")
+            raise StoreError(f"token store stack={stack}, but the muse-lq front end subsamples by {STACK}")
         n_mels = self.model_kwargs()["n_mels"]
         if sources.features.n_bins != n_mels:
-            raise ValueError(f"features have {sources.features.n_bins} bins, muse-lq expects {n_mels}")
+            raise StoreError(f"features have {sources.features.n_bins} bins, muse-lq expects {n_mels}")
         p = self.params
         p.mean, p.std = float(attrs["mean"]), float(attrs["std"])
         p.codebook_size, p.num_codebooks, p.stack = int(attrs["codebook_size"]), int(attrs["num_codebooks"]), stack
@@ -140,7 +141,7 @@ class MuseLQRecipe(Recipe):
     def sample(self, sources: Sources, track: int, rng: np.random.Generator) -> Example:
         """A crop aligned to a 4-frame step plus its tokens; ``valid`` marks steps inside the track."""
         if sources.tokens is None:
-            raise ValueError("muse-lq needs a token store (run `mirkit tokens` first)")
+            raise ParamsError("pretrain.tokens: muse-lq needs a token store (run `mirkit tokens` first)")
         stack, crop = self.params.stack, self.params.crop_frames
         steps = crop // stack
         available = min(sources.features.n_frames(track) // stack, sources.tokens.n_frames(track))

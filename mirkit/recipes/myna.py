@@ -32,6 +32,7 @@ from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
 from mirkit.objectives.sogclr import SogCLR
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
+from mirkit.store import StoreError
 
 #: mel bins Myna's input has (nnAudio MelSpectrogram n_mels=128); vertical patches span them all.
 N_MELS = 128
@@ -101,7 +102,7 @@ class MynaModel(PretrainModel):
                  loss: str = "sogclr", gamma: float = 0.9, n_items: int = 0):
         super().__init__()
         if loss not in LOSSES:
-            raise ValueError(f"unknown loss '{loss}' (choose from {', '.join(LOSSES)})")
+            raise ParamsError(f"loss={loss!r}: allowed values are {', '.join(LOSSES)}")
         self.encoder = encoder
         self.head = projection_head(encoder.dim, list(proj_dims))
         self.mask_ratio, self.temperature, self.loss = mask_ratio, temperature, loss
@@ -140,7 +141,7 @@ class MynaRecipe(Recipe):
     def prepare(self, sources: Sources) -> None:
         """Check the bins; size SogCLR's state to the feature set's tracks (``batch["index"]``)."""
         if sources.features.n_bins != N_MELS:
-            raise ValueError(f"myna needs {N_MELS} mel bins; feature set '{self.feature_set}' has "
+            raise StoreError(f"myna needs {N_MELS} mel bins; feature set '{self.feature_set}' has "
                              f"{sources.features.n_bins}")
         self.params.n_items = len(sources.features)
 
