@@ -22,7 +22,7 @@ demo: install
 
 # two tiers (pytest marker `slow`): unit and CLI tests first, so they fail fast; then the end-to-end
 # ones (the whole `dvc repro`, experiments, kill -9 resume, DDP under torchrun, torch.compile)
-test: test-fast test-slow
+test: lint test-fast test-slow
 
 test-fast: install
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"

@@ -32,9 +32,10 @@ import contextlib
 import hashlib
 import json
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -415,6 +416,7 @@ def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest
     """The embeddings writer; a store written with other settings (or holding tracks no longer in
     the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
     import zarr
+
     from mirkit.embeddings import EmbeddingsWriter
     status = "created"
     try:

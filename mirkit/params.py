@@ -19,7 +19,10 @@ import yaml
 
 from mirkit.errors import InputError
 
-T = TypeVar("T")
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 DEFAULT_PARAMS = Path("params.yaml")
 #: ``--params none``: no params file, built-in defaults only

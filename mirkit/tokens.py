@@ -21,19 +21,19 @@ computed over the whole feature set, so adding tracks to the features rebuilds t
 
 from __future__ import annotations
 
-from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_STACK, MAX_WIDTH
-from mirkit.errors import InputError
-
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from mirkit.device import DEVICES, pick
+from mirkit.errors import InputError
 from mirkit.files import write_json
+from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_STACK, MAX_WIDTH
 from mirkit.params import ParamsError, param
 from mirkit.quantizer import RandomProjectionQuantizer
 from mirkit.store import FrameSet, ShardedSet, create_or_open, delete_set, open_set, writer_lock
@@ -235,7 +235,7 @@ def _is_prefix(tokens: FrameSet, features: FrameSet | ShardedSet) -> bool:
     if len(tokens) > len(features):
         return False
     return all((t.track_id, t.fingerprint) == (f.track_id, f.fingerprint)
-               for t, f in zip(tokens.tracks, features.tracks))
+               for t, f in zip(tokens.tracks, features.tracks, strict=False))  # a prefix
 
 
 def write_metrics(result: TokensResult, path: str) -> None:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from mirkit.params import parse_override
@@ -36,7 +44,8 @@ def table(title: str, columns: Sequence[str] | None, rows: Iterable[Sequence[Any
 def print_params(stage: str, params: Any) -> None:
     """Show the resolved parameters of a stage (they are also written beside its outputs)."""
     import dataclasses
-    data = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+    is_instance = dataclasses.is_dataclass(params) and not isinstance(params, type)
+    data = dataclasses.asdict(params) if is_instance else dict(params)
     console.print(f"[dim]{stage} parameters: {json.dumps(data, default=str)}[/dim]")
 
 

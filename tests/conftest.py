@@ -20,8 +20,11 @@ def tiny_corpus(tmp_path_factory):
     Returns a dict with ``audio`` (folder), ``features`` and ``tokens`` (store paths).
     """
     from audio_fixtures import write_good
-    from mirkit.mels import MelsParams, run as run_mels
-    from mirkit.tokens import TokensParams, run as run_tokens
+
+    from mirkit.mels import MelsParams
+    from mirkit.mels import run as run_mels
+    from mirkit.tokens import TokensParams
+    from mirkit.tokens import run as run_tokens
 
     root = tmp_path_factory.mktemp("corpus")
     write_good(root / "audio", 6, seconds=5.0)

@@ -8,8 +8,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mirkit.benchmarks import (BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata,
-                               write_manifest)
+from mirkit.benchmarks import BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata, write_manifest
 from mirkit.manifest import read_manifest
 from mirkit.tasks import Songs, check_columns, parse_tasks
 
@@ -104,7 +103,7 @@ def test_mtt_manifest_matches_relative_mp3_path(tmp_path):
     tiny_audio(tmp_path / "decoy" / "x" / Path(items[0][1]["extra"]["mp3_path"]).name)
     rows = build_manifest("mtt", tmp_path).rows
     assert len(rows) == 3
-    for r, (uid, e) in zip(sorted(rows, key=lambda r: r["track_id"]), items):
+    for r, (uid, e) in zip(sorted(rows, key=lambda r: r["track_id"]), items, strict=True):
         assert r["track_id"] == uid and r["path"].endswith(e["extra"]["mp3_path"]) and "decoy" not in r["path"]
         assert r["tags"].split(";") == e["y"] and "offset" not in r
 

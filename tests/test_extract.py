@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 import zarr
+from cli_runner import invoke as run_cli
 
 from mirkit import checkpoint
-from cli_runner import invoke as run_cli
 from mirkit.embeddings import Embeddings
 from mirkit.extract import ExtractParams, kept_columns, plan_windows, run
 from mirkit.features import PRESETS
@@ -65,7 +65,8 @@ def write_dataset(root: Path, specs: list[tuple[str, float, float]], offsets: di
 
 
 def build_features(manifest: Path, store: Path, sets=("mel16k",)) -> None:
-    from mirkit.mels import MelsParams, run as mels_run
+    from mirkit.mels import MelsParams
+    from mirkit.mels import run as mels_run
     p = resolve(MelsParams, {"input": str(manifest), "store": str(store), "feature_sets": list(sets),
                              "num_workers": 0, "failures": str(store.parent / "failures.tsv"),
                              "summary": str(store.parent / "summary.json")})

@@ -9,15 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from matplotlib.image import imread
-
 from cli_runner import invoke as run_cli
+from matplotlib.image import imread
+from test_extract import make_checkpoint
+
 from mirkit.embeddings import EmbeddingsWriter
 from mirkit.extract import features_of_wave, load_frozen
 from mirkit.features import FrontEnd
-from mirkit.inspect import (NO_ATTENTION, analyse, checkerboard_novelty, layer_figure_size, onset_strength,
-                            self_similarity)
-from test_extract import make_checkpoint
+from mirkit.inspect import (
+    NO_ATTENTION,
+    analyse,
+    checkerboard_novelty,
+    layer_figure_size,
+    onset_strength,
+    self_similarity,
+)
 
 
 def invoke(*args: str):

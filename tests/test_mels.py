@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from audio_fixtures import write_bad, write_good, write_odd_but_valid
 from typer.testing import CliRunner
 
-from audio_fixtures import write_bad, write_good, write_odd_but_valid
 from mirkit.audio import load_audio
 from mirkit.cli import app
 from mirkit.features import PRESETS, FrontEnd

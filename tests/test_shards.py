@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from audio_fixtures import tone
 from cli_runner import invoke
+
 from mirkit import store
-from mirkit.mels import MelsParams, run as run_mels
+from mirkit.mels import MelsParams
+from mirkit.mels import run as run_mels
 from mirkit.params import ParamsError
 from mirkit.recipes.base import Sources
 from mirkit.store import ShardedSet, StoreError, create_or_open, open_set, set_names, shard_of
-from mirkit.tokens import TokensParams, run as run_tokens
+from mirkit.tokens import TokensParams
+from mirkit.tokens import run as run_tokens
 from mirkit.train import PretrainParams, make_recipe, open_sources
 
 ROOT = Path(__file__).parent.parent

@@ -16,8 +16,7 @@ from mirkit.cli import app
 from mirkit.params import ParamsError, resolve
 from mirkit.quantizer import QuantizerFileError, RandomProjectionQuantizer, sidecar_path
 from mirkit.store import create_or_open, open_set
-from mirkit.tokens import (TokensParams, codebook_stats, feature_stats, run, stack_frames,
-                           tokenize)
+from mirkit.tokens import TokensParams, codebook_stats, feature_stats, run, stack_frames, tokenize
 
 BINS, STACK, CODES = 8, 4, 64
 LENGTHS = (41, 16, 3, 30, 27)   # 10, 4, 0, 7, 6 tokens; 1+0+3+2+3 trailing frames dropped
@@ -153,7 +152,7 @@ def test_stacking_layout_and_alignment():
     assert base.shape == (10, 1) and base.dtype == np.int32
     t = 3
     changed_target = False
-    for trial in range(10):                              # perturb frame 4t+5 (inside token t+1) only
+    for _ in range(10):                              # perturb frame 4t+5 (inside token t+1) only
         perturbed = frames.copy()
         perturbed[STACK * t + 5] = rng.normal(size=BINS) * 5
         codes = tokenize(perturbed, q, STACK)

@@ -48,9 +48,9 @@ def run_config(out) -> dict:
 def test_schedule_warms_up_then_decays_to_the_floor():
     p = PretrainParams(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     f = [lr_factor(s, p) for s in range(100)]
-    assert all(a < b for a, b in zip(f[:10], f[1:11]))
+    assert all(a < b for a, b in zip(f[:10], f[1:11], strict=True))
     assert f[10] == pytest.approx(1.0) and f[-1] == pytest.approx(0.1, abs=0.01)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
 
 
 def test_ddp_batches_partition_the_global_batch():

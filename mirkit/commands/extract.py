@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,11 +24,11 @@ def register(app: typer.Typer) -> None:
     @app.command("extract", help=HELP)
     def extract(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `extract` is read"),
-        model: Optional[str] = typer.Option(None, "--model", help="model folder, training run folder or installed model name (overrides extract.model)"),
-        out: Optional[str] = typer.Option(None, "--out", help="embeddings store (overrides extract.out)"),
-        random_init: Optional[bool] = typer.Option(None, "--random-init/--pretrained",
+        model: str | None = typer.Option(None, "--model", help="model folder, training run folder or installed model name (overrides extract.model)"),
+        out: str | None = typer.Option(None, "--out", help="embeddings store (overrides extract.out)"),
+        random_init: bool | None = typer.Option(None, "--random-init/--pretrained",
                                                    help="freshly initialised weights (seed = extract.seed)"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         from mirkit.extract import ExtractParams, run
         ov = overrides(set_)

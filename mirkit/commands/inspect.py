@@ -54,12 +54,14 @@ def model_cmd(
     if (audio is None) == (manifest is None or track is None):
         raise InputError("give either an AUDIO file or --manifest M --track ID")
     offset, duration, name = 0.0, None, str(audio)
-    if audio is None:
+    if audio is None and manifest is not None and track is not None:
         found = {t.track_id: t for t in read_manifest(manifest)}
         if track not in found:
             raise InputError(f"{manifest}: no track {track!r}")
         t = found[track]
-        audio, offset, duration, name = t.path, t.offset, t.duration, track
+        audio, offset, duration, name = Path(t.path), t.offset, t.duration, track
+    if audio is None:   # unreachable after the check above; narrows the type
+        raise InputError("give either an AUDIO file or --manifest M --track ID")
     try:
         wave = load_audio(audio, frozen.spec.sample_rate, offset, duration)
     except AudioError as exc:

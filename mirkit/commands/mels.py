@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,11 +34,11 @@ def register(app: typer.Typer) -> None:
     @app.command("mels", help=HELP)
     def mels(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `mels` is read"),
-        input: Optional[str] = typer.Option(None, help="manifest CSV or audio folder (overrides mels.input)"),
-        store_url: Optional[str] = typer.Option(None, "--store", help="store path or fsspec URL (overrides mels.store)"),
-        shard: Optional[str] = typer.Option(None, "--shard", help="i/n: process shard i of n (overrides mels.shard)"),
-        strict: Optional[bool] = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
+        input: str | None = typer.Option(None, help="manifest CSV or audio folder (overrides mels.input)"),
+        store_url: str | None = typer.Option(None, "--store", help="store path or fsspec URL (overrides mels.store)"),
+        shard: str | None = typer.Option(None, "--shard", help="i/n: process shard i of n (overrides mels.shard)"),
+        strict: bool | None = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         from mirkit.mels import MelsParams, report_rows, run
         ov = overrides(set_)

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -201,8 +201,8 @@ Example: mirkit probe --set protocol=jukemir --set 'runs:={mine: data/embeddings
 
 def register(app: typer.Typer) -> None:
     @app.command("probe", help=HELP)
-    def probe(params_file: Optional[Path] = typer.Option(None, "--params", help="params file (default params.yaml)"),
-              set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
+    def probe(params_file: Path | None = typer.Option(None, "--params", help="params file (default params.yaml)"),
+              set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
               show: bool = typer.Option(False, "--show", help="only print the table of the last results (`out`)")) -> None:
         params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
         specs = parse_tasks(params.tasks)

@@ -2,7 +2,7 @@
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -64,11 +64,11 @@ def _summary(result: SynthResult) -> None:
 
 def synth(
     params: Annotated[Path, typer.Option("--params", help="params file (section 'synth')")] = DEFAULT_PARAMS,
-    set_: Annotated[Optional[List[str]], typer.Option(
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", metavar="KEY=VALUE", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)")] = None,
-    out: Annotated[Optional[str], typer.Option(help="output folder (overrides synth.out)")] = None,
-    n_clips: Annotated[Optional[int], typer.Option(help="number of clips (overrides synth.n_clips)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed (overrides synth.seed)")] = None,
+    out: Annotated[str | None, typer.Option(help="output folder (overrides synth.out)")] = None,
+    n_clips: Annotated[int | None, typer.Option(help="number of clips (overrides synth.n_clips)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed (overrides synth.seed)")] = None,
 ) -> None:
     overrides = ui.overrides(set_)
     overrides.update({k: v for k, v in (("out", out), ("n_clips", n_clips), ("seed", seed))

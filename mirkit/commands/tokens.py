@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,10 +15,10 @@ def register(app: typer.Typer) -> None:
     @app.command("tokens")
     def tokens(
         params: Path = typer.Option(DEFAULT_PARAMS, "--params", help="params file (section `tokens`)"),
-        features: Optional[str] = typer.Option(None, help="feature store (overrides tokens.features)"),
-        feature_set: Optional[str] = typer.Option(None, help="feature set (overrides tokens.feature_set)"),
-        out: Optional[str] = typer.Option(None, help="token store (overrides tokens.out)"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
+        features: str | None = typer.Option(None, help="feature store (overrides tokens.features)"),
+        feature_set: str | None = typer.Option(None, help="feature set (overrides tokens.feature_set)"),
+        out: str | None = typer.Option(None, help="token store (overrides tokens.out)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         """Random-projection-quantizer tokens (BEST-RQ / MusicFM targets) of one stored feature set.
 
