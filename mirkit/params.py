@@ -261,10 +261,12 @@ RUNTIME_ONLY: dict[str, set[str]] = {
 }
 
 THREADS_HELP = ("CPU threads torch may use (runtime-only: changing it never invalidates a cached result). "
-                "null = auto: the cores not already busy (os.getloadavg), at least 1. Lower it when other "
-                "jobs share the machine (on a busy 2-core machine a Myna step ran 17x faster with 1 thread than "
-                "with torch's default of one per core: docs/benchmarks.md); raise it on a dedicated many-core "
-                "CPU if auto picks too few.")
+                "null = 1 thread: CPU results are then bit-identical from run to run (parallel reductions "
+                "change the last bits with the thread count, so a count that followed the machine's load would "
+                "make dvc.lock drift), and a busy machine is never oversubscribed (on a busy 2-core machine a "
+                "Myna step ran 17x faster with 1 thread than with torch's default of one per core: "
+                "docs/benchmarks.md). Raise it on a dedicated many-core CPU; the numbers may then differ in the "
+                "last bits from a 1-thread run.")
 
 
 def auto_threads() -> int:
@@ -279,12 +281,12 @@ def auto_threads() -> int:
 
 
 def set_threads(value: Any, section: str = "") -> int:
-    """Apply the ``threads`` setting (null = :func:`auto_threads`) to torch; returns the count."""
+    """Apply the ``threads`` setting (null = 1, for bit-identical CPU results) to torch; returns the count."""
     key = f"{section}.threads" if section else "threads"
     value = _coerce(key, value, int | None)
     if value is not None and value < 1:
-        raise ParamsError(f"{key}={value!r}: must be >= 1 (or null = auto)")
-    n = auto_threads() if value is None else value
+        raise ParamsError(f"{key}={value!r}: must be >= 1 (or null = 1)")
+    n = 1 if value is None else value
     import torch
     torch.set_num_threads(n)
     return n
