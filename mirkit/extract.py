@@ -305,16 +305,28 @@ class ExtractReport:
         return self.skipped + self.embedded
 
 
+def portable_path(path: str | Path) -> str:
+    """A file path as stored in an embeddings store: relative to the working directory when the file lies
+    below it (DVC runs every stage from the repository root, so the store's bytes do not depend on where
+    the repository is checked out), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def track_row(track: Any, manifest_dir: Path) -> dict[str, Any]:
     """The manifest row stored with a track's embeddings: id, split, audio path, offset and label
-    columns, where a label naming an existing file (beats, chords annotations) becomes absolute."""
-    row: dict[str, Any] = {"track_id": track.track_id, "split": track.split, "path": str(track.path),
+    columns, where a label naming an existing file (beats, chords annotations) becomes a path that
+    opens from the working directory (:func:`portable_path`)."""
+    row: dict[str, Any] = {"track_id": track.track_id, "split": track.split, "path": portable_path(track.path),
                            "offset": float(track.offset)}
     for key, value in track.labels.items():
         if isinstance(value, str) and value.strip():
             candidate = (manifest_dir / value.strip())
             if candidate.is_file():
-                value = str(candidate.resolve())
+                value = portable_path(candidate)
         row[key] = value if value != "" else None
     return row
 

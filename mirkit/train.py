@@ -390,7 +390,9 @@ def train(p: PretrainParams, resume: bool = False,
             history.append(row)
             last = {**last, **row}
             if log is not None:
-                log.log(done, values)
+                # wall-clock throughput stays in the terminal and the run summary: in the DVC-tracked
+                # curves it would change the outputs' hashes on every run (dvc.lock would never settle)
+                log.log(done, {k: v for k, v in values.items() if k != "train/samples_per_s"})
         if info.main and (done % p.checkpoint_every == 0 or done == p.steps):
             config = checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))
             checkpoint.save(p.out, model, config, {"optimizer": optimizer.state_dict()})
