@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -c "import mirkit.audio"   # fails with a clear message if torch/torchaudio disagree
+	$(BIN)/python -c "import mirkit.data.audio"   # fails with a clear message if torch/torchaudio disagree
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,11 +18,11 @@ import time
 import numpy as np
 import torch
 
-from mirkit import checkpoint
 from mirkit.api import load_encoder
-from mirkit.features import PRESETS as FEATURES
+from mirkit.data.features import PRESETS as FEATURES
 from mirkit.params import resolve
 from mirkit.recipes import get
+from mirkit.train import checkpoint
 
 
 def main() -> None:

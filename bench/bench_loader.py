@@ -17,7 +17,7 @@ import torch
 from timing import train_step_seconds
 from torch.utils.data import DataLoader
 
-from mirkit.train import ExampleStream, PretrainParams, batch_indices, make_recipe, open_sources
+from mirkit.train.loop import ExampleStream, PretrainParams, batch_indices, make_recipe, open_sources
 
 
 def loader_rate(p: PretrainParams, workers: int, steps: int, track_cache: bool = True) -> float:

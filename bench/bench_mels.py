@@ -16,9 +16,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mirkit.audio import load_audio
-from mirkit.features import PRESETS, FrontEnd
-from mirkit.mels import MelsParams, run
+from mirkit.data.audio import load_audio
+from mirkit.data.features import PRESETS, FrontEnd
+from mirkit.data.mels import MelsParams, run
 
 
 def make_files(folder: Path, n: int, seconds: float, sr: int = 44100) -> float:

@@ -3,7 +3,7 @@
 Synthetic multiclass task: ``--rows`` random embeddings (80 % train, 20 % valid), ``--classes`` classes from a
 random linear teacher. Timing: every configuration trains exactly ``--steps`` steps (early stopping off,
 so both implementations do the same work), validation every ``--eval-every`` steps (JukeMIR: 8). The old
-implementation is loaded from ``git show <ref>:mirkit/probe.py`` and run with its CPU default (stacks of 6);
+implementation is loaded from ``git show <ref>:mirkit/eval/probe.py`` and run with its CPU default (stacks of 6);
 the new one with whole groups and with stacks of 6. Selection: the whole grid with early stopping
 (``--select-*``; patience in evaluations) through both, printing each one's chosen configuration.
 Both run in the same process.
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirkit import probe as P
-from mirkit.tasks import TaskSpec, make_task
+from mirkit.eval import probe as P
+from mirkit.eval.tasks import TaskSpec, make_task
 
-OLD_REF = "d2b7178"   # main before the fast grid (mirkit/probe.py with autograd and per-configuration loops)
+OLD_REF = "d2b7178"   # main before the fast grid (mirkit/eval/probe.py with autograd and per-configuration loops)
 
 
 def load_old(ref: str):
-    src = subprocess.run(["git", "show", f"{ref}:mirkit/probe.py"], capture_output=True, text=True, check=True).stdout
+    src = subprocess.run(["git", "show", f"{ref}:mirkit/eval/probe.py"], capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "probe_old.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("probe_old", path)

@@ -2,7 +2,7 @@
 
 Synthetic 10-class task: ``--rows`` training rows of ``--dim`` features (random scales and offsets),
 plus as many validation and test rows, labels from a random linear teacher with noise. Both fit every
-strength of the grid (``mirkit.linear_probe.LAMBDAS``; scikit-learn's ``C = 1 / (n * lambda)``), choose it
+strength of the grid (``mirkit.eval.linear_probe.LAMBDAS``; scikit-learn's ``C = 1 / (n * lambda)``), choose it
 on validation and score test once. mirkit solves the grid together; scikit-learn fits one ``C`` at a
 time (default ``tol=1e-4``, the same gradient scale as mirkit's default). Best of ``--repeat`` runs each,
 interleaved, in one process.
@@ -20,7 +20,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from mirkit.linear_probe import LAMBDAS, choose, fit_linear, one_hot
+from mirkit.eval.linear_probe import LAMBDAS, choose, fit_linear, one_hot
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirkit import store
+from mirkit.data import store
 
 
 def best(fn, repeat: int) -> float:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from mirkit.manifest import read_manifest
+from mirkit.data.manifest import read_manifest
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.objectives.cpsd import cpsd_terms, key_phasor
-from mirkit.train import ExampleStream, PretrainParams, lr_factor, make_recipe, open_sources, param_groups
+from mirkit.train.loop import ExampleStream, PretrainParams, lr_factor, make_recipe, open_sources, param_groups
 
 PITCH = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F#": 6, "Gb": 6, "G": 7,
          "G#": 8, "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}

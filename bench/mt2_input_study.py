@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from memory_source import MemorySource  # noqa: E402
 from test_mt2 import _tonal_tracks  # noqa: E402
 
-from mirkit import store  # noqa: E402
-from mirkit.manifest import read_manifest  # noqa: E402
+from mirkit.data import store  # noqa: E402
+from mirkit.data.manifest import read_manifest  # noqa: E402
 from mirkit.params import resolve  # noqa: E402
 from mirkit.recipes.base import Sources  # noqa: E402
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe  # noqa: E402

@@ -12,9 +12,9 @@ Example (the same block is in README.md, fenced as ``python api-example``; the t
     print(chunks.shape, out["frames"].shape, out["times"][:3])
 
 The chunking rule, frame times and frozen-model settings are those of ``mirkit extract``
-(:mod:`mirkit.extract`): both go through :meth:`mirkit.extract.FrozenEncoder.embed_tracks`, so the
+(:mod:`mirkit.eval.extract`): both go through :meth:`mirkit.eval.extract.FrozenEncoder.embed_tracks`, so the
 API and the stage give the same embeddings for the same audio. Loading imports only
-:mod:`mirkit.models` and :mod:`mirkit.features` (no recipe, no objective).
+:mod:`mirkit.models` and :mod:`mirkit.data.features` (no recipe, no objective).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirkit.extract import MIN_TAIL, ExtractParams, FrozenEncoder, features_of_wave, load_frozen, write_stores
+from mirkit.eval.extract import MIN_TAIL, ExtractParams, FrozenEncoder, features_of_wave, load_frozen, write_stores
 
 Layers = int | Sequence[int] | str
 
@@ -38,11 +38,11 @@ class MirkitEncoder:
     Attributes: ``architecture``, ``preset`` (named size), ``recipe`` (that trained it, if any),
     ``sample_rate`` (of the model's features), ``window_seconds`` (chunk length), ``layers`` (valid
     ``layer`` values), ``all_layers`` (the order of ``layer="all"``), ``poolings`` (first = default), ``timing`` (output frame rate and receptive
-    field, :mod:`mirkit.timing`), ``config`` (the model folder's config.json).
+    field, :mod:`mirkit.models.timing`), ``config`` (the model folder's config.json).
     """
 
     def __init__(self, frozen: FrozenEncoder):
-        from mirkit.features import FrontEnd
+        from mirkit.data.features import FrontEnd
         self.frozen = frozen
         self.front = FrontEnd(frozen.spec).to(frozen.device)
         enc = frozen.encoder
@@ -107,7 +107,7 @@ class MirkitEncoder:
         else ``out/layer_<n>.zarr`` per layer (``layer_last.zarr`` for -1). Unreadable audio is
         skipped there and listed in ``report.failures``; without ``out`` it raises ``AudioError``.
         """
-        from mirkit.extract import FeatureSource
+        from mirkit.eval.extract import FeatureSource
         _check_tensors(return_tensors)
         tracks, manifest_dir = _tracks(files)
         if out is not None:
@@ -142,7 +142,7 @@ class MirkitEncoder:
         or the path of a ``mirkit probe`` metrics JSON)."""
         import json
 
-        from mirkit.checkpoint import save_model_folder
+        from mirkit.train.checkpoint import save_model_folder
         if isinstance(probe, (str, Path)):
             probe = json.loads(Path(probe).read_text())
         config = {k: v for k, v in self.config.items() if k not in ("architecture", "args", "n_params")}
@@ -153,7 +153,7 @@ class MirkitEncoder:
 
     # -- input --------------------------------------------------------------------------------
     def _wave(self, audio: Any, sample_rate: int | None) -> np.ndarray:
-        from mirkit.audio import AudioError, check_rate, check_wave, load_audio, resample
+        from mirkit.data.audio import AudioError, check_rate, check_wave, load_audio, resample
         rate = self.sample_rate
         if isinstance(audio, (str, Path)):
             try:
@@ -184,8 +184,8 @@ def _check_tensors(return_tensors: str) -> None:
 
 def _check_finite(emb: Any, what: str) -> None:
     """NaN/inf embeddings are never returned as results (as in ``mirkit extract``)."""
-    from mirkit.audio import AudioError
-    from mirkit.extract import finite_embeddings
+    from mirkit.data.audio import AudioError
+    from mirkit.eval.extract import finite_embeddings
     if not finite_embeddings(emb):
         raise AudioError(f"{what}: embeddings contain NaN/inf: the input is outside what the model handles")
 
@@ -199,7 +199,7 @@ def _package(emb: Any, frames: bool, return_tensors: str) -> Any:
 
 def _tracks(files: str | Path | Sequence[str | Path]) -> tuple[list[Any], Path]:
     """Tracks of a manifest, a folder or a list of paths, and the folder their rows are relative to."""
-    from mirkit.manifest import Track, load_tracks
+    from mirkit.data.manifest import Track, load_tracks
     if isinstance(files, (str, Path)):
         path = Path(files)
         if path.is_file() and path.suffix.lower() != ".csv":      # one audio file
@@ -214,11 +214,11 @@ def _tracks(files: str | Path | Sequence[str | Path]) -> tuple[list[Any], Path]:
 def load_encoder(path: str | Path = "models/pretrain", device: str | torch.device | None = None,
                  random_init: bool = False, seed: int = 0) -> MirkitEncoder:
     """Load a model folder, a training run folder (its current step) or a model installed by name
-    (``mirkit import ... --out``'s default folder, :func:`mirkit.checkpoint.models_home`) as a frozen
+    (``mirkit import ... --out``'s default folder, :func:`mirkit.train.checkpoint.models_home`) as a frozen
     encoder (``device`` None = CUDA when available).
 
     ``random_init=True`` gives the same architecture freshly initialised with ``seed`` (the
-    baseline of the probe comparison). Raises :class:`mirkit.checkpoint.CheckpointError` with the
+    baseline of the probe comparison). Raises :class:`mirkit.train.checkpoint.CheckpointError` with the
     reason when the folder is missing, truncated or does not fit its config.
     """
     return MirkitEncoder(load_frozen(path, device or "auto", random_init, seed))

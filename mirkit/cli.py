@@ -33,10 +33,10 @@ class _Group(TyperGroup):
 #: stage command -> (module, dataclass, params.yaml section): `--help` lists the section's keys
 STAGE_PARAMS = {
     "synth": ("mirkit.commands.synth", "SynthParams", "synth"),
-    "mels": ("mirkit.mels", "MelsParams", "mels"),
-    "tokens": ("mirkit.tokens", "TokensParams", "tokens"),
-    "pretrain": ("mirkit.train", "PretrainParams", "pretrain"),
-    "extract": ("mirkit.extract", "ExtractParams", "extract"),
+    "mels": ("mirkit.data.mels", "MelsParams", "mels"),
+    "tokens": ("mirkit.data.tokens", "TokensParams", "tokens"),
+    "pretrain": ("mirkit.train.loop", "PretrainParams", "pretrain"),
+    "extract": ("mirkit.eval.extract", "ExtractParams", "extract"),
     "probe": ("mirkit.commands.probe", "ProbeParams", "probe"),
 }
 

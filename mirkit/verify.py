@@ -2,7 +2,7 @@
 training run folder.
 
 Stages run the cheap part of these checks whenever they open an artifact (the index against the
-arrays, chunk files present: :class:`mirkit.store.FrameSet`, :class:`mirkit.embeddings.Embeddings`);
+arrays, chunk files present: :class:`mirkit.data.store.FrameSet`, :class:`mirkit.eval.embeddings.Embeddings`);
 :func:`verify` adds the full scan (every chunk decoded, values finite) for ``mirkit verify``.
 
 Model directories run the checks in :data:`MODEL_CHECKS`, a list other modules extend (the
@@ -41,7 +41,7 @@ def kind_of(path: str) -> str:
         if "committed" in attrs:
             return "embeddings"
         return "frames"
-    from mirkit import store
+    from mirkit.data import store
     if "://" in str(path) or store.find_shards(str(path)):
         return "frames"
     if not p.exists():
@@ -58,7 +58,7 @@ def verify(path: str) -> tuple[str, list[Finding]]:
 
 # -- feature / token stores -----------------------------------------------------------------------
 def _frames(url: str) -> Iterable[Finding]:
-    from mirkit import store
+    from mirkit.data import store
     holder = store.lock_holder(url)
     if holder:
         yield Finding("store", "writer lock", True, f"held or left by pid {holder.get('pid')} on "
@@ -86,7 +86,7 @@ def _frames(url: str) -> Iterable[Finding]:
 
 # -- embeddings -----------------------------------------------------------------------------------
 def _embeddings(url: str) -> Iterable[Finding]:
-    from mirkit.embeddings import Embeddings, scan
+    from mirkit.eval.embeddings import Embeddings, scan
     try:
         emb = Embeddings(url)
     except InputError as exc:
@@ -105,7 +105,7 @@ ModelCheck = Callable[[Path], Iterable[Finding]]
 def _model_config(path: Path) -> Iterable[Finding]:
     """config.json (of the model folder, or of a run folder's current step): readable, of this format,
     architecture and arguments known, feature spec and window within bounds, memory estimated."""
-    from mirkit import checkpoint
+    from mirkit.train import checkpoint
     try:
         folder = checkpoint.model_dir(path)
         config = checkpoint.load_config(folder)
@@ -121,7 +121,7 @@ def _model_weights(path: Path) -> Iterable[Finding]:
     """model.safetensors: fits the architecture in config.json, values finite."""
     import torch
 
-    from mirkit import checkpoint
+    from mirkit.train import checkpoint
     try:
         encoder, _, folder = checkpoint.load_encoder(path)
     except MirkitError as exc:
@@ -138,7 +138,7 @@ def _model_training(path: Path) -> Iterable[Finding]:
     saved) readable without unpickling code and of the same step as the weights."""
     import torch
 
-    from mirkit import checkpoint
+    from mirkit.train import checkpoint
     if not (path / checkpoint.LATEST).is_file():
         return
     try:

@@ -21,10 +21,10 @@ def tiny_corpus(tmp_path_factory):
     """
     from audio_fixtures import write_good
 
-    from mirkit.mels import MelsParams
-    from mirkit.mels import run as run_mels
-    from mirkit.tokens import TokensParams
-    from mirkit.tokens import run as run_tokens
+    from mirkit.data.mels import MelsParams
+    from mirkit.data.mels import run as run_mels
+    from mirkit.data.tokens import TokensParams
+    from mirkit.data.tokens import run as run_tokens
 
     root = tmp_path_factory.mktemp("corpus")
     write_good(root / "audio", 6, seconds=5.0)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.utils.data import default_collate
 
 from mirkit.params import resolve
-from mirkit.train import (
+from mirkit.train.loop import (
     ExampleStream,
     PretrainParams,
     batch_indices,

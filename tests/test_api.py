@@ -17,9 +17,9 @@ from test_extract import SR, build_features, make_checkpoint, params, write_data
 
 import mirkit.api as api
 from mirkit.api import load_encoder
-from mirkit.checkpoint import CheckpointError
-from mirkit.embeddings import Embeddings
-from mirkit.extract import run
+from mirkit.eval.embeddings import Embeddings
+from mirkit.eval.extract import run
+from mirkit.train.checkpoint import CheckpointError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 from audio_fixtures import tone, write_bad, write_odd_but_valid
 
-from mirkit.audio import AudioError, find_audio, load_audio, read_audio
+from mirkit.data.audio import AudioError, find_audio, load_audio, read_audio
 
 
 @pytest.mark.parametrize("name", ["corrupt.wav", "empty.wav", "text.flac", "zero.wav", "nan.wav",

@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mirkit.benchmarks import BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata, write_manifest
-from mirkit.manifest import read_manifest
-from mirkit.tasks import Songs, check_columns, parse_tasks
+from mirkit.data.manifest import read_manifest
+from mirkit.eval.benchmarks import BENCHMARKS, ROW_BUILDERS, SONG_COLUMNS, build_manifest, load_metadata, write_manifest
+from mirkit.eval.tasks import Songs, check_columns, parse_tasks
 
 
 def tiny_audio(path: Path) -> None:

@@ -23,11 +23,11 @@ from cli_runner import invoke as run_cli
 from safetensors.torch import save_file
 
 import mirkit
-from mirkit import checkpoint
-from mirkit.checkpoint import CheckpointError
-from mirkit.features import PRESETS as FEATURES
+from mirkit.data.features import PRESETS as FEATURES
 from mirkit.models.base import count_parameters
 from mirkit.models.registry import create_encoder
+from mirkit.train import checkpoint
+from mirkit.train.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +149,7 @@ def test_a_crash_at_any_file_operation_keeps_the_previous_or_the_new_checkpoint(
 
 
 def test_same_seed_gives_byte_identical_checkpoints(tmp_path, tiny_corpus):
-    from mirkit.train import PretrainParams, train
+    from mirkit.train.loop import PretrainParams, train
     p = PretrainParams(recipe="myna", recipe_params={"myna": {"preset": "myna-tiny", "crop_frames": 32}},
                        features=tiny_corpus["features"], out=str(tmp_path / "run"), log=str(tmp_path / "log.tsv"),
                        summary=str(tmp_path / "summary.json"), steps=2, batch_size=4, warmup_steps=1,
@@ -204,7 +204,7 @@ def _extract_from_folder(tmp_path: Path, folder: Path) -> None:
                   f"manifest={tmp_path / 'm.csv'}", "--set", f"features={tmp_path / 'none.zarr'}", "--set",
                   "device=cpu", "--params", "none")
     assert res.exit_code == 0, res.output
-    from mirkit.embeddings import Embeddings
+    from mirkit.eval.embeddings import Embeddings
     emb = Embeddings(str(tmp_path / "e.zarr"))
     assert len(emb) == 1 and np.isfinite(emb.chunks(0)).all()
     timing = emb.attrs["timing"]
@@ -245,15 +245,15 @@ EMBEDDING_PATH = textwrap.dedent("""
     import sys
     import numpy as np
     import mirkit
-    from mirkit.extract import ExtractParams, run
-    from mirkit.inspect import analyse
+    from mirkit.eval.extract import ExtractParams, run
+    from mirkit.eval.inspect import analyse
     enc = mirkit.load_encoder({folder!r}, device="cpu")
     enc.embed(np.zeros(16000 * 3, np.float32) + 0.01, sample_rate=16000, layer="all")
     enc.embed_files([{audio!r}], layers=[0, -1])
     run(ExtractParams(model={folder!r}, manifest={manifest!r}, features="", out={out!r}, device="cpu"))
     analyse(enc.frozen, enc.features({audio!r}))
     from mirkit.commands import extract, inspect, models, import_models   # the CLI commands of the path
-    bad = sorted(m for m in sys.modules if m.startswith(("mirkit.recipes", "mirkit.objectives", "mirkit.train")))
+    bad = sorted(m for m in sys.modules if m.startswith(("mirkit.recipes", "mirkit.objectives", "mirkit.train.loop")))
     print("LOADED", bad)
 """)
 
@@ -344,8 +344,8 @@ def _legacy_folder(folder: Path, with_state: bool) -> tuple[torch.nn.Module, dic
         state = {"optimizer": opt.state_dict(), "step": 5}
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"),
-              metadata={"format": "mirkit.checkpoint/1", "step": "5"})
-    config = {"format": "mirkit.checkpoint/1", "mirkit_version": "0.1.0", "recipe": "myna",
+              metadata={"format": "mirkit.train.checkpoint/1", "step": "5"})
+    config = {"format": "mirkit.train.checkpoint/1", "mirkit_version": "0.1.0", "recipe": "myna",
               "recipe_params": r.params_dict(), "feature_set": "mel16k", "features": FEATURES["mel16k"].to_dict(),
               "crop_frames": 96, "step": 5, "train": {"lr": 0.001}}
     (folder / "config.json").write_text(json.dumps(config))
@@ -400,7 +400,7 @@ def test_frame_rates_and_receptive_fields_follow_the_architectures():
     """Independent numbers: Myna 16-frame patches at 16 kHz / hop 512 -> 16000/512/16 Hz, a frame sees
     15 hops + one 2048-sample window; vertical patches 2 frames; ViT-1D one frame; MuSE-LQ 4 frames at
     100 Hz with a 19-frame front end; a CQT frame spans its lowest bin's kernel, Q sr / fmin samples."""
-    from mirkit.timing import timing
+    from mirkit.models.timing import timing
     mel16k, mel24k, cqt = (FEATURES[k].to_dict() for k in ("mel16k", "mel24k", "cqt22k"))
     with torch.device("meta"):
         square = timing(create_encoder("myna-22m"), mel16k, 96)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirkit import store
-from mirkit.store import LOCK_FILE, StoreBusy, create_or_open, open_set
+from mirkit.data import store
+from mirkit.data.store import LOCK_FILE, StoreBusy, create_or_open, open_set
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_T
 WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from mirkit.store import create_or_open
+    from mirkit.data.store import create_or_open
     url, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     fs, status = create_or_open(url, "mel", {"a": 1}, 4, 10.0, dtype="float32", chunk_frames=8, shard_chunks=2)
     print(status, flush=True)
@@ -33,7 +33,7 @@ WRITER = textwrap.dedent("""
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from mirkit.store import writer_lock
+    from mirkit.data.store import writer_lock
     with writer_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))

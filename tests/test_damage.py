@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from cli_runner import invoke
 
-from mirkit.store import StoreError, create_or_open, open_set
+from mirkit.data.store import StoreError, create_or_open, open_set
 
 
 def make(tmp_path: Path, n: int = 6) -> Path:
@@ -113,7 +113,7 @@ def test_a_set_left_half_created_is_rebuilt(tmp_path):
 
 
 def test_verify_embeddings_and_nonfinite_values(tmp_path):
-    from mirkit.embeddings import Embeddings, EmbeddingsError, EmbeddingsWriter
+    from mirkit.eval.embeddings import Embeddings, EmbeddingsError, EmbeddingsWriter
     url = str(tmp_path / "e.zarr")
     with EmbeddingsWriter(url, 3, frames=False) as w:
         for i in range(3):

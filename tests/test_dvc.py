@@ -107,9 +107,9 @@ def test_stage_lists_every_module_its_command_imports(name):
 
 def test_function_level_and_registry_imports_are_followed():
     code = stage_code("pretrain")
-    assert {"mirkit/train.py", "mirkit/store.py", "mirkit/recipes/muse_lq.py", "mirkit/models/muse.py",
-            "mirkit/objectives/cpsd.py", "mirkit/checkpoint.py"} <= code
-    assert {"mirkit/embeddings.py", "mirkit/store.py", "mirkit/features.py", "mirkit/checkpoint.py"} <= stage_code("extract")
+    assert {"mirkit/train/loop.py", "mirkit/data/store.py", "mirkit/recipes/muse_lq.py", "mirkit/models/muse.py",
+            "mirkit/objectives/cpsd.py", "mirkit/train/checkpoint.py"} <= code
+    assert {"mirkit/eval/embeddings.py", "mirkit/data/store.py", "mirkit/data/features.py", "mirkit/train/checkpoint.py"} <= stage_code("extract")
     assert "mirkit/api.py" not in code
 
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 from cli_runner import invoke
 
-from mirkit.audio import AudioError
-from mirkit.checkpoint import CheckpointError
+from mirkit.data.audio import AudioError
+from mirkit.data.manifest import ManifestError
+from mirkit.data.quantizer import QuantizerFileError
+from mirkit.data.store import StoreError
+from mirkit.data.tokens import TokensError
 from mirkit.errors import InputError, MirkitError
-from mirkit.manifest import ManifestError
+from mirkit.eval.tasks import TaskDataError
 from mirkit.params import ParamsError
-from mirkit.quantizer import QuantizerFileError
-from mirkit.store import StoreError
-from mirkit.tasks import TaskDataError
-from mirkit.tokens import TokensError
-from mirkit.train import TrainingDiverged
+from mirkit.train.checkpoint import CheckpointError
+from mirkit.train.loop import TrainingDiverged
 
 ROOT = Path(__file__).parent.parent
 KINDS = [(MirkitError, 1), (TrainingDiverged, 1), (InputError, 2), (ParamsError, 2), (StoreError, 2),

@@ -14,12 +14,12 @@ import torch
 import zarr
 from cli_runner import invoke as run_cli
 
-from mirkit import checkpoint
-from mirkit.embeddings import Embeddings
-from mirkit.extract import ExtractParams, kept_columns, plan_windows, run
-from mirkit.features import PRESETS
+from mirkit.data.features import PRESETS
+from mirkit.eval.embeddings import Embeddings
+from mirkit.eval.extract import ExtractParams, kept_columns, plan_windows, run
 from mirkit.params import resolve
 from mirkit.recipes import get
+from mirkit.train import checkpoint
 
 SR = 16000
 HOP = 512           # mel16k hop: 31.25 frames/s
@@ -65,8 +65,8 @@ def write_dataset(root: Path, specs: list[tuple[str, float, float]], offsets: di
 
 
 def build_features(manifest: Path, store: Path, sets=("mel16k",)) -> None:
-    from mirkit.mels import MelsParams
-    from mirkit.mels import run as mels_run
+    from mirkit.data.mels import MelsParams
+    from mirkit.data.mels import run as mels_run
     p = resolve(MelsParams, {"input": str(manifest), "store": str(store), "feature_sets": list(sets),
                              "num_workers": 0, "failures": str(store.parent / "failures.tsv"),
                              "summary": str(store.parent / "summary.json")})

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from mirkit import store
-from mirkit.features import PRESETS, FeatureSpec, FrontEnd, MelFFT, spec_from_dict
-from mirkit.mels import MelsParams, run
+from mirkit.data import store
+from mirkit.data.features import PRESETS, FeatureSpec, FrontEnd, MelFFT, spec_from_dict
+from mirkit.data.mels import MelsParams, run
 
 SPEC = PRESETS["mel24k"]
 
@@ -91,7 +91,7 @@ def test_db_values_are_ten_log10_of_the_power():
 
 
 def test_matches_torchaudio_melspectrogram_as_musicfm_calls_it():
-    from mirkit.binaries import load_torchaudio
+    from mirkit.data.binaries import load_torchaudio
     ta = load_torchaudio()
     wave = torch.randn(2, 24000 * 2, generator=torch.Generator().manual_seed(2)) * 0.1
     reference = ta.transforms.AmplitudeToDB()(ta.transforms.MelSpectrogram(

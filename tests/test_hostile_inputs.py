@@ -17,14 +17,14 @@ import soundfile as sf
 from cli_runner import invoke
 from test_extract import SR, make_checkpoint, tone_clip
 
-from mirkit.audio import AudioError, read_audio
-from mirkit.embeddings import Embeddings
+from mirkit.data.audio import AudioError, read_audio
+from mirkit.data.manifest import ManifestError, load_tracks, read_manifest
+from mirkit.data.mels import MelsParams
+from mirkit.data.mels import run as run_mels
+from mirkit.data.store import open_set
 from mirkit.errors import InputError
-from mirkit.manifest import ManifestError, load_tracks, read_manifest
-from mirkit.mels import MelsParams
-from mirkit.mels import run as run_mels
+from mirkit.eval.embeddings import Embeddings
 from mirkit.params import resolve
-from mirkit.store import open_set
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_truncated_ogg_and_non_audio_mp3_get_accurate_reasons_and_no_decoder_noi
         read_audio(tmp_path / "text.mp3")
     assert "does not exist" not in str(info.value)
     # in a real process: the C decoder's notes must not reach the terminal
-    code = ("from mirkit.audio import read_audio\ntry:\n    read_audio(r'%s')\nexcept Exception as e:\n    print(e)\n"
+    code = ("from mirkit.data.audio import read_audio\ntry:\n    read_audio(r'%s')\nexcept Exception as e:\n    print(e)\n"
             % (tmp_path / "text.mp3"))
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})

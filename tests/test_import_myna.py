@@ -13,9 +13,9 @@ import torch
 from cli_runner import invoke as run_cli
 
 import mirkit
-from mirkit.checkpoint import CheckpointError
 from mirkit.importers.myna import WINDOW, import_myna
 from mirkit.models.vit import SimpleViT
+from mirkit.train.checkpoint import CheckpointError
 
 DIM, DEPTH, HEADS, DIM_HEAD, MLP = 64, 2, 2, 64, 128     # inner attention width 128, as Myna's dim_head 64
 PATCHES = {"base": [("to_patch_embedding", 16 * 16)], "vertical": [("to_patch_embedding", 128 * 2)],

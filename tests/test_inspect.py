@@ -13,10 +13,10 @@ from cli_runner import invoke as run_cli
 from matplotlib.image import imread
 from test_extract import make_checkpoint
 
-from mirkit.embeddings import EmbeddingsWriter
-from mirkit.extract import features_of_wave, load_frozen
-from mirkit.features import FrontEnd
-from mirkit.inspect import (
+from mirkit.data.features import FrontEnd
+from mirkit.eval.embeddings import EmbeddingsWriter
+from mirkit.eval.extract import features_of_wave, load_frozen
+from mirkit.eval.inspect import (
     NO_ATTENTION,
     analyse,
     checkerboard_novelty,

@@ -8,7 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from mirkit import binaries
+from mirkit.data import binaries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_a_torchaudio_that_cannot_load_its_library_gives_one_clear_message(tmp_p
         "raise OSError('Could not load this library: libtorchaudio.so: undefined symbol: "
         "torch_exception_get_what_without_backtrace')\n"
     )
-    code = "import mirkit.audio"
+    code = "import mirkit.data.audio"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert r.returncode != 0

@@ -10,7 +10,7 @@ from cli_runner import invoke
 from test_extract import make_checkpoint
 
 from mirkit import limits
-from mirkit.features import FeatureSpec, FrontEnd, validate_spec
+from mirkit.data.features import FeatureSpec, FrontEnd, validate_spec
 from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 
@@ -39,7 +39,7 @@ def test_cqt_kernel_memory_is_estimated_before_allocating(monkeypatch):
 def test_a_long_input_is_refused_before_the_stft(monkeypatch):
     front = FrontEnd(FeatureSpec())
     monkeypatch.setenv("MIRKIT_MAX_BYTES", "64M")
-    from mirkit.audio import AudioError
+    from mirkit.data.audio import AudioError
     with pytest.raises(AudioError, match="too long to compute at once"):
         front.check_input(16000 * 3600)
     front.check_input(16000 * 10)
@@ -56,7 +56,7 @@ def test_recipe_parameters_are_bounded(recipe, key, value):
 
 
 def test_token_codebooks_are_bounded(monkeypatch):
-    from mirkit.tokens import TokensParams
+    from mirkit.data.tokens import TokensParams
     with pytest.raises(ParamsError, match="codebook_size=1000000000: must be <= 65536"):
         resolve(TokensParams, {"codebook_size": 1e9})
     monkeypatch.setenv("MIRKIT_MAX_BYTES", "1G")
@@ -111,7 +111,7 @@ def test_verify_a_sound_model_dir(tmp_path):
 def test_a_file_too_long_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
     import soundfile as sf
 
-    from mirkit.audio import AudioError, read_audio
+    from mirkit.data.audio import AudioError, read_audio
     sf.write(tmp_path / "long.wav", np.full(16000 * 20, 0.1, np.float32), 16000)
     monkeypatch.setenv("MIRKIT_MAX_BYTES", "1M")
     with pytest.raises(AudioError, match="too long to decode at once: 20 s"):

@@ -8,8 +8,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from mirkit.linear_probe import LAMBDAS, fit_linear, linear_probe, one_hot
-from mirkit.tasks import TaskSpec, batch_macro_auc, batch_r2, make_task
+from mirkit.eval.linear_probe import LAMBDAS, fit_linear, linear_probe, one_hot
+from mirkit.eval.tasks import TaskSpec, batch_macro_auc, batch_r2, make_task
 
 TIGHT = {"tol": 1e-9, "max_iter": 2000, "products": torch.float64}
 
@@ -124,7 +124,7 @@ def test_vectorised_primary_scores_equal_the_task_scores():
 
 @pytest.mark.parametrize("kind", ["multiclass", "key", "multilabel", "regression", "beats", "chords"])
 def test_closed_form_output_gradient_equals_autograd(kind):
-    from mirkit.tasks import IGNORE, Task
+    from mirkit.eval.tasks import IGNORE, Task
     rng = np.random.default_rng(8)
     task = make_task(TaskSpec("x", kind, ["a", "b"] if kind == "regression" else ["a"]))
     c = {"multiclass": 5, "key": 24, "multilabel": 6, "regression": 2, "beats": 1, "chords": 25}[kind]

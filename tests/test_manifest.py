@@ -1,6 +1,6 @@
 import pytest
 
-from mirkit.manifest import ManifestError, load_tracks, read_manifest
+from mirkit.data.manifest import ManifestError, load_tracks, read_manifest
 
 
 def test_track_ids_are_paths_unless_a_file_holds_several_clips(tmp_path):

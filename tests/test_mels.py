@@ -13,11 +13,11 @@ import zarr
 from audio_fixtures import write_bad, write_good, write_odd_but_valid
 from typer.testing import CliRunner
 
-from mirkit.audio import load_audio
 from mirkit.cli import app
-from mirkit.features import PRESETS, FrontEnd
-from mirkit.mels import MelsParams, run
-from mirkit.store import open_set
+from mirkit.data.audio import load_audio
+from mirkit.data.features import PRESETS, FrontEnd
+from mirkit.data.mels import MelsParams, run
+from mirkit.data.store import open_set
 
 ROOT = Path(__file__).parent.parent
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import mirkit.objectives.contrastive as contrastive_objective
 import mirkit.recipes.mt2 as mt2
-from mirkit.key_profile import KEY_SIGNATURES, KeyReadout, reference_features
+from mirkit.eval.key_profile import KEY_SIGNATURES, KeyReadout, reference_features
 from mirkit.models.base import Encoder, EncoderOutput, count_parameters
 from mirkit.objectives.cpsd import cpsd_loss, cpsd_terms, key_phasor
 from mirkit.params import ParamsError, resolve

@@ -354,8 +354,8 @@ def test_paper_preset_parameter_counts(preset: str) -> None:
 
 def test_checkpoint_round_trip_is_self_contained(tmp_path) -> None:
     """prepare() stats reach config.json; the reloaded encoder takes raw dB mel and matches."""
-    from mirkit import checkpoint
-    from mirkit.features import PRESETS as FEATURES
+    from mirkit.data.features import PRESETS as FEATURES
+    from mirkit.train import checkpoint
 
     sources = synthetic_sources(n_tracks=2, n_frames=200)
     r = recipe(preset="cnf-att-tiny", crop_frames=80)

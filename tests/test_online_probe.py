@@ -1,4 +1,4 @@
-"""Online probes inside pretraining (mirkit.online_probe): same numbers as the probe stage at step 0,
+"""Online probes inside pretraining (mirkit.eval.online_probe): same numbers as the probe stage at step 0,
 exact on resume, and the test split is never touched."""
 
 import json
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirkit import checkpoint
-from mirkit.embeddings import EmbeddingsWriter
-from mirkit.live import read_curves
-from mirkit.probe import PROTOCOLS
-from mirkit.train import PretrainParams, make_recipe, open_sources, train
+from mirkit.eval.embeddings import EmbeddingsWriter
+from mirkit.eval.probe import PROTOCOLS
+from mirkit.train import checkpoint
+from mirkit.train.live import read_curves
+from mirkit.train.loop import PretrainParams, make_recipe, open_sources, train
 
 PROTOCOL = "linear" if "linear" in PROTOCOLS else "quick"   # the fast one, once the probe stage has it
 
@@ -42,11 +42,11 @@ def params(tmp_path, corpus, manifest, **kw):
 
 
 def test_step_zero_online_probe_equals_the_probe_stage_on_the_same_random_init(tmp_path, tiny_corpus):
-    from mirkit.embeddings import Embeddings
-    from mirkit.extract import ExtractParams
-    from mirkit.extract import run as extract
-    from mirkit.probe import TrainSettings, evaluate_task
-    from mirkit.tasks import make_task, parse_tasks
+    from mirkit.eval.embeddings import Embeddings
+    from mirkit.eval.extract import ExtractParams
+    from mirkit.eval.extract import run as extract
+    from mirkit.eval.probe import TrainSettings, evaluate_task
+    from mirkit.eval.tasks import make_task, parse_tasks
     manifest = labelled_manifest(tmp_path, tiny_corpus)
     p = params(tmp_path / "run", tiny_corpus, manifest, steps=2)
     result = train(p)

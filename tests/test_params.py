@@ -71,10 +71,10 @@ def test_every_stage_reads_the_shipped_params_file():
     import importlib
     from pathlib import Path
     root = Path(__file__).parent.parent / "params.yaml"
-    for module, cls, section in [("mirkit.mels", "MelsParams", "mels"), ("mirkit.tokens", "TokensParams", "tokens"),
-                                 ("mirkit.train", "PretrainParams", "pretrain")]:
+    for module, cls, section in [("mirkit.data.mels", "MelsParams", "mels"), ("mirkit.data.tokens", "TokensParams", "tokens"),
+                                 ("mirkit.train.loop", "PretrainParams", "pretrain")]:
         load(getattr(importlib.import_module(module), cls), section, root)
-    from mirkit.train import PretrainParams, make_recipe
+    from mirkit.train.loop import PretrainParams, make_recipe
     p = load(PretrainParams, "pretrain", root)
     for recipe in p.recipe_params:
         make_recipe(load(PretrainParams, "pretrain", root, {"recipe": recipe}))

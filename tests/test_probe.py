@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mirkit import probe as P
-from mirkit.embeddings import Embeddings, EmbeddingsWriter
-from mirkit.tasks import ENSEMBLES, TaskSpec, make_task
+from mirkit.eval import probe as P
+from mirkit.eval.embeddings import Embeddings, EmbeddingsWriter
+from mirkit.eval.tasks import ENSEMBLES, TaskSpec, make_task
 
 DIM = 8
 SETTINGS = P.TrainSettings(max_steps=60, eval_every=10, patience=3, seed=0)
@@ -365,7 +365,7 @@ def frame_store(url, tmp_path, kind):
             else:
                 labels = ["C:maj", "A:min", "G:7", "N"][i % 2:][:3]
                 ann.write_text("".join(f"{k:.1f} {k + 1.3:.1f} {lab}\n" for k, lab in zip([0, 1.3, 2.6], labels, strict=False)))
-                from mirkit.tasks import chord_class
+                from mirkit.eval.tasks import chord_class
                 cls = np.array([chord_class(labels[min(int(t // 1.3), 2)]) for t in times])
                 frames = proto[cls % 25] + rng.normal(size=(80, DIM)) * 0.3
             split = ["train"] * 6 + ["valid"] * 2 + ["test"] * 2
@@ -446,7 +446,7 @@ def test_probe_command_writes_other_tasks_then_fails_naming_the_bad_task(tmp_pat
 
 
 def test_song_scores_of_many_configurations_at_once_equal_one_at_a_time():
-    from mirkit.tasks import Songs
+    from mirkit.eval.tasks import Songs
     rng = np.random.default_rng(3)
     tracks = [{"song": f"s{i // 3}", "key": SONG_KEYS[(i // 3) % 3]} for i in range(30)]
     songs = Songs.of(tracks, "song")

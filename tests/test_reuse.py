@@ -7,8 +7,8 @@ import time
 
 from test_extract import build_features, make_checkpoint, params, write_dataset
 
-from mirkit.audio import fingerprint
-from mirkit.extract import run
+from mirkit.data.audio import fingerprint
+from mirkit.eval.extract import run
 
 
 def test_fingerprint_is_content_not_size_and_time(tmp_path):

@@ -16,15 +16,15 @@ import soundfile as sf
 from audio_fixtures import tone
 from cli_runner import invoke
 
-from mirkit import store
-from mirkit.mels import MelsParams
-from mirkit.mels import run as run_mels
+from mirkit.data import store
+from mirkit.data.mels import MelsParams
+from mirkit.data.mels import run as run_mels
+from mirkit.data.store import ShardedSet, StoreError, create_or_open, open_set, set_names, shard_of
+from mirkit.data.tokens import TokensParams
+from mirkit.data.tokens import run as run_tokens
 from mirkit.params import ParamsError
 from mirkit.recipes.base import Sources
-from mirkit.store import ShardedSet, StoreError, create_or_open, open_set, set_names, shard_of
-from mirkit.tokens import TokensParams
-from mirkit.tokens import run as run_tokens
-from mirkit.train import PretrainParams, make_recipe, open_sources
+from mirkit.train.loop import PretrainParams, make_recipe, open_sources
 
 ROOT = Path(__file__).parent.parent
 N = 3
@@ -64,7 +64,7 @@ def test_shard_of_is_a_stable_partition():
         counts = np.bincount(shards, minlength=n)
         assert counts.sum() == len(ids) and counts.min() > 0.8 * len(ids) / n   # roughly balanced
     # the same in a fresh process with another hash seed (Python's str hash would differ)
-    code = "from mirkit.store import shard_of; print([shard_of(f'artist{i % 17}/track{i}.mp3', 8) for i in range(50)])"
+    code = "from mirkit.data.store import shard_of; print([shard_of(f'artist{i % 17}/track{i}.mp3', 8) for i in range(50)])"
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str([shard_of(t, 8) for t in ids[:50]])

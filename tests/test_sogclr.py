@@ -146,8 +146,8 @@ def test_bad_indices_are_named():
 def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
     """The moving averages live in the model's buffers, so the checkpoint carries them (with the
     training heads, in the run folder's ``training/heads.safetensors``)."""
-    from mirkit import checkpoint
-    from mirkit.train import PretrainParams, train
+    from mirkit.train import checkpoint
+    from mirkit.train.loop import PretrainParams, train
 
     def weights(out):
         folder = checkpoint.model_dir(out)

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from mirkit.store import StoreError, create_or_open, open_set, set_names
+from mirkit.data.store import StoreError, create_or_open, open_set, set_names
 
 
 def frames(n, bins=4, value=1.0):

@@ -1,4 +1,4 @@
-"""Tests for the synthetic sample generator (mirkit.synth) and the ``mirkit synth`` command."""
+"""Tests for the synthetic sample generator (mirkit.data.synth) and the ``mirkit synth`` command."""
 
 import csv
 import hashlib
@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mirkit.cli import app
-from mirkit.synth import (
+from mirkit.data.synth import (
     KEYS,
     MANIFEST_COLUMNS,
     SPLITS,

@@ -7,8 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 
-from mirkit.params import ParamsError
-from mirkit.tasks import (
+from mirkit.eval.tasks import (
     CHORD_CLASSES,
     ENSEMBLES,
     IGNORE,
@@ -31,6 +30,7 @@ from mirkit.tasks import (
     read_beats,
     read_chords,
 )
+from mirkit.params import ParamsError
 
 
 def task(ttype, label="y", **options):
@@ -197,7 +197,7 @@ def test_majmin_score_hand_case_and_mir_eval():
 
 
 def test_regression_targets_are_standardised_with_train_statistics_only():
-    from mirkit.tasks import make_task, parse_tasks
+    from mirkit.eval.tasks import make_task, parse_tasks
     task = make_task(parse_tasks({"tempo": {"type": "regression", "label": "tempo"}})["tempo"])
     tracks = [{"split": "train", "tempo": v} for v in (80.0, 100.0, 120.0)] + [{"split": "test", "tempo": 1000.0}]
     task.fit(tracks)
@@ -276,7 +276,7 @@ def test_key_song_scores_and_strategy_choice():
 
 
 def test_key_score_table_is_mir_eval():
-    from mirkit.tasks import key_score_table
+    from mirkit.eval.tasks import key_score_table
     table = key_score_table()
     for r in (0, 5, 13, 21):
         for e in range(24):

@@ -11,12 +11,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from mirkit import store
 from mirkit.cli import app
+from mirkit.data import store
+from mirkit.data.quantizer import QuantizerFileError, RandomProjectionQuantizer, sidecar_path
+from mirkit.data.store import create_or_open, open_set
+from mirkit.data.tokens import TokensParams, codebook_stats, feature_stats, run, stack_frames, tokenize
 from mirkit.params import ParamsError, resolve
-from mirkit.quantizer import QuantizerFileError, RandomProjectionQuantizer, sidecar_path
-from mirkit.store import create_or_open, open_set
-from mirkit.tokens import TokensParams, codebook_stats, feature_stats, run, stack_frames, tokenize
 
 BINS, STACK, CODES = 8, 4, 64
 LENGTHS = (41, 16, 3, 30, 27)   # 10, 4, 0, 7, 6 tokens; 1+0+3+2+3 trailing frames dropped

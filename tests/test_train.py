@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mirkit import checkpoint
 from mirkit.cli import app
-from mirkit.live import read_curves
-from mirkit.train import PretrainParams, TrainingDiverged, batch_indices, lr_factor, train
+from mirkit.train import checkpoint
+from mirkit.train.live import read_curves
+from mirkit.train.loop import PretrainParams, TrainingDiverged, batch_indices, lr_factor, train
 
 ROOT = Path(__file__).parent.parent
 TINY = {
@@ -240,7 +240,7 @@ def test_every_parameter_gets_a_gradient(tiny_corpus, recipe, extra):
     """DDP runs without the unused-parameter search, so every recipe variant must use all its parameters."""
     from torch.utils.data import default_collate
 
-    from mirkit.train import ExampleStream, make_recipe, open_sources
+    from mirkit.train.loop import ExampleStream, make_recipe, open_sources
     p = PretrainParams(recipe=recipe, recipe_params={recipe: {**TINY[recipe], **extra}}, manifest=None,
                        features=tiny_corpus["features"], tokens=tiny_corpus["tokens"], batch_size=4)
     r = make_recipe(p)
@@ -279,7 +279,7 @@ def test_validation_loss_is_held_out_deterministic_and_leaves_training_untouched
     assert json.loads((Path(with_val.log) / "metrics.json").read_text())["val"]["loss"] == values[-1]
     assert result.history[0]["step"] == 0 and result.history[0]["val/loss"] == values[0]
 
-    from mirkit.inspect import training_curves
+    from mirkit.eval.inspect import training_curves
     info = training_curves(with_val.log, tmp_path / "training.png")
     assert info["steps"] == 5 and "val/loss" in info["curves"] and info["last_loss"] == curves["train/loss"][1][-1]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from mirkit import ui
-from mirkit.benchmarks import BENCHMARKS, LABEL_COLUMNS, build_manifest, write_manifest
 from mirkit.errors import InputError
+from mirkit.eval.benchmarks import BENCHMARKS, LABEL_COLUMNS, build_manifest, write_manifest
 
 
 def register(app: typer.Typer) -> None:

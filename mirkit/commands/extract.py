@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
                                                    help="freshly initialised weights (seed = extract.seed)"),
         set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
-        from mirkit.extract import ExtractParams, run
+        from mirkit.eval.extract import ExtractParams, run
         ov = overrides(set_)
         ov.update({k: v for k, v in {"model": model, "out": out, "random_init": random_init}.items()
                    if v is not None})

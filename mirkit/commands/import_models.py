@@ -34,10 +34,10 @@ def myna(
 
     Example: mirkit import myna myna-hybrid.pth --variant hybrid --out models/myna-hybrid
     """
-    from mirkit.checkpoint import models_home
     from mirkit.errors import MirkitError
     from mirkit.importers.myna import VARIANTS, import_myna
-    from mirkit.timing import timing_of_config
+    from mirkit.models.timing import timing_of_config
+    from mirkit.train.checkpoint import models_home
     if variant not in VARIANTS:
         _fail(typer.BadParameter(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}"))
     folder = out or models_home() / f"myna-{variant}"
@@ -58,7 +58,7 @@ def myna(
 
 @app.command("legacy")
 def legacy(
-    path: Path = typer.Argument(..., help="a mirkit 0.1 checkpoint folder (config.json format mirkit.checkpoint/1)"),
+    path: Path = typer.Argument(..., help="a mirkit 0.1 checkpoint folder (config.json format mirkit.train.checkpoint/1)"),
     out: Path = typer.Option(..., "--out", help="where to write (may be PATH itself: converted in place)"),
 ) -> None:
     """Upgrade a mirkit 0.1 checkpoint folder to the current layout, once.

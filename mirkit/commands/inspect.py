@@ -45,11 +45,11 @@ def model_cmd(
     device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Attention maps, self-similarity matrices and onset emergence of every layer on one window."""
-    from mirkit.audio import AudioError, load_audio
-    from mirkit.extract import features_of_wave, load_frozen
-    from mirkit.features import FrontEnd
-    from mirkit.inspect import inspect_model
-    from mirkit.manifest import read_manifest
+    from mirkit.data.audio import AudioError, load_audio
+    from mirkit.data.features import FrontEnd
+    from mirkit.data.manifest import read_manifest
+    from mirkit.eval.extract import features_of_wave, load_frozen
+    from mirkit.eval.inspect import inspect_model
     frozen = load_frozen(checkpoint, device, random_init, seed)
     if (audio is None) == (manifest is None or track is None):
         raise InputError("give either an AUDIO file or --manifest M --track ID")
@@ -89,7 +89,7 @@ def embeddings_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """2-D map of one point per track (mean of its chunk embeddings), one panel per split."""
-    from mirkit.inspect import embedding_map
+    from mirkit.eval.inspect import embedding_map
     if method not in ("pca", "tsne"):
         raise InputError(f"--method {method!r}: choose pca or tsne")
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def training_cmd(
     out: Path = typer.Option(Path("results/inspect"), "--out", help="output folder"),
 ) -> None:
     """Loss, held-out loss, learning-rate and online-probe curves of a pretraining run."""
-    from mirkit.inspect import training_curves
+    from mirkit.eval.inspect import training_curves
     if not log.exists():
         raise InputError(f"{log}: no such training log")
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def report_cmd(
     title: str = typer.Option("mirkit inspection", "--title"),
 ) -> None:
     """Gather the pictures of one run into FOLDER/report.md."""
-    from mirkit.inspect import write_report
+    from mirkit.eval.inspect import write_report
     try:
         path = write_report(folder, title)
     except ValueError as exc:

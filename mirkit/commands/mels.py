@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         strict: bool | None = typer.Option(None, "--strict/--no-strict", help="fail on any bad file"),
         set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
-        from mirkit.mels import MelsParams, report_rows, run
+        from mirkit.data.mels import MelsParams, report_rows, run
         ov = overrides(set_)
         ov.update({k: v for k, v in {"input": input, "store": store_url, "strict": strict,
                                       "shard": shard}.items() if v is not None})

@@ -19,11 +19,11 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from mirkit import recipes
-        from mirkit.features import PRESETS as FEATURES
+        from mirkit.data.features import PRESETS as FEATURES
         from mirkit.models.base import count_parameters
         from mirkit.models.registry import architecture_name
+        from mirkit.models.timing import timing
         from mirkit.params import resolve
-        from mirkit.timing import timing
         papers: dict[str, str] = {}
         rows = []
         for name, cls, preset in recipes.all_presets():

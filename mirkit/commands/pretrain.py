@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in `out`"),
         set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
-        from mirkit.train import PretrainParams, make_recipe, train
+        from mirkit.train.loop import PretrainParams, make_recipe, train
         ov = overrides(set_)
         ov.update({k: v for k, v in {"recipe": recipe, "preset": preset}.items() if v is not None})
         p = P.load(PretrainParams, "pretrain", params, ov)

@@ -18,9 +18,9 @@ import typer
 from mirkit import ui
 from mirkit.device import pick as resolve_device
 from mirkit.errors import InputError, MirkitError
+from mirkit.eval.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
+from mirkit.eval.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
 from mirkit.params import ParamsError, load, param, to_dict
-from mirkit.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
-from mirkit.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
 
 
 @dataclass
@@ -57,7 +57,7 @@ class ProbeParams:
 
 def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, Any]:
     """Open every store and check the task label columns exist, before any training."""
-    from mirkit.embeddings import Embeddings
+    from mirkit.eval.embeddings import Embeddings
     stores = {}
     for name, url in params.runs.items():
         try:

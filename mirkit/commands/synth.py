@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from mirkit import ui
+from mirkit.data.synth import KEYS, MANIFEST_COLUMNS, SPLITS, TIMBRES, SynthResult, synthesize
 from mirkit.errors import MirkitError
 from mirkit.params import DEFAULT_PARAMS, ParamsError, load, param
-from mirkit.synth import KEYS, MANIFEST_COLUMNS, SPLITS, TIMBRES, SynthResult, synthesize
 
 SECTION = "synth"
 

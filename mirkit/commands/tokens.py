@@ -1,4 +1,4 @@
-"""``mirkit tokens``: quantize stored features into BEST-RQ targets (see :mod:`mirkit.tokens`)."""
+"""``mirkit tokens``: quantize stored features into BEST-RQ targets (see :mod:`mirkit.data.tokens`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from mirkit import ui
+from mirkit.data.tokens import TokensParams, run
 from mirkit.params import DEFAULT_PARAMS, load
-from mirkit.tokens import TokensParams, run
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""mirkit 0.1 checkpoints (``format: mirkit.checkpoint/1``) -> the current layout.
+"""mirkit 0.1 checkpoints (``format: mirkit.train.checkpoint/1``) -> the current layout.
 
 A 0.1 folder holds ``config.json`` (recipe, recipe parameters, feature spec, crop, step),
 ``model.safetensors`` (the whole pretraining model: encoder + heads) and, when it was a training run,
@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from mirkit import checkpoint
-from mirkit.checkpoint import LEGACY_FORMAT, CheckpointError, read_json
+from mirkit.train import checkpoint
+from mirkit.train.checkpoint import LEGACY_FORMAT, CheckpointError, read_json
 
 
 def import_legacy(src: str | Path, out: str | Path) -> tuple[str, Path]:

@@ -38,11 +38,11 @@ from typing import Any
 
 import torch
 
-from mirkit.checkpoint import CheckpointError, encoder_config, save_model_folder
-from mirkit.features import PRESETS as FEATURES
+from mirkit.data.features import PRESETS as FEATURES
 from mirkit.importers.torchfile import find_state_dict, read_weights_only
 from mirkit.models.registry import SIZES
 from mirkit.models.vit import SimpleViT
+from mirkit.train.checkpoint import CheckpointError, encoder_config, save_model_folder
 
 VARIANTS = {"base": "square", "vertical": "vertical", "hybrid": "hybrid"}
 #: chunk length in mel frames per variant (50,000 samples floored to the patch width)

@@ -2,7 +2,7 @@
 
 ``torch.load(weights_only=True)`` unpickles only tensors, primitive containers and numbers; a file that
 needs anything else (a class, a function: what a malicious pickle uses to run code) is refused with a
-:class:`~mirkit.checkpoint.CheckpointError`. ``.safetensors`` files are read with safetensors.
+:class:`~mirkit.train.checkpoint.CheckpointError`. ``.safetensors`` files are read with safetensors.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mirkit.checkpoint import CheckpointError
+from mirkit.train.checkpoint import CheckpointError
 
 #: keys under which training scripts commonly nest the model's state dict
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "encoder", "net", "module", "backbone")

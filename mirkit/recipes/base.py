@@ -1,6 +1,6 @@
 """What a pretraining recipe is: data + a few functions, registered by name.
 
-The training loop (``mirkit.train``) knows nothing about any paper. It asks the recipe for
+The training loop (``mirkit.train.loop``) knows nothing about any paper. It asks the recipe for
 
 * ``feature_set`` / ``needs_tokens``: which stored features (and token store) to read;
 * ``crop_frames``: the crop length in input frames (also the chunk length at extraction);

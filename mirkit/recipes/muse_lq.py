@@ -39,13 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mirkit.data.store import StoreError
 from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_FRAMES
 from mirkit.models.muse import BLOCKS, MIXERS, STACK, MuseEncoder
 from mirkit.models.registry import sizes_of
 from mirkit.objectives.masked_prediction import block_mask, mask_frames, masked_prediction_loss, stack_frames
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
-from mirkit.store import StoreError
 
 #: token vocabulary of the paper (Table 2 rows); the sizes live in ``mirkit.models.registry``
 CODEBOOK_SIZE = 8192

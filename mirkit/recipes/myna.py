@@ -25,6 +25,7 @@ from typing import cast
 import numpy as np
 from torch import Tensor, nn
 
+from mirkit.data.store import StoreError
 from mirkit.limits import MAX_FRAMES, MAX_WIDTH
 from mirkit.models.registry import sizes_of
 from mirkit.models.vit import PATCH_KINDS, PATCH_SIZES, SimpleViT
@@ -32,7 +33,6 @@ from mirkit.objectives.contrastive import decoupled_infonce, nt_xent
 from mirkit.objectives.sogclr import SogCLR
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
-from mirkit.store import StoreError
 
 #: mel bins Myna's input has (nnAudio MelSpectrogram n_mels=128); vertical patches span them all.
 N_MELS = 128

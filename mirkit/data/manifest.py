@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirkit.audio import AUDIO_EXTENSIONS, find_audio
+from mirkit.data.audio import AUDIO_EXTENSIONS, find_audio
 from mirkit.errors import InputError
 
 RESERVED = ("path", "split", "offset", "duration", "track_id")

@@ -10,7 +10,7 @@ Layout (a Zarr v3 group at a local path or an fsspec URL such as ``s3://`` or ``
                                                  start of the AUDIO FILE (manifest offset included),
                                                  so annotation files (beats, chords) align directly
     attrs: tracks (manifest rows: track_id, split, label columns), dim, layer, pooling, model,
-           frame_rate, timing (output frame rate, receptive field: mirkit.timing), committed = {"tracks", "chunks", "frames"}
+           frame_rate, timing (output frame rate, receptive field: mirkit.models.timing), committed = {"tracks", "chunks", "frames"}
 
 Kill safety: tracks are buffered and flushed in groups; a flush writes the array rows FIRST and
 only then rewrites ``attrs["committed"]`` and ``attrs["tracks"]`` in one attrs update. Rows past the
@@ -250,7 +250,7 @@ class Embeddings:
     def _index(self, rows: str, owner: str, n: int, *more: str) -> np.ndarray:
         """The track of each of the first ``n`` rows, after checking the arrays hold them (every chunk
         file present: a missing one would read as zeros) and that each track owns a run of rows."""
-        from mirkit.store import missing_chunks
+        from mirkit.data.store import missing_chunks
         g = self.group
         for key in (rows, owner, *more):
             if key not in g:

@@ -1,6 +1,6 @@
 """Probe training on frozen embeddings: the linear protocol, the JukeMIR grid (trained batched) and a quick probe.
 
-Protocol ``linear`` (default; ``mirkit.linear_probe``): standardised L2-regularised softmax / logistic /
+Protocol ``linear`` (default; ``mirkit.eval.linear_probe``): standardised L2-regularised softmax / logistic /
 ridge probes solved full-batch for a grid of strengths, the strength chosen on VALIDATION only.
 
 Protocol ``jukemir`` follows p-lambda/jukemir (``jukemir/probe``, ``aggregate.py``): 216 configurations
@@ -48,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirkit.embeddings import Embeddings
-from mirkit.linear_probe import LAMBDAS, choose, fit_linear, one_hot
-from mirkit.tasks import (
+from mirkit.eval.embeddings import Embeddings
+from mirkit.eval.linear_probe import LAMBDAS, choose, fit_linear, one_hot
+from mirkit.eval.tasks import (
     ENSEMBLES,
     IGNORE,
     Beats,

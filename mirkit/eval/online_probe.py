@@ -52,8 +52,8 @@ class OnlineProbeParams:
     seed: int = param(0, ge=0, help="probe seed (as probe.seed)")
 
     def check(self) -> None:
-        from mirkit.probe import PROTOCOLS
-        from mirkit.tasks import parse_tasks
+        from mirkit.eval.probe import PROTOCOLS
+        from mirkit.eval.tasks import parse_tasks
         if self.protocol not in PROTOCOLS:
             raise ParamsError(f"pretrain.online_probe.protocol={self.protocol!r}: allowed values are "
                               f"{', '.join(PROTOCOLS)}")
@@ -75,10 +75,10 @@ class OnlineProbes:
 
     def __init__(self, p: OnlineProbeParams, features_url: str, feature_set: str, total_steps: int,
                  device: torch.device):
-        from mirkit import store
-        from mirkit.extract import track_row
-        from mirkit.manifest import read_manifest
-        from mirkit.tasks import FrameTask, check_columns, make_task, parse_tasks
+        from mirkit.data import store
+        from mirkit.data.manifest import read_manifest
+        from mirkit.eval.extract import track_row
+        from mirkit.eval.tasks import FrameTask, check_columns, make_task, parse_tasks
         self.p, self.total_steps, self.device = p, total_steps, device
         self.specs = parse_tasks(p.tasks, key="pretrain.online_probe.tasks")
         tracks = [t for t in read_manifest(p.manifest) if t.split in self.SPLITS]
@@ -105,8 +105,8 @@ class OnlineProbes:
     def embed(self, encoder: Encoder, config: dict[str, Any]):
         """The labelled clips embedded by a frozen copy of ``encoder`` (as ``mirkit extract``), in
         an in-memory store whose ``test`` split is a copy of ``valid``."""
-        from mirkit.embeddings import Embeddings, EmbeddingsWriter
-        from mirkit.extract import FrozenEncoder
+        from mirkit.eval.embeddings import Embeddings, EmbeddingsWriter
+        from mirkit.eval.extract import FrozenEncoder
         frozen = FrozenEncoder(copy.deepcopy(encoder), config, self.device)
         layer, pooling = frozen.resolve(self.p.layer, self.p.pooling)
         dim = frozen.probe_shapes(layer, pooling)[0]
@@ -126,8 +126,8 @@ class OnlineProbes:
 
     def __call__(self, encoder: Encoder, config: dict[str, Any]) -> dict[str, float]:
         """``{probe/<task>/<metric>: valid score}`` of the encoder as it is now."""
-        from mirkit.probe import TrainSettings, evaluate_task
-        from mirkit.tasks import make_task
+        from mirkit.eval.probe import TrainSettings, evaluate_task
+        from mirkit.eval.tasks import make_task
         store = self.embed(encoder, config)
         settings = TrainSettings(seed=self.p.seed, device=str(self.device) if self.device.type != "mps" else "cpu")
         values = {}

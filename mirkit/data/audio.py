@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mirkit.binaries import load_torchaudio
+from mirkit.data.binaries import load_torchaudio
 from mirkit.errors import InputError
 
 T = load_torchaudio().transforms

@@ -140,13 +140,13 @@ class FrozenEncoder:
 
     ``feature_set``/``spec``: the input features the model was trained on; ``window``: the
     training crop length in input frames; ``frame_rate``: input frames per second; ``timing``:
-    output frame rate and receptive field (:mod:`mirkit.timing`).
+    output frame rate and receptive field (:mod:`mirkit.models.timing`).
     """
 
     def __init__(self, encoder: Encoder, config: dict[str, Any], device: torch.device,
                  model_info: dict[str, Any] | None = None):
-        from mirkit.features import spec_from_dict
-        from mirkit.timing import timing
+        from mirkit.data.features import spec_from_dict
+        from mirkit.models.timing import timing
         self.encoder = encoder.to(device).eval()
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
@@ -262,7 +262,7 @@ def load_frozen(model_dir: str | Path, device: str | torch.device = "auto", rand
                 seed: int = 0) -> FrozenEncoder:
     """The encoder of a model folder (or a training run folder's current step), frozen on ``device``
     (raises ``CheckpointError``). Imports only models and features, never a recipe."""
-    from mirkit import checkpoint
+    from mirkit.train import checkpoint
     encoder, config, folder = checkpoint.load_encoder(model_dir, weights=not random_init, seed=seed)
     dev = device if isinstance(device, torch.device) else pick(device)
     prov = config.get("provenance") or {}
@@ -336,8 +336,8 @@ class FeatureSource:
     exact spec (and an unchanged file), else computed from audio without touching the store."""
 
     def __init__(self, frozen: FrozenEncoder, store_url: str | None):
-        from mirkit import store
-        from mirkit.features import FrontEnd
+        from mirkit.data import store
+        from mirkit.data.features import FrontEnd
         self.frozen, self.set, self.note = frozen, None, ""
         self.why: dict[str, int] = {}     # reason features were computed from audio -> tracks
         want = json.dumps(frozen.config["features"], sort_keys=True, default=str)
@@ -354,7 +354,7 @@ class FeatureSource:
 
     def get(self, track: Any) -> tuple[np.ndarray, bool]:
         """``(frames, bins)`` float32 and whether they came from the store; raises AudioError."""
-        from mirkit.store import StoreError
+        from mirkit.data.store import StoreError
         if self.set is None:
             reason = "no usable feature store"
         else:
@@ -385,14 +385,14 @@ class FeatureSource:
 
     @staticmethod
     def _unchanged(track: Any, stored: str) -> bool:
-        from mirkit.audio import fingerprint
+        from mirkit.data.audio import fingerprint
         try:
             return fingerprint(track.path, track.offset, track.duration) == stored
         except OSError:   # the audio is gone but its features are here: use them
             return True
 
     def front_end(self):
-        from mirkit.features import FrontEnd
+        from mirkit.data.features import FrontEnd
         if self._front is None:
             self._front = FrontEnd(self.frozen.spec).to(self.frozen.device)
         return self._front
@@ -401,7 +401,7 @@ class FeatureSource:
 def features_of_wave(frozen: FrozenEncoder, wave: np.ndarray, front) -> np.ndarray:
     """Features of a mono waveform at the spec's rate, rounded through the spec's storage dtype so
     they equal what `mirkit mels` would have stored."""
-    from mirkit.audio import AudioError
+    from mirkit.data.audio import AudioError
     with torch.inference_mode():
         x = front(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None].to(frozen.device))[0]
     with np.errstate(over="ignore"):
@@ -419,7 +419,7 @@ def finite_embeddings(emb: TrackEmbeddings) -> bool:
 
 def compute_features(frozen: FrozenEncoder, path: str | Path, offset: float, duration: float | None,
                      source: FeatureSource) -> np.ndarray:
-    from mirkit.audio import load_audio
+    from mirkit.data.audio import load_audio
     wave = load_audio(path, frozen.spec.sample_rate, offset, duration)
     return features_of_wave(frozen, wave, source.front_end())
 
@@ -429,7 +429,7 @@ def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest
     the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
     import zarr
 
-    from mirkit.embeddings import EmbeddingsWriter
+    from mirkit.eval.embeddings import EmbeddingsWriter
     status = "created"
     try:
         existing = dict(zarr.open_group(store=str(out), mode="r").attrs)
@@ -464,7 +464,7 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
     Raises ``CheckpointError`` (bad checkpoint), ``ManifestError`` (bad manifest) or
     ``ParamsError`` (layer/pooling the model does not have) before any work.
     """
-    from mirkit.manifest import read_manifest
+    from mirkit.data.manifest import read_manifest
     tracks = read_manifest(p.manifest)
     frozen = load_frozen(p.model, p.device, p.random_init, p.seed)
     return write_stores(frozen, tracks, p, {p.layer: p.out}, Path(p.manifest).parent, on_progress)
@@ -475,7 +475,7 @@ def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, out
     """Embed ``tracks`` into one embeddings store per layer (``outs``: layer -> store), all layers
     from the same forward passes; ``p`` gives pooling, frames, batching and the feature store.
     Each store resumes after its last committed track."""
-    from mirkit.audio import AudioError
+    from mirkit.data.audio import AudioError
     try:
         layers, pooling = frozen.resolve_layers(list(outs), p.pooling)
     except ValueError as exc:

@@ -273,7 +273,7 @@ def choose(valid_scores: np.ndarray) -> int:
 def primary_scores(task: str, outputs: torch.Tensor | np.ndarray, targets: np.ndarray) -> np.ndarray:
     """The primary metric of each of L output sets ``(L, rows, C)`` at once: accuracy (multiclass),
     macro ROC-AUC over the columns with both classes (multilabel), mean R^2 (regression)."""
-    from mirkit.tasks import batch_accuracy, batch_macro_auc, batch_r2
+    from mirkit.eval.tasks import batch_accuracy, batch_macro_auc, batch_r2
     fn = {"multiclass": batch_accuracy, "multilabel": batch_macro_auc, "regression": batch_r2}.get(task)
     if fn is None:
         raise ValueError(f"task={task!r}: allowed values are {', '.join(METRICS)}")

@@ -19,7 +19,7 @@ def _fmt(value: Any) -> str:
 def render(config: dict[str, Any], extra: dict[str, Any]) -> str:
     """Markdown card for a model folder config; ``extra`` may hold ``probe`` (metrics by task) and
     ``source`` (where the weights came from, for imported models)."""
-    from mirkit.timing import timing_of_config
+    from mirkit.models.timing import timing_of_config
     prov = config.get("provenance") or {}
     name = config.get("preset") or config["architecture"]
     lines = [f"# {name} (mirkit encoder)", "",

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirkit.data.quantizer import RandomProjectionQuantizer
+from mirkit.data.store import FrameSet, ShardedSet, create_or_open, delete_set, open_set, writer_lock
 from mirkit.device import DEVICES, pick
 from mirkit.errors import InputError
 from mirkit.files import write_json
 from mirkit.limits import MAX_CODEBOOKS, MAX_CODES, MAX_STACK, MAX_WIDTH
 from mirkit.params import ParamsError, param
-from mirkit.quantizer import RandomProjectionQuantizer
-from mirkit.store import FrameSet, ShardedSet, create_or_open, delete_set, open_set, writer_lock
 
 TOKEN_DTYPE = "int32"
 TOKEN_CHUNK = 1024   # tokens per chunk (40 s at 25 Hz); tokens are small, crops read few chunks
@@ -172,7 +172,7 @@ def token_spec(features: FrameSet | ShardedSet, p: TokensParams, mean: float, st
 def run(p: TokensParams, report: Callable[[int, int], None] | None = None) -> TokensResult:
     """Tokenise ``p.feature_set`` of ``p.features`` into ``p.out``; ``report(done, total)`` after each track.
 
-    Raises :class:`~mirkit.store.StoreError` (missing store or set) or :class:`TokensError`.
+    Raises :class:`~mirkit.data.store.StoreError` (missing store or set) or :class:`TokensError`.
     """
     try:
         device = pick(p.device)

@@ -170,9 +170,9 @@ class FrontEnd(nn.Module):
                                        pad_mode="reflect", output_format="Magnitude", verbose=False)
 
     def check_input(self, n_samples: int) -> None:
-        """Raise :class:`~mirkit.audio.AudioError` when a signal of ``n_samples`` is too short for the
+        """Raise :class:`~mirkit.data.audio.AudioError` when a signal of ``n_samples`` is too short for the
         window / CQT kernel, or would need more memory than :func:`mirkit.limits.budget`."""
-        from mirkit.audio import AudioError
+        from mirkit.data.audio import AudioError
         from mirkit.limits import budget, human
         sr = self.spec.sample_rate
         if n_samples < self.spec.min_samples:
@@ -210,7 +210,7 @@ class MelFFT(nn.Module):
         super().__init__()
         fmax = spec.fmax or spec.sample_rate / 2
         if spec.mel_filters == "htk":
-            from mirkit.binaries import load_torchaudio
+            from mirkit.data.binaries import load_torchaudio
             torchaudio = load_torchaudio()
             basis = torchaudio.functional.melscale_fbanks(spec.n_fft // 2 + 1, spec.fmin, fmax, spec.n_mels,
                                                           spec.sample_rate, norm=None, mel_scale="htk").T

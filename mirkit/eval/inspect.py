@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirkit.extract import FrozenEncoder, cut_window
+from mirkit.eval.extract import FrozenEncoder, cut_window
 
 DPI = 100
 NOVELTY_HALF_WIDTH = 2
@@ -274,7 +274,7 @@ def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarra
 def embedding_map(store_url: str, label: str, method: str, out_path: str | Path, seed: int = 0) -> dict[str, Any]:
     """One point per track (mean of its chunks), coloured by ``label``, one panel per split; the
     projection is fitted on all tracks so the panels share axes. Returns what was drawn."""
-    from mirkit.embeddings import Embeddings
+    from mirkit.eval.embeddings import Embeddings
     emb = Embeddings(store_url)
     if not len(emb):
         raise ValueError(f"{store_url}: no tracks")
@@ -329,7 +329,7 @@ def _numeric(values: Sequence[Any]) -> np.ndarray | None:
 def read_log(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Curves ``{name: (steps, values)}`` of a training run: the dvclive folder ``mirkit pretrain``
     writes (``train/loss``, ``train/lr``, ``val/loss``, ``probe/...``), or a TSV with a ``step`` column."""
-    from mirkit.live import read_curves
+    from mirkit.train.live import read_curves
     path = Path(path)
     if path.is_dir():
         curves = read_curves(path)

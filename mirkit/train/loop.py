@@ -4,7 +4,7 @@ It knows nothing about papers: a recipe (``mirkit.recipes``) says which features
 draw one example and what the loss is. The loop does devices, bf16 autocast on CUDA (fp32 on
 CPU), AdamW/Adam with cosine schedule and warm-up, gradient clipping, optional torch.compile,
 DDP under ``torchrun``, atomic checkpoints, exact resume, NaN guards, a validation loss on a
-held-out split and step metrics through dvclive (:mod:`mirkit.live`).
+held-out split and step metrics through dvclive (:mod:`mirkit.train.live`).
 
 Reproducibility: example ``k`` of the run (a global counter over steps × global batch) is drawn
 from ``numpy.random.default_rng([seed, k])`` and the torch RNG is re-seeded at every step from
@@ -26,14 +26,17 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from mirkit import checkpoint, online_probe, recipes, store
+from mirkit import recipes
+from mirkit.data import store
+from mirkit.data.manifest import read_manifest
 from mirkit.device import DEVICES, pick
 from mirkit.errors import MirkitError
+from mirkit.eval import online_probe
 from mirkit.files import write_json
-from mirkit.live import TrainLog, grouped
-from mirkit.manifest import read_manifest
 from mirkit.params import ParamsError, param, resolve
 from mirkit.recipes.base import Example, Recipe, Sources
+from mirkit.train import checkpoint
+from mirkit.train.live import TrainLog, grouped
 
 
 @dataclass
@@ -72,7 +75,7 @@ class PretrainParams:
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
     online_probe: dict = param({}, help="online probes: {manifest, tasks, every, protocol, ...} "
-                                       "(mirkit.online_probe); empty = none")
+                                       "(mirkit.eval.online_probe); empty = none")
     log_every: int = param(10, ge=1)
     checkpoint_every: int = param(100, ge=1)
 

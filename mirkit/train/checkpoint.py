@@ -9,7 +9,7 @@
     model.safetensors  encoder weights only (one metadata key, so the bytes depend only on the weights)
     README.md          model card (architecture, parameters, training data and steps, probe results)
 
-Loading needs only :mod:`mirkit.models` and :mod:`mirkit.features`: no recipe or objective is imported.
+Loading needs only :mod:`mirkit.models` and :mod:`mirkit.data.features`: no recipe or objective is imported.
 
 **Training run folder** (``pretrain.out``)::
 
@@ -25,7 +25,7 @@ folder follows ``LATEST`` to its model folder. Same seed, same bytes: no process
 unordered metadata is written. Weights are read with safetensors, the optimizer state with
 ``torch.load(weights_only=True)``: nothing is ever unpickled.
 
-Folders written by mirkit 0.1 (``format: mirkit.checkpoint/1``: whole-model weights + recipe in
+Folders written by mirkit 0.1 (``format: mirkit.train.checkpoint/1``: whole-model weights + recipe in
 ``config.json``) are refused with the command that converts them: ``mirkit import legacy``.
 """
 
@@ -49,7 +49,7 @@ from mirkit.models import registry
 from mirkit.models.base import Encoder, count_parameters
 
 FORMAT = "mirkit.encoder/1"
-LEGACY_FORMAT = "mirkit.checkpoint/1"
+LEGACY_FORMAT = "mirkit.train.checkpoint/1"
 MODEL_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 LATEST, MODEL_DIR, TRAINING_DIR = "LATEST", "model", "training"
 HEADS_FILE, STATE_FILE = "heads.safetensors", "state.pt"
@@ -96,11 +96,11 @@ def complete_config(config: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
 
 def validate_config(config: Any, where: str) -> dict[str, Any]:
     """Check a model folder config: keys, types, bounds (the feature spec with
-    :func:`mirkit.features.validate_spec`, the window with :data:`mirkit.limits.MAX_FRAMES`), a known
+    :func:`mirkit.data.features.validate_spec`, the window with :data:`mirkit.limits.MAX_FRAMES`), a known
     architecture and arguments that fit it, and the encoder's memory (estimated on the meta device,
     nothing allocated; :func:`mirkit.limits.check_module`). Raises an ``InputError`` naming ``where``."""
     from mirkit import limits
-    from mirkit.features import validate_spec
+    from mirkit.data.features import validate_spec
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: expected a JSON object")
     fmt = config.get("format")
@@ -284,7 +284,7 @@ def write_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, A
                        card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` of ``encoder`` into ``folder``
     (files written in place: use :func:`save_model_folder` for an atomic whole-folder write)."""
-    from mirkit.model_card import render
+    from mirkit.models.card import render
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = complete_config(config, encoder)

@@ -1,6 +1,6 @@
 """Manifests for the four standard probe benchmarks (JukeMIR / MARBLE / Myna protocol).
 
-The split and label metadata in ``mirkit/benchmark_data/*.json.gz`` is taken unchanged from the
+The split and label metadata in ``mirkit/eval/benchmark_data/*.json.gz`` is taken unchanged from the
 ``metadata/`` folder of p-lambda/jukemir (MIT licence, Copyright (c) 2021 Rodrigo Castellon and
 Chris Donahue; notice below). No audio ships with mirkit: :func:`build_manifest` matches a user's
 local copy of each dataset against that metadata.
@@ -55,7 +55,7 @@ def load_metadata(name: str) -> dict[str, dict[str, Any]]:
     """uid -> {split, y, clip, extra} of one benchmark (the shipped JukeMIR metadata)."""
     if name not in METADATA:
         raise ValueError(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
-    data = resources.files("mirkit") / "benchmark_data" / METADATA[name]
+    data = resources.files("mirkit.eval") / "benchmark_data" / METADATA[name]
     with data.open("rb") as fh, gzip.open(fh, "rt") as text:
         return json.load(text)
 

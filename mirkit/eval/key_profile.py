@@ -53,7 +53,7 @@ def cadence_audio(tonic: int = 0, sample_rate: int = 22050, chord_seconds: float
 
 @lru_cache(maxsize=2)
 def _front_end(feature_set: str):
-    from mirkit.features import PRESETS, FrontEnd
+    from mirkit.data.features import PRESETS, FrontEnd
     return FrontEnd(PRESETS[feature_set])
 
 

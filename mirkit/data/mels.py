@@ -8,7 +8,7 @@ kill at any moment loses at most the uncommitted block and nothing already writt
 Scale-out (design.md section 4): ``shard: i/n`` keeps only the tracks with ``sha1(track_id) mod n == i``
 and writes them to the shard store ``<store>/shard-i-of-n.zarr``, with failures and summary files of
 their own (``<name>.shard-i-of-n.<ext>``). Any scheduler runs the n shards; readers
-(:func:`mirkit.store.open_set`) see the folder as one store.
+(:func:`mirkit.data.store.open_set`) see the folder as one store.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mirkit import store
-from mirkit.audio import AudioError, fingerprint, read_audio, resample
+from mirkit.data import store
+from mirkit.data.audio import AudioError, fingerprint, read_audio, resample
+from mirkit.data.features import PRESETS, FeatureSpec, FrontEnd
+from mirkit.data.manifest import Track, load_tracks
 from mirkit.device import DEVICES, pick
-from mirkit.features import PRESETS, FeatureSpec, FrontEnd
 from mirkit.files import atomic_write_text, write_json
-from mirkit.manifest import Track, load_tracks
 from mirkit.params import ParamsError, param, resolve
 
 
@@ -165,7 +165,7 @@ def _track_fingerprint(t: Track) -> str | None:
 
 def run(p: MelsParams, on_progress: Callable[[int, int], None] | None = None) -> MelsReport:
     """Compute all requested feature sets for the tracks of ``p.input`` (of its shard under ``p.shard``)
-    into ``p.out_store``. Raises :class:`~mirkit.store.StoreError` when ``p.store`` is of the other
+    into ``p.out_store``. Raises :class:`~mirkit.data.store.StoreError` when ``p.store`` is of the other
     layout (a shard folder for an unsharded run, or an unsharded store for a sharded one)."""
     specs = p.specs()
     shard = p.shard_index()
