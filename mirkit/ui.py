@@ -36,7 +36,7 @@ class _Progress(Progress):
         self._plain = not self.console.is_terminal
         self._last: dict[Any, tuple[int, float]] = {}
 
-    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, task_id: Any, **kwargs: Any) -> None:
         super().update(task_id, **kwargs)
         if self._plain:
             self._plain_line(task_id)
