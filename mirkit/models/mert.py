@@ -207,8 +207,8 @@ class MERT(Encoder):
         hidden = {0: h} if 0 in layers else {}
         attentions = {}
         last = self.depth if -1 in layers else max(layers)
-        for i, layer in enumerate(enc.layers[:last], start=1):
-            h, weights = layer(h, need_weights=attention)
+        for i, block in enumerate(enc.layers[:last], start=1):
+            h, weights = block(h, need_weights=attention)
             if weights is not None:
                 attentions[i] = weights
             if i in layers:

@@ -57,7 +57,7 @@ class Subsampling(nn.Module):
     def __init__(self, conv_dim: int, dim: int, n_mels: int):
         super().__init__()
         self.conv = nn.Sequential(Res2d(1, conv_dim), Res2d(conv_dim, conv_dim))
-        bands = -(-(-(-n_mels // 2)) // 2)    # ceil(ceil(n_mels / 2) / 2)
+        bands = (n_mels + 3) // 4    # two stride-2 convs: ceil(ceil(n_mels / 2) / 2)
         self.linear = nn.Linear(conv_dim * bands, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -187,8 +187,8 @@ class MusicFM(Encoder):
         hidden = {0: h} if 0 in layers else {}
         attentions = {}
         last = self.depth if -1 in layers else max(layers)
-        for i, layer in enumerate(self.conformer.layers[:last], start=1):
-            h, weights = layer(h, need_weights=attention)
+        for i, block in enumerate(self.conformer.layers[:last], start=1):
+            h, weights = block(h, need_weights=attention)
             if weights is not None:
                 attentions[i] = weights
             if i in layers:
