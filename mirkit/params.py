@@ -255,7 +255,8 @@ RUNTIME_ONLY: dict[str, set[str]] = {
     "synth": set(),
     "mels": {"batch_size", "num_workers", "commit_frames", "device", "strict"},
     "tokens": {"batch_tracks", "device"},
-    "pretrain": {"num_workers", "in_memory", "compile", "device", "log_every", "checkpoint_every"},
+    "pretrain": {"num_workers", "in_memory", "compile", "device", "log_every", "checkpoint_every",
+                 "stream_memory_gib", "stream_read_threads"},
     "extract": {"batch_size", "device"},
     "probe": {"device", "stack", "threads"},
 }

@@ -71,6 +71,14 @@ class PretrainParams:
     num_workers: int = param(0, ge=0)
     in_memory: bool = param(True, help="load the feature set into RAM; false: read from the store, keeping "
                                        "recently used tracks in a 1 GiB cache per loader process")
+    stream: bool = param(False, help="stream a store larger than RAM in large chunk-aligned blocks through "
+                                     "per-lane shuffle buffers (mirkit.data.stream; docs/scale.md)")
+    stream_block_mib: float = param(16.0, gt=0.0, help="target size of one block read (whole Zarr shards)")
+    stream_buffer: int = param(4, ge=1, help="blocks per lane in the shuffle buffer")
+    stream_lanes: int = param(8, ge=1, help="block streams the global batch is cut into (divides batch_size; "
+                                            "a multiple of the DDP processes)")
+    stream_memory_gib: float = param(4.0, gt=0.0, help="bound on one rank's loader buffers (+ read-ahead)")
+    stream_read_threads: int = param(2, ge=1, help="background block readers per loader process")
     compile: bool = param(False, help="torch.compile the model")
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
@@ -126,13 +134,50 @@ def open_sources(p: PretrainParams, recipe: Recipe) -> tuple[Sources, list[int]]
             raise store.StoreError(f"{exc} — run `mirkit tokens` on feature set '{recipe.feature_set}'") from None
         if [t.track_id for t in tokens.tracks] != [t.track_id for t in feats.tracks]:
             raise store.StoreError(f"{p.tokens}: tokens are not aligned with {p.features} (re-run `mirkit tokens`)")
+    in_memory = choose_in_memory(p, feats, tokens)
     for frames in (feats, tokens):
-        if frames is not None:
-            frames.load_into_memory() if p.in_memory else frames.cache_tracks(TRACK_CACHE_BYTES)
+        if frames is not None:   # streaming reads blocks itself; the track cache serves the validation split
+            frames.load_into_memory() if in_memory else frames.cache_tracks(TRACK_CACHE_BYTES)
     chosen = tracks_of_splits(p, feats, p.splits) if p.manifest else list(range(len(feats)))
     if len(chosen) < 2:
         raise store.StoreError(f"{p.features}/{recipe.feature_set}: {len(chosen)} usable track(s); pretraining needs at least 2")
     return Sources(feats, tokens), chosen
+
+
+#: ``in_memory: true`` refuses a set that would take more than this share of the RAM available now
+RAM_SHARE = 0.5
+
+
+def choose_in_memory(p: PretrainParams, *sets: Any) -> bool:
+    """Whether to load the sets into RAM, from their estimated size: ``stream: true`` never does;
+    ``in_memory: true`` refuses (one line, advising ``stream: true``) a corpus larger than half the
+    RAM available, rather than failing in the middle of loading it."""
+    from mirkit.data import stream
+    if p.stream:
+        return False
+    if p.in_memory:
+        size = sum(stream.estimated_bytes(s) for s in sets if s is not None)
+        free = stream.available_ram()
+        if size > RAM_SHARE * free:
+            raise ParamsError(f"pretrain.in_memory=true: the feature set is ~{stream.human(size)}, more than half the "
+                              f"{stream.human(free)} of RAM available; set pretrain.stream: true (docs/scale.md)")
+    return p.in_memory
+
+
+def make_loader(p: PretrainParams, recipe: Recipe, sources: Sources, tracks: list[int], start: int,
+                info: DistInfo, device: torch.device) -> Any:
+    """The batches of this rank for steps ``start..steps-1``: streamed blocks (``stream: true``) or
+    examples addressed by global counters from RAM / the track cache."""
+    if p.stream:
+        from mirkit.data import stream
+        settings = stream.StreamSettings(p.stream_block_mib, p.stream_buffer, p.stream_lanes, p.stream_memory_gib,
+                                         p.stream_read_threads)
+        return stream.make_loader(recipe, sources, tracks, settings, batch=p.batch_size, seed=p.seed, start=start,
+                                  steps=p.steps, rank=info.rank, world=info.world, workers=p.num_workers,
+                                  pin_memory=device.type == "cuda")
+    return DataLoader(ExampleStream(recipe, sources, tracks, p.seed),
+                      batch_sampler=batch_indices(start, p.steps, p.batch_size, info.rank, info.world),
+                      num_workers=p.num_workers, pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def tracks_of_splits(p: PretrainParams, feats: Any, splits: list[str]) -> list[int]:
@@ -319,10 +364,7 @@ def train(p: PretrainParams, resume: bool = False,
     if p.compile:
         train_module = cast(torch.nn.Module, torch.compile(train_module))   # an OptimizedModule
 
-    stream = ExampleStream(recipe, sources, tracks, p.seed)
-    loader = DataLoader(stream, batch_sampler=batch_indices(start, p.steps, p.batch_size, info.rank, info.world),
-                        num_workers=p.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    loader = make_loader(p, recipe, sources, tracks, start, info, device)
     config = checkpoint.make_config(recipe, sources.features.spec, start, _plain(p))
     validation = Validation(p, recipe, sources, info, device) if p.val_split else None
     log = TrainLog(p.log, start) if info.main else None
