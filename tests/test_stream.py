@@ -87,6 +87,11 @@ def test_each_lane_visits_all_its_tracks_once_per_epoch(corpus):
         own = sorted(t for b in sched.lane_blocks[lane] for t in sched.blocks[b].tracks)
         assert sorted(seen[:n]) == own and sorted(seen[n:]) == own and seen[:n] != seen[n:]
     assert sum(sched.lane_tracks) == N_TRACKS
+    twice = stream.Schedule(sched.blocks, 4, 2, 8, 7, repeat=2)   # each read track feeds two examples per pass
+    n = twice.lane_tracks[0]
+    seen = [twice.track(s, i) for s in range(n // 2) for i in range(2)]
+    assert n == 2 * sched.lane_tracks[0] and sorted(seen) == sorted(2 * [t for b in twice.lane_blocks[0]
+                                                                        for t in twice.blocks[b].tracks])
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")

@@ -12,7 +12,9 @@ notes/anchors-scale.md, applied to mirkit's concatenated Zarr arrays instead of 
   ``l`` owns the blocks ``l, l + lanes, l + 2 lanes, ...`` of the store and is an endless stream of its
   own: per epoch it visits its blocks in an order drawn from ``rng([seed, 2, l, epoch])``, ``buffer``
   blocks at a time (the shuffle buffer), and emits every track of those blocks once in an order
-  drawn from ``rng([seed, 3, l, epoch, window])``. Slot ``j`` of step ``s`` is position
+  drawn from ``rng([seed, 3, l, epoch, window])`` (``repeat`` times each, with independent crops: a
+  read of a long track then feeds several examples, as Myna's two 96-frame crops of a 3-minute
+  track use ~3 % of what was read). Slot ``j`` of step ``s`` is position
   ``s * B/lanes + j mod (B/lanes)`` of lane ``j // (B/lanes)``; its views come from ``rng([seed, 1, k])``
   with ``k = s*B + j``, as in the in-memory path. So the examples depend on the parameters only,
   never on the number of DDP ranks or loader workers, and a resumed run computes where every lane
@@ -53,6 +55,7 @@ class StreamSettings:
     lanes: int = 8              # independent block streams the global batch is cut into
     memory_gib: float = 4.0     # bound on what one rank's loader processes hold (buffers + read-ahead)
     read_threads: int = 2       # background reader threads per loader process
+    repeat: int = 1             # examples per track per pass (independent crops of one read)
 
 
 # -- where a track lives ------------------------------------------------------------------------
@@ -161,16 +164,17 @@ class BlockSource:
 class Schedule:
     """Which track every slot of every step gets; computed from the block plan alone, no data read."""
 
-    def __init__(self, blocks: Sequence[Block], lanes: int, buffer: int, batch: int, seed: int):
+    def __init__(self, blocks: Sequence[Block], lanes: int, buffer: int, batch: int, seed: int, repeat: int = 1):
         if batch % lanes:
             raise ParamsError(f"pretrain.stream_lanes={lanes}: must divide pretrain.batch_size={batch}")
         if len(blocks) < lanes:
             raise ParamsError(f"pretrain.stream_lanes={lanes}: the training tracks make only {len(blocks)} "
                               f"block(s) of pretrain.stream_block_mib; lower one of them (or use in_memory: true)")
         self.blocks, self.lanes, self.buffer, self.batch, self.seed = list(blocks), lanes, buffer, batch, seed
+        self.repeat = repeat
         self.per_lane = batch // lanes
         self.lane_blocks = [list(range(lane, len(blocks), lanes)) for lane in range(lanes)]
-        self.lane_tracks = [sum(len(blocks[b].tracks) for b in bs) for bs in self.lane_blocks]
+        self.lane_tracks = [repeat * sum(len(blocks[b].tracks) for b in bs) for bs in self.lane_blocks]
 
     def windows(self, lane: int, epoch: int) -> list[list[int]]:
         """Block numbers of each shuffle-buffer window of ``lane`` in ``epoch``."""
@@ -180,7 +184,7 @@ class Schedule:
 
     def window_items(self, lane: int, epoch: int, w: int, window: list[int]) -> list[int]:
         """Tracks of one window in emission order."""
-        items = [t for b in window for t in self.blocks[b].tracks]
+        items = [t for b in window for t in self.blocks[b].tracks] * self.repeat
         perm = np.random.default_rng([self.seed, 3, lane, epoch, w]).permutation(len(items))
         return [items[int(i)] for i in perm]
 
@@ -188,7 +192,7 @@ class Schedule:
         """``(epoch, window, offset in window)`` of position ``n`` of a lane."""
         epoch, rest = divmod(n, self.lane_tracks[lane])
         for w, window in enumerate(self.windows(lane, epoch)):
-            size = sum(len(self.blocks[b].tracks) for b in window)
+            size = self.repeat * sum(len(self.blocks[b].tracks) for b in window)
             if rest < size:
                 return epoch, w, rest
             rest -= size
@@ -327,7 +331,7 @@ def make_loader(recipe: Recipe, sources: Sources, tracks: Sequence[int], setting
                 pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """This rank's batches for steps ``start..steps-1`` (see the module docstring)."""
     sched = Schedule(plan_blocks(sources.features, tracks, settings.block_mib), settings.lanes, settings.buffer,
-                     batch, seed)
+                     batch, seed, settings.repeat)
     check_memory(sched, sources, rank, world, settings)
     dataset = StreamDataset(recipe, sources, sched, start, steps, rank, world, settings.read_threads)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=False,

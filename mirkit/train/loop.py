@@ -79,6 +79,7 @@ class PretrainParams:
                                             "a multiple of the DDP processes)")
     stream_memory_gib: float = param(4.0, gt=0.0, help="bound on one rank's loader buffers (+ read-ahead)")
     stream_read_threads: int = param(2, ge=1, help="background block readers per loader process")
+    stream_repeat: int = param(1, ge=1, help="examples per streamed track per pass (independent crops of one read)")
     compile: bool = param(False, help="torch.compile the model")
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
@@ -171,7 +172,7 @@ def make_loader(p: PretrainParams, recipe: Recipe, sources: Sources, tracks: lis
     if p.stream:
         from mirkit.data import stream
         settings = stream.StreamSettings(p.stream_block_mib, p.stream_buffer, p.stream_lanes, p.stream_memory_gib,
-                                         p.stream_read_threads)
+                                         p.stream_read_threads, p.stream_repeat)
         return stream.make_loader(recipe, sources, tracks, settings, batch=p.batch_size, seed=p.seed, start=start,
                                   steps=p.steps, rank=info.rank, world=info.world, workers=p.num_workers,
                                   pin_memory=device.type == "cuda")
