@@ -99,7 +99,7 @@ def plan_blocks(src: Any, tracks: Sequence[int], block_mib: float) -> list[Block
     """Group ``tracks`` by the chunk-aligned block (of ~``block_mib``) their first frame lies in."""
     want = max(1, int(block_mib * MIB) // frame_bytes(src))
     unit = object_frames(src) if want >= object_frames(src) else chunk_frames(src)   # whole shards, else chunks
-    block_frames = unit * max(1, round(want / unit))
+    block_frames = unit * max(1, want // unit)   # never above the target: memory_gib stays a bound
     where = locate(src)
     parts = parts_of(src)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -121,7 +121,12 @@ def read_tracks(src: Any, tracks: Sequence[int]) -> dict[int, np.ndarray]:
         part = parts[where[run[0]][0]]
         recs = [part.tracks[where[t][1]] for t in run]
         lo, hi = recs[0].start, recs[-1].start + recs[-1].n_frames
-        span = part._rows(lo, hi) if hi > lo else np.zeros((0, src.n_bins), part._frames.dtype)
+        # whole storage objects only: a partly read Zarr shard costs a request per chunk (20 ms each on an
+        # object store), a whole one a single request (bench/bench_stream.py)
+        unit = object_frames(src)
+        lo = lo // unit * unit
+        hi_read = min(-(-hi // unit) * unit, part.total_frames)
+        span = part._rows(lo, hi_read) if hi_read > lo else np.zeros((0, src.n_bins), part._frames.dtype)
         for t, rec in zip(run, recs, strict=True):
             out[t] = span[rec.start - lo: rec.start - lo + rec.n_frames]
         run.clear()
@@ -303,11 +308,12 @@ def batches(loader: DataLoader, workers: int) -> Iterator[dict[str, torch.Tensor
 
 
 def window_bytes(sched: Schedule, src: Any, lanes: Sequence[int]) -> int:
-    """Largest decoded window of these lanes (float32-sized never: blocks stay in the store's dtype)."""
+    """Largest decoded window of these lanes (blocks stay in the store's dtype until cropped)."""
     worst = 0
     for lane in lanes:
         sizes = sorted((sched.blocks[b].frames for b in sched.lane_blocks[lane]), reverse=True)
-        worst += sum(sizes[: sched.buffer])
+        # + up to two storage objects per block: reads are rounded out to whole Zarr shards
+        worst += sum(sizes[: sched.buffer]) + 2 * object_frames(src) * min(sched.buffer, len(sizes))
     return worst * frame_bytes(src)
 
 
@@ -321,7 +327,7 @@ def check_memory(sched: Schedule, sources: Sources, rank: int, world: int, setti
     if need > settings.memory_gib * (1 << 30):
         raise ParamsError(f"pretrain.stream_memory_gib={settings.memory_gib}: this rank's {len(lanes)} lane(s) need "
                           f"{need / (1 << 30):.2f} GiB (current + read-ahead window of stream_buffer="
-                          f"{sched.buffer} blocks of ~{settings.block_mib} MiB); raise it, or lower "
+                          f"{sched.buffer} blocks of ~{settings.block_mib:.3g} MiB); raise it, or lower "
                           f"stream_buffer / stream_block_mib / stream_lanes")
     return need
 
