@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow lint lock bench clean
+.PHONY: install demo test test-fast test-slow lint lock bench clean gpu-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check mirkit tests bench
 	$(BIN)/mypy mirkit
+
+# every recipe at its paper preset on a CUDA device (bf16 step eager/compiled, MFU, peak memory, DDP/NCCL,
+# streaming loader idle share, extract); <= 10 min; on a machine without CUDA it says so and exits 0
+gpu-check: install
+	PATH="$(BIN):$$PATH" timeout 600 $(BIN)/python bench/gpu_check.py
 
 lock:
 	PY=$(PY) .ci/lock

@@ -146,3 +146,15 @@ def test_training_streams_and_resumes_exactly(tmp_path, corpus, one_thread):
     assert train(part, resume=True).resumed_from == 2
     a, b = run_weights(whole.out), run_weights(part.out)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpu_check_says_no_cuda_device_and_exits_0_on_cpu():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py")], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert run.returncode == 0 and "no CUDA device" in run.stdout, run.stderr[-2000:]
