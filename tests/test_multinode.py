@@ -68,18 +68,24 @@ def runs(tmp_path_factory, tiny_corpus):
     tmp = tmp_path_factory.mktemp("multinode")
     torch.set_num_threads(1)
     single = params(tmp, tiny_corpus, "single")
+    first = params(tmp, tiny_corpus, "init")
+    first.steps, first.warmup_steps, first.checkpoint_every, first.lr = 1, 0, 1, 1e-12
+    train(first)                        # (almost) the initial weights, to see how far training moved them
     train(single)
     nodes = params(tmp, tiny_corpus, "nodes")
     wait(launch(nodes, tmp))
-    return {"tmp": tmp, "single": run_weights(single.out), "nodes": run_weights(nodes.out)}
+    return {"tmp": tmp, "single": run_weights(single.out), "nodes": run_weights(nodes.out),
+            "init": run_weights(first.out)}
 
 
 @pytest.mark.slow
 def test_two_nodes_train_like_one_process_on_the_global_batch(runs):
     single, nodes = runs["single"], runs["nodes"]
     assert set(single) == set(nodes)
-    for k in single:   # all-reduced gradients: equal up to float summation order
-        torch.testing.assert_close(nodes[k], single[k], rtol=1e-4, atol=1e-5)
+    moved = max(float((nodes[k] - runs["init"][k]).abs().max()) for k in nodes)
+    assert moved > 1e-2                 # training moved the weights far more than the tolerance below
+    for k in single:   # all-reduced gradients equal up to float summation order; Adam carries that over 60 steps
+        torch.testing.assert_close(nodes[k], single[k], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.slow
