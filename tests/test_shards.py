@@ -219,3 +219,32 @@ def test_shard_param_is_validated_on_resolve():
         "data/features.summary.shard-0-of-4.json")
     with pytest.raises(ParamsError, match="mels.shard"):
         resolve(MelsParams, {"shard": "4/4"}, section="mels")
+
+
+@pytest.mark.slow
+def test_concurrent_shard_processes_read_back_as_the_single_process_store(corpus, tmp_path):
+    """n `mirkit mels --shard i/n` processes started together into one folder (a Slurm array, docs/scale.md) give a
+    store that reads, track by track, exactly as the single-process store; `mirkit verify` checks the folder, then
+    one `tokens` run over the shard folder reads it as one store."""
+    folder = tmp_path / "features"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "mirkit", "mels", "--params", "none", "--input", str(corpus["audio"]),
+                               "--store", str(folder), "--shard", f"{i}/{N}", "--set", "num_workers=0",
+                               "--set", f"feature_sets=[{', '.join(SETS)}]",
+                               "--set", f"failures={tmp_path / 'failures.tsv'}", "--set", f"summary={tmp_path / 'summary.json'}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(N)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    for name in SETS:
+        ref, merged = open_set(corpus["ref"], name), open_set(str(folder), name)
+        assert isinstance(merged, ShardedSet) and len(merged.shards) == N
+        assert sorted(t.track_id for t in merged.tracks) == sorted(t.track_id for t in ref.tracks)
+        for k, t in enumerate(merged.tracks):
+            assert np.array_equal(merged.read(k), ref.read(ref.index_of(t.track_id))), (name, t.track_id)
+    check = subprocess.run([sys.executable, "-m", "mirkit", "verify", str(folder)], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert check.returncode == 0 and "sound" in check.stderr, check.stderr[-2000:]
+    codes = tmp_path / "tokens.zarr"
+    run_tokens(TokensParams(features=str(folder), out=str(codes), feature_set="mel24k", metrics=str(tmp_path / "tokens.json")))
+    assert len(open_set(str(codes), "mel24k")) == len(CLIPS)
