@@ -12,7 +12,7 @@ Example (the same block is in README.md, fenced as ``python api-example``; the t
     print(chunks.shape, out["frames"].shape, out["times"][:3])
 
 The chunking rule, frame times and frozen-model settings are those of ``mirkit extract``
-(:mod:`mirkit.eval.extract`): both go through :meth:`mirkit.eval.extract.FrozenEncoder.embed_tracks`, so the
+(:mod:`mirkit.eval.extract`): both go through :meth:`mirkit.eval.encoder.FrozenEncoder.embed_tracks`, so the
 API and the stage give the same embeddings for the same audio. Loading imports only
 :mod:`mirkit.models` and :mod:`mirkit.data.features` (no recipe, no objective).
 """
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirkit.eval.extract import MIN_TAIL, ExtractParams, FrozenEncoder, features_of_wave, load_frozen, write_stores
+from mirkit.eval.encoder import MIN_TAIL, FrozenEncoder, features_of_wave, load_frozen
+from mirkit.eval.extract import ExtractParams, write_stores
 
 Layers = int | Sequence[int] | str
 
@@ -185,7 +186,7 @@ def _check_tensors(return_tensors: str) -> None:
 def _check_finite(emb: Any, what: str) -> None:
     """NaN/inf embeddings are never returned as results (as in ``mirkit extract``)."""
     from mirkit.data.audio import AudioError
-    from mirkit.eval.extract import finite_embeddings
+    from mirkit.eval.encoder import finite_embeddings
     if not finite_embeddings(emb):
         raise AudioError(f"{what}: embeddings contain NaN/inf: the input is outside what the model handles")
 

@@ -16,7 +16,8 @@ from cli_runner import invoke as run_cli
 
 from mirkit.data.features import PRESETS
 from mirkit.eval.embeddings import Embeddings
-from mirkit.eval.extract import ExtractParams, kept_columns, plan_windows, run
+from mirkit.eval.encoder import kept_columns, plan_windows
+from mirkit.eval.extract import ExtractParams, run
 from mirkit.params import resolve
 from mirkit.recipes import get
 from mirkit.train import checkpoint

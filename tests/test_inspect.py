@@ -15,7 +15,7 @@ from test_extract import make_checkpoint
 
 from mirkit.data.features import FrontEnd
 from mirkit.eval.embeddings import EmbeddingsWriter
-from mirkit.eval.extract import features_of_wave, load_frozen
+from mirkit.eval.encoder import features_of_wave, load_frozen
 from mirkit.eval.inspect import (
     NO_ATTENTION,
     analyse,

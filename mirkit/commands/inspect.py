@@ -48,7 +48,7 @@ def model_cmd(
     from mirkit.data.audio import AudioError, load_audio
     from mirkit.data.features import FrontEnd
     from mirkit.data.manifest import read_manifest
-    from mirkit.eval.extract import features_of_wave, load_frozen
+    from mirkit.eval.encoder import features_of_wave, load_frozen
     from mirkit.eval.inspect import inspect_model
     frozen = load_frozen(checkpoint, device, random_init, seed)
     if (audio is None) == (manifest is None or track is None):

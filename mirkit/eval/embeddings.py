@@ -21,6 +21,7 @@ to the committed counts and resumes after the last committed track (``writer.don
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,32 @@ from mirkit.errors import InputError
 ROW_CHUNK = 4096   # rows per Zarr chunk of the 2-D arrays
 # chunks equal to the fill value (track 0's ids) must be written: readers treat a missing chunk as damage
 zarr.config.set({"array.write_empty_chunks": True})
+
+
+def portable_path(path: str | Path) -> str:
+    """A file path as stored in an embeddings store: relative to the working directory when the file lies
+    below it (DVC runs every stage from the repository root, so the store's bytes do not depend on where
+    the repository is checked out), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def track_row(track: Any, manifest_dir: Path) -> dict[str, Any]:
+    """The manifest row stored with a track's embeddings: id, split, audio path, offset and label
+    columns, where a label naming an existing file (beats, chords annotations) becomes a path that
+    opens from the working directory (:func:`portable_path`)."""
+    row: dict[str, Any] = {"track_id": track.track_id, "split": track.split, "path": portable_path(track.path),
+                           "offset": float(track.offset)}
+    for key, value in track.labels.items():
+        if isinstance(value, str) and value.strip():
+            candidate = (manifest_dir / value.strip())
+            if candidate.is_file():
+                value = portable_path(candidate)
+        row[key] = value if value != "" else None
+    return row
 
 
 class EmbeddingsError(InputError):

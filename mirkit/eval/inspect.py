@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mirkit.eval.extract import FrozenEncoder, cut_window
+from mirkit.eval.encoder import FrozenEncoder, cut_window
 
 DPI = 100
 NOVELTY_HALF_WIDTH = 2

@@ -77,7 +77,7 @@ class OnlineProbes:
                  device: torch.device):
         from mirkit.data import store
         from mirkit.data.manifest import read_manifest
-        from mirkit.eval.extract import track_row
+        from mirkit.eval.embeddings import track_row
         from mirkit.eval.tasks import FrameTask, check_columns, make_task, parse_tasks
         self.p, self.total_steps, self.device = p, total_steps, device
         self.specs = parse_tasks(p.tasks, key="pretrain.online_probe.tasks")
@@ -106,7 +106,7 @@ class OnlineProbes:
         """The labelled clips embedded by a frozen copy of ``encoder`` (as ``mirkit extract``), in
         an in-memory store whose ``test`` split is a copy of ``valid``."""
         from mirkit.eval.embeddings import Embeddings, EmbeddingsWriter
-        from mirkit.eval.extract import FrozenEncoder
+        from mirkit.eval.encoder import FrozenEncoder
         frozen = FrozenEncoder(copy.deepcopy(encoder), config, self.device)
         layer, pooling = frozen.resolve(self.p.layer, self.p.pooling)
         dim = frozen.probe_shapes(layer, pooling)[0]
