@@ -32,7 +32,7 @@ class _Group(TyperGroup):
 
 #: stage command -> (module, dataclass, params.yaml section): `--help` lists the section's keys
 STAGE_PARAMS = {
-    "synth": ("mirkit.commands.synth", "SynthParams", "synth"),
+    "synth": ("mirkit.data.synth", "SynthParams", "synth"),
     "mels": ("mirkit.data.mels", "MelsParams", "mels"),
     "tokens": ("mirkit.data.tokens", "TokensParams", "tokens"),
     "pretrain": ("mirkit.train.loop", "PretrainParams", "pretrain"),

@@ -1,17 +1,13 @@
 """``mirkit synth``: write the deterministic labelled sample corpus (first pipeline stage)."""
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mirkit import ui
-from mirkit.data.synth import KEYS, MANIFEST_COLUMNS, SPLITS, TIMBRES, SynthResult, synthesize
-from mirkit.errors import MirkitError
-from mirkit.params import DEFAULT_PARAMS, ParamsError, load, param
-
-SECTION = "synth"
+from mirkit.data.synth import KEYS, MANIFEST_COLUMNS, SECTION, SPLITS, TIMBRES, SynthParams, SynthResult, run
+from mirkit.params import DEFAULT_PARAMS, load
 
 HELP = "\n\n".join((
     "Generate a small labelled corpus of synthetic music clips (first pipeline stage).",
@@ -32,22 +28,6 @@ HELP = "\n\n".join((
     f"Parameters come from section '{SECTION}' of --params; --set KEY=VALUE and the flags below "
     "override them.",
 ))
-
-
-@dataclasses.dataclass
-class SynthParams:
-    """Section ``synth`` of params.yaml."""
-    out: str = param("data/samples", help="output folder for clips, annotations and manifest.csv")
-    n_clips: int = param(120, ge=24, help="number of clips (at least 24, so every key appears)")
-    seed: int = param(0, ge=0, help="random seed; the same seed gives byte-identical output")
-    sample_rate: int = param(22050, ge=8000, le=96000, help="sample rate of the WAV files (Hz)")
-    min_seconds: float = param(6.0, gt=0, le=600, help="shortest clip (s)")
-    max_seconds: float = param(12.0, gt=0, le=600, help="longest clip (s)")
-
-    def check(self) -> None:
-        if self.max_seconds < self.min_seconds:
-            raise ParamsError(f"{SECTION}.max_seconds={self.max_seconds!r}: must be >= "
-                              f"{SECTION}.min_seconds ({self.min_seconds!r})")
 
 
 def _summary(result: SynthResult) -> None:
@@ -75,15 +55,9 @@ def synth(
                       if v is not None})
     p = load(SynthParams, SECTION, params, overrides)
     ui.print_params(SECTION, p)
-    try:
-        with ui.progress() as bar:
-            task = bar.add_task("synth", total=p.n_clips, info="")
-            result = synthesize(
-                Path(p.out), n_clips=p.n_clips, seed=p.seed, sample_rate=p.sample_rate,
-                min_seconds=p.min_seconds, max_seconds=p.max_seconds,
-                on_clip=lambda c: bar.update(task, advance=1, info=f"{c.name} {c.key}, {c.timbre}"))
-    except OSError as exc:
-        raise MirkitError(f"synth: cannot write {p.out} ({exc})") from None
+    with ui.progress() as bar:
+        task = bar.add_task("synth", total=p.n_clips, info="")
+        result = run(p, on_clip=lambda c: bar.update(task, advance=1, info=f"{c.name} {c.key}, {c.timbre}"))
     _summary(result)
     ui.out_console.print(str(result.manifest))
 

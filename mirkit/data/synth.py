@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from mirkit.errors import MirkitError
+from mirkit.params import ParamsError, param
+
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "split", "key", "tempo", "timbre", "seconds", "beats", "chords")
 SPLITS = ("train", "valid", "test")
@@ -620,3 +623,33 @@ def synthesize(out_dir: Path, n_clips: int = 120, seed: int = 0, sample_rate: in
                        total_seconds=float(sum(c.duration for c in clips)),
                        split_counts={s: sum(c.split == s for c in clips) for s in SPLITS},
                        clips=tuple(clips))
+
+
+# ------------------------------------------------------------------------------------ the stage
+SECTION = "synth"
+
+
+@dataclass
+class SynthParams:
+    """Section ``synth`` of params.yaml."""
+    out: str = param("data/samples", help="output folder for clips, annotations and manifest.csv")
+    n_clips: int = param(120, ge=24, help="number of clips (at least 24, so every key appears)")
+    seed: int = param(0, ge=0, help="random seed; the same seed gives byte-identical output")
+    sample_rate: int = param(22050, ge=8000, le=96000, help="sample rate of the WAV files (Hz)")
+    min_seconds: float = param(6.0, gt=0, le=600, help="shortest clip (s)")
+    max_seconds: float = param(12.0, gt=0, le=600, help="longest clip (s)")
+
+    def check(self) -> None:
+        if self.max_seconds < self.min_seconds:
+            raise ParamsError(f"{SECTION}.max_seconds={self.max_seconds!r}: must be >= "
+                              f"{SECTION}.min_seconds ({self.min_seconds!r})")
+
+
+def run(p: SynthParams, on_clip: Callable[[ClipInfo], None] | None = None) -> SynthResult:
+    """The ``synth`` stage: :func:`synthesize` with the parameters of section ``synth``; a folder
+    that cannot be written is a one-line :class:`~mirkit.errors.MirkitError`."""
+    try:
+        return synthesize(Path(p.out), n_clips=p.n_clips, seed=p.seed, sample_rate=p.sample_rate,
+                          min_seconds=p.min_seconds, max_seconds=p.max_seconds, on_clip=on_clip)
+    except OSError as exc:
+        raise MirkitError(f"synth: cannot write {p.out} ({exc})") from None
