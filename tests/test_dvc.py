@@ -32,10 +32,29 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports_of(path: Path) -> set[str]:
+def _param_set(params: dict, key: str) -> bool:
+    value: object = params
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return bool(value)
+
+
+def _gated(tree: ast.Module, params: dict) -> set[str]:
+    """Modules a command imports only when a params key is set (its ``IMPORTED_WHEN`` table) whose key
+    ``params`` leaves empty: the command does not run them, so they are no deps."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "IMPORTED_WHEN"
+                                                for t in node.targets):
+            table = ast.literal_eval(node.value)
+            return {m for key, mods in table.items() if not _param_set(params, key) for m in mods}
+    return set()
+
+
+def _imports_of(path: Path, params: dict | None = None) -> set[str]:
     """Every mirkit module named by an import in ``path``: anywhere in a module (function bodies included);
     at module level only in a package's __init__ (mirkit/__init__'s lazy ``__getattr__`` only serves
-    ``mirkit.load_encoder``, which no stage calls). mirkit uses absolute imports only."""
+    ``mirkit.load_encoder``, which no stage calls). mirkit uses absolute imports only. Imports gated by a
+    params key (``IMPORTED_WHEN``) count when ``params`` (default: the shipped params.yaml) sets that key."""
     tree = ast.parse(path.read_text())
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name == "__init__.py":
@@ -54,12 +73,13 @@ def _imports_of(path: Path) -> set[str]:
             found |= {f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")}
     if "iter_modules(__path__)" in path.read_text():   # a registry importing every module of its package
         found |= {f"{package}.{p.stem}" for p in path.parent.glob("*.py") if p.name != "__init__.py"}
-    return found
+    skipped = _gated(tree, yaml.safe_load((ROOT / "params.yaml").read_text()) if params is None else params)
+    return {m for m in found if not any(m == g or m.startswith(g + ".") for g in skipped)}
 
 
-def stage_code(command: str) -> set[str]:
-    """Repo-relative paths of the mirkit files `mirkit <command>` runs, from mirkit/commands/<command>.py on."""
-    todo = [f"mirkit.commands.{command.replace('-', '_')}"]
+def module_closure(roots: list[str], params: dict | None = None) -> set[str]:
+    """Dotted names of the mirkit modules ``roots`` import, transitively (parent packages included)."""
+    todo = list(roots)
     seen: set[str] = set()
     while todo:
         name = todo.pop()
@@ -72,8 +92,15 @@ def stage_code(command: str) -> set[str]:
             if path is None:
                 continue
             seen.add(mod)
-            todo.extend(_imports_of(path))
-    return {_module_file(m).relative_to(ROOT).as_posix() for m in seen}
+            todo.extend(_imports_of(path, params))
+    return seen
+
+
+def stage_code(command: str, params: dict | None = None) -> set[str]:
+    """Repo-relative paths of the mirkit files `mirkit <command>` runs, from mirkit/commands/<command>.py on,
+    given ``params`` (default: the shipped params.yaml, which decides the ``IMPORTED_WHEN`` imports)."""
+    found = module_closure([f"mirkit.commands.{command.replace('-', '_')}"], params)
+    return {_module_file(m).relative_to(ROOT).as_posix() for m in found}
 
 
 def stages() -> dict[str, dict]:
@@ -111,6 +138,44 @@ def test_function_level_and_registry_imports_are_followed():
             "mirkit/objectives/cpsd.py", "mirkit/train/checkpoint.py"} <= code
     assert {"mirkit/eval/embeddings.py", "mirkit/data/store.py", "mirkit/data/features.py", "mirkit/train/checkpoint.py"} <= stage_code("extract")
     assert "mirkit/api.py" not in code
+
+
+def test_training_imports_nothing_from_evaluation():
+    """mirkit/train knows no probe: no module under it imports (even inside a function) anything that
+    reaches mirkit/eval; online probes are a callback the pretrain command passes in."""
+    train_modules = [f"mirkit.train.{p.stem}" for p in (PKG / "train").glob("*.py")]
+    assert "mirkit.train.loop" in train_modules
+    reached = module_closure(train_modules)
+    assert not {m for m in reached if m.startswith("mirkit.eval")}, "mirkit/train reaches mirkit/eval"
+
+
+def test_pretrain_deps_list_evaluation_code_only_when_the_online_probe_is_configured():
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert shipped["pretrain"]["online_probe"], "the shipped params configure online probes"
+    assert {"mirkit/eval/online_probe.py", "mirkit/eval/probe.py"} <= stage_code("pretrain", shipped)
+    off = {**shipped, "pretrain": {**shipped["pretrain"], "online_probe": {}}}
+    assert not {p for p in stage_code("pretrain", off) if p.startswith("mirkit/eval/")}
+    assert "mirkit/train/loop.py" in stage_code("pretrain", off)
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_the_online_probe_module_is_imported_exactly_when_configured(configured, tmp_path):
+    """IMPORTED_WHEN tells the truth: building the pretrain command's callbacks imports evaluation code
+    only when pretrain.online_probe is set (run in a fresh interpreter, so nothing is imported yet)."""
+    probe = {"manifest": "m.csv", "tasks": {"k": {"type": "key", "label": "key"}}} if configured else {}
+    code = ("import sys, json\n"
+            "from mirkit.commands.pretrain import callbacks_for\n"
+            "from mirkit.train.loop import PretrainParams\n"
+            f"hooks = callbacks_for(PretrainParams(online_probe={probe!r}))\n"
+            "print(json.dumps([len(hooks), sorted(m for m in sys.modules if m.startswith('mirkit.eval'))]))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    import json
+    n_hooks, evaluation = json.loads(out.stdout.splitlines()[-1])
+    assert n_hooks == int(configured)
+    assert ("mirkit.eval.online_probe" in evaluation) == configured
+    assert bool(evaluation) == configured
 
 
 @pytest.mark.parametrize("name", [n for n in stages() if n in STAGE_PARAMS])

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import interrupted_then_resumed, timeless
 
+from mirkit.commands.pretrain import callbacks_for
 from mirkit.eval.embeddings import EmbeddingsWriter
 from mirkit.eval.probe import PROTOCOLS
 from mirkit.train import checkpoint
 from mirkit.train.live import read_curves
-from mirkit.train.loop import PretrainParams, make_recipe, open_sources, train
+from mirkit.train.loop import PretrainParams, make_recipe, open_sources
+from mirkit.train.loop import train as train_loop
 
 PROTOCOL = "linear" if "linear" in PROTOCOLS else "quick"   # the fast one, once the probe stage has it
 
@@ -39,6 +42,11 @@ def params(tmp_path, corpus, manifest, **kw):
                                                              "protocol": PROTOCOL})
     base.update(kw)
     return PretrainParams(**base)
+
+
+def train(p, **kw):
+    """The loop with the callbacks `mirkit pretrain` would pass (the online probes of ``p``)."""
+    return train_loop(p, callbacks=callbacks_for(p), **kw)
 
 
 def test_step_zero_online_probe_equals_the_probe_stage_on_the_same_random_init(tmp_path, tiny_corpus):
@@ -93,27 +101,19 @@ def test_resume_with_online_probes_is_exact_and_the_test_split_is_never_read(tmp
     assert {t["track_id"].split("#")[0] for t in appended if t["split"] == "test"} == {"good002.wav", "good003.wav"}
 
     resumed = params(tmp_path / "resumed", tiny_corpus, manifest)
-    class Stop(Exception):
-        pass
-
-    def on_step(step, row):
-        if step == 2:
-            raise Stop
-    with pytest.raises(Stop):
-        train(resumed, on_step=on_step)
-    train(resumed, resume=True)
+    interrupted_then_resumed(resumed, stop_after=2, train=train)
     again = read_curves(resumed.log)
-    assert {k: v for k, v in again.items() if "samples_per_s" not in k} == \
-           {k: v for k, v in curves.items() if "samples_per_s" not in k}
+    assert timeless(again) == timeless(curves)
 
 
 def test_online_probe_parameters_fail_early(tmp_path, tiny_corpus):
     from mirkit.params import ParamsError
     manifest = labelled_manifest(tmp_path, tiny_corpus)
     with pytest.raises(ParamsError, match="online_probe.protocol"):
-        params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": TASKS,
-                                                              "protocol": "nope"}).check()
+        callbacks_for(params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": TASKS,
+                                                              "protocol": "nope"}))
     with pytest.raises(ParamsError, match="online_probe.tasks"):
-        params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": {}}).check()
+        callbacks_for(params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": {}}))
     with pytest.raises(ParamsError, match="online_probe.evry"):
-        params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": TASKS, "evry": 3}).check()
+        callbacks_for(params(tmp_path, tiny_corpus, manifest, online_probe={"manifest": manifest, "tasks": TASKS,
+                                                                    "evry": 3}))

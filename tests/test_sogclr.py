@@ -146,6 +146,8 @@ def test_bad_indices_are_named():
 def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
     """The moving averages live in the model's buffers, so the checkpoint carries them (with the
     training heads, in the run folder's ``training/heads.safetensors``)."""
+    from train_helpers import train_until
+
     from mirkit.train import checkpoint
     from mirkit.train.loop import PretrainParams, train
 
@@ -166,15 +168,7 @@ def test_state_is_in_the_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus):
     u_full = weights(tmp_path / "full")["sogclr.u"]
     assert u_full.shape == (6,) and bool((u_full > 0).all())           # 6 tracks, all seen in 4 x 4 examples
     interrupted = params(tmp_path / "cut")
-
-    class Stop(Exception):
-        pass
-
-    def stop(step, row):
-        if step == 2:
-            raise Stop
-    with pytest.raises(Stop):
-        train(interrupted, on_step=stop)
+    train_until(interrupted, stop_after=2)
     at_2 = weights(tmp_path / "cut")["sogclr.u"]
     assert not torch.equal(at_2, u_full)
     train(interrupted, resume=True)

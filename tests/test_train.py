@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import interrupted_then_resumed, timeless, train_until
 from typer.testing import CliRunner
 
 from mirkit.cli import app
@@ -73,8 +74,7 @@ def test_training_writes_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus, r
 
     # an interrupted run: stopped right after the step-2 checkpoint, then resumed
     interrupted = make_params(tmp_path / "b", tiny_corpus, recipe)
-    _train_until(interrupted, stop_after=2)
-    resumed = train(interrupted, resume=True)
+    resumed = interrupted_then_resumed(interrupted, stop_after=2)
     assert resumed.resumed_from == 2
     weights_resumed = run_weights(interrupted.out)
     assert weights_resumed.keys() == weights_full.keys()
@@ -82,24 +82,7 @@ def test_training_writes_checkpoint_and_resume_is_exact(tmp_path, tiny_corpus, r
         torch.testing.assert_close(weights_resumed[k], weights_full[k], rtol=0, atol=0)
     curves_full, curves_resumed = read_curves(full.log), read_curves(interrupted.log)
     assert curves_resumed["train/loss"][0] == [1, 2, 3, 4]
-    assert _timeless(curves_resumed) == _timeless(curves_full)
-
-
-def _timeless(curves):
-    """Curves without the throughput (wall-clock) one."""
-    return {k: v for k, v in curves.items() if k != "train/samples_per_s"}
-
-
-class _Stop(Exception):
-    pass
-
-
-def _train_until(p, stop_after):
-    def on_step(step, row):
-        if step == stop_after:
-            raise _Stop
-    with pytest.raises(_Stop):
-        train(p, on_step=on_step)
+    assert timeless(curves_resumed) == timeless(curves_full)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_corpus, monkeypatch):
@@ -284,9 +267,9 @@ def test_validation_loss_is_held_out_deterministic_and_leaves_training_untouched
     assert info["steps"] == 5 and "val/loss" in info["curves"] and info["last_loss"] == curves["train/loss"][1][-1]
 
     resumed = make_params(tmp_path / "resumed", tiny_corpus, recipe, val_split="valid", **kw)
-    _train_until(resumed, stop_after=2)
+    train_until(resumed, stop_after=2)
     train(resumed, resume=True)
-    assert _timeless(read_curves(resumed.log)) == _timeless(curves)
+    assert timeless(read_curves(resumed.log)) == timeless(curves)
 
 
 def test_validation_split_must_be_held_out(tmp_path, tiny_corpus):
@@ -297,3 +280,63 @@ def test_validation_split_must_be_held_out(tmp_path, tiny_corpus):
     p = make_params(tmp_path, tiny_corpus, manifest=manifest, splits=["train"], val_split="valid")
     with pytest.raises(Exception, match="no track of split 'valid'"):
         train(p)
+
+
+def test_callbacks_see_every_hook_and_cannot_change_training(tmp_path, tiny_corpus, one_thread):
+    """The loop's hooks (mirkit.train.callbacks): start once, evaluation at step 0 and after every step (its
+    values logged as curves), after_step every step, at_checkpoint after each checkpoint; a run with a
+    callback trains exactly as one without, and a resumed run calls evaluate at the same steps."""
+    from mirkit.train.callbacks import Callback
+
+    class Recorder(Callback):
+        name = "recorder"
+
+        def __init__(self):
+            self.calls: list[tuple[str, int]] = []
+
+        def on_start(self, run):
+            self.calls.append(("start", run.start))
+            assert run.feature_set == "mel16k" and run.steps == 4 and hasattr(run.model, "encoder")
+
+        def evaluate(self, run, step):
+            self.calls.append(("evaluate", step))
+            assert run.config(step)["step"] == step
+            return {"extra/norm": float(sum(p.detach().abs().sum() for p in run.model.encoder.parameters()))} \
+                if step % 2 == 0 else {}
+
+        def after_step(self, run, step, row):
+            self.calls.append(("after_step", step))
+
+        def at_checkpoint(self, run, step):
+            self.calls.append(("checkpoint", step))
+            assert (Path(run.out) / f"step-{step:06d}").is_dir()
+
+    plain = make_params(tmp_path / "plain", tiny_corpus)
+    train(plain)
+    rec = Recorder()
+    hooked = make_params(tmp_path / "hooked", tiny_corpus)
+    result = train(hooked, callbacks=[rec])
+    assert rec.calls[:2] == [("start", 0), ("evaluate", 0)]
+    assert [c for c in rec.calls if c[0] == "evaluate"] == [("evaluate", s) for s in range(5)]
+    assert [c for c in rec.calls if c[0] == "after_step"] == [("after_step", s) for s in range(1, 5)]
+    assert [c for c in rec.calls if c[0] == "checkpoint"] == [("checkpoint", 2), ("checkpoint", 4)]
+    assert rec.calls.index(("checkpoint", 2)) < rec.calls.index(("after_step", 2))
+    assert read_curves(hooked.log)["extra/norm"][0] == [0, 2, 4]
+    assert set(result.callback_seconds) == {"recorder"}
+    a, b = run_weights(plain.out), run_weights(hooked.out)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+    again = Recorder()
+    cut = make_params(tmp_path / "cut", tiny_corpus)
+    train_until(cut, stop_after=2)
+    train(cut, resume=True, callbacks=[again])
+    assert again.calls[0] == ("start", 2)
+    assert [c for c in again.calls if c[0] == "evaluate"] == [("evaluate", 3), ("evaluate", 4)]
+
+
+def test_pretrain_command_rejects_a_bad_online_probe_before_any_work(tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", "--params", "none", "--set", f"out={tmp_path / 'run'}",
+                                      "--set", "online_probe:={tasks: {k: {type: key, label: key}}, protocol: nope}"])
+    assert result.exit_code == 2 and "pretrain.online_probe.protocol='nope'" in result.output, result.output
+    assert not (tmp_path / "run").exists()

@@ -1,13 +1,28 @@
-"""``mirkit pretrain``: self-supervised pretraining with one of the registered recipes."""
+"""``mirkit pretrain``: self-supervised pretraining with one of the registered recipes.
+
+The training loop (:mod:`mirkit.train.loop`) knows no probe: when ``pretrain.online_probe`` is set,
+this command builds the online-probe callback (:mod:`mirkit.eval.online_probe`) and passes it in.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mirkit import params as P
 from mirkit.ui import console, overrides, print_params, progress, table
+
+if TYPE_CHECKING:
+    from mirkit.train.callbacks import Callback
+    from mirkit.train.loop import PretrainParams
+
+#: modules this command imports only when a params key is set (non-empty). tests/test_dvc.py's import
+#: walker reads this table: dvc.yaml lists them (and what they import) as code deps of the pretrain stage
+#: exactly when params.yaml sets the key, and a test checks that the import really happens only then.
+IMPORTED_WHEN = {"pretrain.online_probe": ("mirkit.eval.online_probe",)}
 
 HELP = """Pretrain an encoder on the feature store with a recipe: myna (masked contrastive SimpleViT),
 contrastive (ViT-1D, Emergent properties), mt2 (two class tokens: CPSD + NT-Xent) or muse-lq
@@ -39,11 +54,12 @@ def register(app: typer.Typer) -> None:
         ov.update({k: v for k, v in {"recipe": recipe, "preset": preset}.items() if v is not None})
         p = P.load(PretrainParams, "pretrain", params, ov)
         r = make_recipe(p)
+        hooks = callbacks_for(p)          # validates pretrain.online_probe before any work
         print_params("pretrain", p)
         console.print(f"[dim]{r.name} recipe parameters: {r.params_dict()}[/dim]")
         with progress() as bar:
             task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")
-            result = train(p, resume=resume, on_step=lambda s, row: bar.update(
+            result = train(p, resume=resume, callbacks=hooks, on_step=lambda s, row: bar.update(
                 task, completed=s, info=step_info(row)))
         first = next((r["loss"] for r in result.history if "loss" in r), float("nan"))
         val = [r["val/loss"] for r in result.history if "val/loss" in r]
@@ -54,10 +70,19 @@ def register(app: typer.Typer) -> None:
             *([(f"held-out loss ({p.val_split}, first -> last)", f"{val[0]:.4f} -> {val[-1]:.4f}")] if val else []),
             ("throughput", f"{result.samples_per_s:.1f} samples/s"),
             ("time", f"{result.seconds:.1f} s" + (f" (evaluating {result.eval_seconds:.1f} s, of which online probes "
-                                                  f"{result.probe_seconds:.1f} s)" if result.eval_seconds else "")),
+                                                  f"{result.callback_seconds.get('online probes', 0.0):.1f} s)" if result.eval_seconds else "")),
             ("model folder", f"{result.out} (current step: {result.out}/step-{result.steps:06d}/model)"),
             ("curves / summary", f"{p.log} (dvclive) / {p.summary}"),
         ]))
+
+
+def callbacks_for(p: PretrainParams) -> Sequence[Callback]:
+    """The loop's callbacks for ``p``: the online probes when ``pretrain.online_probe`` is set (validated
+    here, raising ``ParamsError``). Evaluation code is imported only then (see ``IMPORTED_WHEN``)."""
+    if not p.online_probe:
+        return []
+    from mirkit.eval.online_probe import OnlineProbe
+    return [OnlineProbe.from_params(p.online_probe)]
 
 
 def step_info(row: dict) -> str:

@@ -13,8 +13,13 @@ carries the valid clips a second time under that name. The logged number is the 
 ``valid_<metric>`` where it reports one (track-level tasks), else the chosen probe's metric on that
 valid copy (frame-level tasks); nothing is selected on it.
 
+The probes reach the training loop as a callback (:class:`OnlineProbe`, a
+:class:`mirkit.train.callbacks.Callback`) that ``mirkit pretrain`` builds when
+``pretrain.online_probe`` is set; :mod:`mirkit.train` itself imports nothing from :mod:`mirkit.eval`.
+
 Cost: one embedding pass over the labelled clips plus one probe per task; the training loop counts
-it in ``TrainResult.eval_seconds``, outside throughput. Under DDP only rank 0 probes. The
+it in ``TrainResult.eval_seconds`` (and ``callback_seconds["online probes"]``), outside throughput.
+Under DDP only rank 0 probes. The
 training model, its RNG stream and its BatchNorm statistics are untouched (the encoder is copied,
 the probe seeds its own generators inside a forked RNG), so a resumed run logs the same numbers.
 """
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from mirkit.params import ParamsError, param
+from mirkit.train.callbacks import Callback, RunInfo
 
 if TYPE_CHECKING:
     from mirkit.models.base import Encoder
@@ -145,6 +151,34 @@ class OnlineProbes:
         finally:
             _forget(store.url)
         return values
+
+
+class OnlineProbe(Callback):
+    """The online probes as a training callback: loads the labelled clips at the start (rank 0 only)
+    and probes the current encoder at step 0, every ``every`` steps and at the last step."""
+
+    name = "online probes"
+
+    def __init__(self, p: OnlineProbeParams):
+        self.p = p
+        self.probes: OnlineProbes | None = None
+
+    @classmethod
+    def from_params(cls, raw: dict) -> OnlineProbe:
+        """The callback for section ``pretrain.online_probe`` (validated here: raises ``ParamsError``)."""
+        p = resolve_params(raw)
+        if p is None:
+            raise ParamsError("pretrain.online_probe is empty: no online probe to run")
+        return cls(p)
+
+    def on_start(self, run: RunInfo) -> None:
+        if run.rank == 0:
+            self.probes = OnlineProbes(self.p, run.features, run.feature_set, run.steps, run.device)
+
+    def evaluate(self, run: RunInfo, step: int) -> dict[str, float]:
+        if self.probes is None or not self.probes.due(step):
+            return {}
+        return self.probes(cast("Encoder", run.model.encoder), run.config(step))
 
 
 def _forget(url: str) -> None:

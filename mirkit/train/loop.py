@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -31,11 +31,11 @@ from mirkit.data import store
 from mirkit.data.manifest import read_manifest
 from mirkit.device import DEVICES, pick
 from mirkit.errors import MirkitError
-from mirkit.eval import online_probe
 from mirkit.files import write_json
 from mirkit.params import ParamsError, param, resolve
 from mirkit.recipes.base import Example, Recipe, Sources
 from mirkit.train import checkpoint
+from mirkit.train.callbacks import Callback, OnStep, RunInfo
 from mirkit.train.live import TrainLog, grouped
 
 
@@ -84,7 +84,8 @@ class PretrainParams:
     device: str = param("auto", choices=DEVICES)
     precision: str = param("auto", choices=("auto", "bf16", "fp32"), help="auto = bf16 on CUDA, fp32 on CPU")
     online_probe: dict = param({}, help="online probes: {manifest, tasks, every, protocol, ...} "
-                                       "(mirkit.eval.online_probe); empty = none")
+                                       "(mirkit.eval.online_probe); empty = none. Read by the pretrain "
+                                       "command, which passes them to the loop as a callback")
     log_every: int = param(10, ge=1)
     checkpoint_every: int = param(100, ge=1)
 
@@ -96,7 +97,6 @@ class PretrainParams:
         if self.val_split is not None and self.val_split in self.splits:
             raise ParamsError(f"pretrain.val_split={self.val_split!r} is also in pretrain.splits={self.splits}: "
                               "the validation loss must be measured on tracks the model does not train on")
-        online_probe.resolve_params(self.online_probe)
         if self.val_split is not None and not self.manifest:
             raise ParamsError(f"pretrain.val_split={self.val_split!r} needs pretrain.manifest (which names the splits)")
 
@@ -320,13 +320,16 @@ class TrainResult:
     out: str
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    eval_seconds: float = 0.0          # validation loss and online probes (inside ``seconds``)
-    probe_seconds: float = 0.0         # online probes alone (inside ``eval_seconds``)
+    eval_seconds: float = 0.0          # validation loss and callbacks' evaluations (inside ``seconds``)
+    callback_seconds: dict[str, float] = field(default_factory=dict)   # per callback name (inside ``eval_seconds``)
 
 
 def train(p: PretrainParams, resume: bool = False,
-          on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Pretrain ``p.recipe`` on the feature store; returns the final numbers."""
+          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Pretrain ``p.recipe`` on the feature store; returns the final numbers. ``callbacks``
+    (:mod:`mirkit.train.callbacks`) take part in the run, e.g. online probes; ``on_step(step, row)``
+    is a shorthand for a callback called after every logged step."""
     info = init_distributed(p.device)
     if p.batch_size % info.world:
         raise ParamsError(f"pretrain.batch_size={p.batch_size}: must be divisible by the {info.world} DDP processes")
@@ -369,22 +372,24 @@ def train(p: PretrainParams, resume: bool = False,
     config = checkpoint.make_config(recipe, sources.features.spec, start, _plain(p))
     validation = Validation(p, recipe, sources, info, device) if p.val_split else None
     log = TrainLog(p.log, start) if info.main else None
-    probe_params = online_probe.resolve_params(p.online_probe)
-    probes = (online_probe.OnlineProbes(probe_params, p.features, recipe.feature_set, p.steps, device)
-              if probe_params and info.main else None)
-
-    probe_seconds = [0.0]
+    hooks = [*callbacks, *([OnStep(on_step)] if on_step else [])]
+    run = RunInfo(model=model, device=device, rank=info.rank, world=info.world, steps=p.steps, start=start,
+                  features=p.features, feature_set=recipe.feature_set, out=p.out,
+                  config=lambda s: checkpoint.make_config(recipe, sources.features.spec, s, _plain(p)))
+    for hook in hooks:
+        hook.on_start(run)
+    callback_seconds = {hook.name: 0.0 for hook in hooks}
 
     def evaluate(done: int) -> dict[str, float]:
-        """Validation loss and online probes at their steps (dvclive names); step 0 is the untrained
-        baseline. Online probes run on rank 0 only (no collective inside)."""
+        """Validation loss and the callbacks' values at their steps (dvclive names); step 0 is the
+        untrained baseline."""
         values: dict[str, float] = {}
         if validation is not None and (done % p.val_every == 0 or done == p.steps):
             values.update(grouped("val", validation(model, bf16)))
-        if probes is not None and probes.due(done):
+        for hook in hooks:
             t = time.perf_counter()
-            values.update(probes(model.encoder, checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))))
-            probe_seconds[0] += time.perf_counter() - t
+            values.update(hook.evaluate(run, done))
+            callback_seconds[hook.name] += time.perf_counter() - t
         return values
 
     history: list[dict[str, float]] = []
@@ -442,14 +447,16 @@ def train(p: PretrainParams, resume: bool = False,
         if info.main and (done % p.checkpoint_every == 0 or done == p.steps):
             config = checkpoint.make_config(recipe, sources.features.spec, done, _plain(p))
             checkpoint.save(p.out, model, config, {"optimizer": optimizer.state_dict()})
-        if on_step and last.get("step") == done:
-            on_step(done, last)
+            for hook in hooks:
+                hook.at_checkpoint(run, done)
+        for hook in hooks:
+            hook.after_step(run, done, last)
     seconds = time.perf_counter() - t0
     train_rows = [r for r in history if "loss" in r]
     result = TrainResult(steps=p.steps, final_loss=last.get("loss", float("nan")), seconds=seconds,
                          samples_per_s=seen / max(seconds - eval_seconds, 1e-9), n_params=n_params, out=p.out,
                          resumed_from=start, history=history, eval_seconds=eval_seconds,
-                         probe_seconds=probe_seconds[0])
+                         callback_seconds=callback_seconds)
     if info.main:
         write_json(p.summary, {"recipe": recipe.name, "preset": recipe.params.preset, "steps": p.steps,
                                "final_loss": result.final_loss, "n_params": n_params,
