@@ -8,13 +8,13 @@ import ast
 import dataclasses
 import importlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repository, repo_env
 
 from mirkit.cli import STAGE_PARAMS
 from mirkit.params import RUNTIME_ONLY
@@ -201,16 +201,9 @@ def test_dvc_status_sees_code_and_results_params_but_not_runtime_ones(tmp_path):
     """A scratch copy with stand-in outputs committed by `dvc commit`: then each kind of edit is checked."""
     if not (BIN / "dvc").exists():
         pytest.skip("dvc is not installed beside this python")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files + ["dvc.yaml", "params.yaml"]:
-        if (ROOT / rel).is_file() and not rel.startswith(("tests/", "bench/", "docs/")):
-            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, tmp_path / rel)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    (tmp_path / "dvc.lock").unlink(missing_ok=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    env = repo_env()
+    copy_repository(tmp_path, env, skip=("tests/", "bench/", "docs/"),
+                    before_commit=lambda dst: (dst / "dvc.lock").unlink(missing_ok=True))
     for stage in yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"].values():
         stage = stage.get("do", stage)
         for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []) + stage.get("deps", []):
@@ -230,7 +223,7 @@ def test_dvc_status_sees_code_and_results_params_but_not_runtime_ones(tmp_path):
     assert "up to date" in _dvc(["status"], tmp_path, env).stdout.lower()
 
     def changed(edit) -> set[str]:
-        before = {p: p.read_text() for p in (tmp_path / "params.yaml", tmp_path / "mirkit" / "store.py")}
+        before = {p: p.read_text() for p in (tmp_path / "params.yaml", tmp_path / "mirkit" / "data" / "store.py")}
         edit()
         out = _dvc(["status", "--json"], tmp_path, env)
         for p, text in before.items():
@@ -251,7 +244,7 @@ def test_dvc_status_sees_code_and_results_params_but_not_runtime_ones(tmp_path):
         assert changed(set_param(section, key, value)) == set(), f"{section}.{key} is runtime-only"
     assert changed(set_param("pretrain", "lr", 0.001)) == {"pretrain"}
     assert changed(set_param("probe", "seed", 3)) == {"probe"}
-    store = tmp_path / "mirkit" / "store.py"
+    store = tmp_path / "mirkit" / "data" / "store.py"
     assert changed(lambda: store.write_text(store.read_text() + "\n# edited\n")) >= {"mels", "tokens", "pretrain", "extract"}
 
 

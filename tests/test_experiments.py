@@ -2,14 +2,13 @@
 lists the online-probe metric of both and `dvc plots diff` draws both curves (issue 15, done-when)."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repository, repo_env
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -21,23 +20,20 @@ def _run(args, cwd, env, timeout=900):
 
 
 def _scratch_repo(tmp_path: Path, env: dict) -> dict:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, tmp_path / rel)
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["synth"].update(n_clips=30, min_seconds=4.0, max_seconds=5.0)
-    pre = params["pretrain"]
-    pre.update(recipe="myna", preset="myna-tiny", steps=4, batch_size=8, warmup_steps=1, log_every=2, val_every=2,
-               val_batches=1, checkpoint_every=4, num_workers=0)
-    pre["recipe_params"]["myna"]["crop_frames"] = 32
-    pre["online_probe"] = {"manifest": "data/samples/manifest.csv", "every": 2,
-                           "tasks": {"timbre": {"type": "multiclass", "label": "timbre"}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
+    params: dict = {}
+
+    def tiny_params(dst: Path) -> None:
+        params.update(yaml.safe_load((dst / "params.yaml").read_text()))
+        params["synth"].update(n_clips=30, min_seconds=4.0, max_seconds=5.0)
+        pre = params["pretrain"]
+        pre.update(recipe="myna", preset="myna-tiny", steps=4, batch_size=8, warmup_steps=1, log_every=2,
+                   val_every=2, val_batches=1, checkpoint_every=4, num_workers=0)
+        pre["recipe_params"]["myna"]["crop_frames"] = 32
+        pre["online_probe"] = {"manifest": "data/samples/manifest.csv", "every": 2,
+                               "tasks": {"timbre": {"type": "multiclass", "label": "timbre"}}}
+        (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    copy_repository(tmp_path, env, before_commit=tiny_params)
     return params
 
 
@@ -45,9 +41,7 @@ def _scratch_repo(tmp_path: Path, env: dict) -> dict:
 def test_two_experiments_show_their_online_probe_metric_and_curves(tmp_path):
     if not (BIN / "dvc").exists():
         pytest.skip("dvc is not installed beside this python")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    env = repo_env(OMP_NUM_THREADS="1", PYTHONPATH=str(tmp_path))
     _scratch_repo(tmp_path, env)
     names = {}
     for steps in (4, 6):

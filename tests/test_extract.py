@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import zarr
+from audio_fixtures import tone
 from cli_runner import invoke as run_cli
 
 from mirkit.data.features import PRESETS
@@ -39,10 +40,7 @@ def make_checkpoint(out: Path, recipe: str = "myna", preset: str = "myna-tiny", 
 
 
 def tone_clip(seconds: float, f0: float, sr: int = SR, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    wave = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.2 * np.sin(2 * np.pi * 2.5 * f0 * t) * (np.sin(2 * np.pi * 1.5 * t) > 0)
-    return (wave + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    return tone(seconds, sr, f0, seed=seed, overtone=2.5).astype(np.float32)
 
 
 def write_dataset(root: Path, specs: list[tuple[str, float, float]], offsets: dict[str, tuple[float, float]] | None = None,

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 from typer.testing import CliRunner
 
-from mirkit.cli import app
+from mirkit.cli import STAGE_PARAMS, app
 from mirkit.params import ParamsError, load, param, parse_override, resolve
 
 
@@ -66,18 +66,29 @@ def test_cli_names_an_unknown_feature_set(tmp_path):
     assert result.exit_code == 2 and "mel99k" in result.output and "mel16k" in result.output
 
 
-def test_every_stage_reads_the_shipped_params_file():
-    """params.yaml must validate against every stage's dataclass (a typo there breaks `dvc repro`)."""
+@pytest.mark.parametrize("stage", sorted(STAGE_PARAMS))
+def test_every_stage_reads_the_shipped_params_file(stage):
+    """params.yaml must validate against every stage's dataclass (a typo there breaks `dvc repro`), including
+    what a stage's command validates beyond it (each recipe of pretrain.recipe_params, the online probes)."""
     import importlib
     from pathlib import Path
     root = Path(__file__).parent.parent / "params.yaml"
-    for module, cls, section in [("mirkit.data.mels", "MelsParams", "mels"), ("mirkit.data.tokens", "TokensParams", "tokens"),
-                                 ("mirkit.train.loop", "PretrainParams", "pretrain")]:
-        load(getattr(importlib.import_module(module), cls), section, root)
-    from mirkit.train.loop import PretrainParams, make_recipe
-    p = load(PretrainParams, "pretrain", root)
-    for recipe in p.recipe_params:
-        make_recipe(load(PretrainParams, "pretrain", root, {"recipe": recipe}))
+    module, cls, section = STAGE_PARAMS[stage]
+    p = load(getattr(importlib.import_module(module), cls), section, root)
+    if stage == "pretrain":
+        from mirkit.commands.pretrain import callbacks_for
+        from mirkit.train.loop import make_recipe
+        assert callbacks_for(p), "the shipped params configure online probes"
+        for recipe in p.recipe_params:
+            make_recipe(load(type(p), "pretrain", root, {"recipe": recipe}))
+
+
+def test_every_stage_has_a_params_section():
+    from pathlib import Path
+
+    import yaml
+    shipped = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
+    assert set(STAGE_PARAMS) <= set(shipped), set(STAGE_PARAMS) - set(shipped)
 
 
 @dataclass
@@ -132,12 +143,11 @@ def test_threads_is_runtime_only_in_every_section(tmp_path, one_thread):
         load(Demo, "demo", path, {"threads": 0})
 
 
-@pytest.mark.parametrize("stage", ["synth", "mels", "tokens", "pretrain", "extract", "probe"])
+@pytest.mark.parametrize("stage", sorted(STAGE_PARAMS))
 def test_stage_help_lists_every_key_with_its_help(stage):
     import dataclasses
     import importlib
 
-    from mirkit.cli import STAGE_PARAMS
     module, cls, section = STAGE_PARAMS[stage]
     result = CliRunner().invoke(app, [stage, "--help"], env={"COLUMNS": "200"})
     text = " ".join(result.output.split())

@@ -3,7 +3,6 @@ experiment compared with `dvc exp show`, `dvc metrics diff` and `dvc plots diff`
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_copy import copy_repository, repo_env
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
@@ -49,16 +49,9 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
 def test_dvc_repro_runs_the_whole_pipeline_and_then_only_what_changed(tmp_path):
     if not (BIN / "dvc").exists():
         pytest.skip("dvc is not installed beside this python")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files + ["dvc.yaml", "params.yaml"]:
-        if (ROOT / rel).is_file():
-            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, tmp_path / rel)
+    env = repo_env()
+    copy_repository(tmp_path, env)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=tmp_path, env=env, check=True)
     dvc = str(BIN / "dvc")
 
     first = _run([dvc, "repro"], tmp_path, env)
