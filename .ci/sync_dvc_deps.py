@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the tests' helper modules (as conftest.py does)
 from tests.test_dvc import commands, covered, stage_code, stages  # noqa: E402
 
 
