@@ -1,4 +1,4 @@
-"""Scale-out by shards (design.md section 4): ``mels --shard i/n`` and reading a shard folder as one store."""
+"""Scale-out by shards (docs/architecture.md, "Scale-out"): ``mels --shard i/n`` and reading a shard folder as one store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Manifests: the one way to name a dataset (design.md section 2).
+"""Manifests: the one way to name a dataset (docs/architecture.md, "Data contracts").
 
 A CSV with ``path`` (relative to the manifest), optional ``split``, ``offset``/``duration``
 (seconds, for clips cut from longer files), an optional ``track_id`` and any label columns.

@@ -5,7 +5,7 @@ are appended; a feature set whose parameters changed is replaced (never mixed). 
 reported (file + reason) and skipped; the rest is processed. Work is committed in blocks, so a
 kill at any moment loses at most the uncommitted block and nothing already written.
 
-Scale-out (design.md section 4): ``shard: i/n`` keeps only the tracks with ``sha1(track_id) mod n == i``
+Scale-out (docs/architecture.md, "Scale-out"): ``shard: i/n`` keeps only the tracks with ``sha1(track_id) mod n == i``
 and writes them to the shard store ``<store>/shard-i-of-n.zarr``, with failures and summary files of
 their own (``<name>.shard-i-of-n.<ext>``). Any scheduler runs the n shards; readers
 (:func:`mirkit.data.store.open_set`) see the folder as one store.

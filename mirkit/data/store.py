@@ -26,7 +26,7 @@ Readers verify what they open (:meth:`FrameSet._verify_index`): the index agains
 shapes, start offsets, and that every chunk holding committed rows exists (a deleted chunk would
 otherwise read as the fill value, zeros). :func:`scan_set` decodes everything (``mirkit verify``).
 
-Scale-out (design.md section 4): a folder holding the shard stores ``shard-<i>-of-<n>.zarr`` (and no
+Scale-out (docs/architecture.md, "Scale-out"): a folder holding the shard stores ``shard-<i>-of-<n>.zarr`` (and no
 set of its own) reads as one store: :func:`open_set` returns a :class:`ShardedSet` that concatenates
 the shards in shard order. :func:`shard_of` decides which shard a track belongs to.
 """

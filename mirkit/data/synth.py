@@ -15,7 +15,7 @@ wavetables, one ``irfft`` per note). Each clip has its own ``numpy.random.Genera
 ``(seed, clip index)``, so clip *i* does not depend on how many clips are generated and the same
 seed gives byte-identical files.
 
-Output layout (design.md section 2)::
+Output layout (a manifest as in docs/architecture.md, "Data contracts")::
 
     out_dir/manifest.csv            path,split,key,tempo,timbre,seconds,beats,chords
     out_dir/clip_0000.wav           mono 16-bit PCM

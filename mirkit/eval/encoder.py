@@ -5,7 +5,7 @@ One code path (:meth:`FrozenEncoder.embed_tracks`) serves the ``extract`` stage
 (:mod:`mirkit.eval.extract`), the Python API (:mod:`mirkit.api`), ``mirkit inspect`` and the online
 probes (:mod:`mirkit.eval.online_probe`), so all of them give the same numbers for the same features.
 
-Chunking rule (design.md: "per chunk, optionally per frame"; the chunk length is the recipe's
+Chunking rule (docs/architecture.md, embeddings store: "per chunk, optionally per frame"; the chunk length is the recipe's
 training crop, ``crop_frames``, as in the Deezer papers' and Myna's evaluation):
 
 * a track of ``n`` input frames is cut into ``n // W`` non-overlapping windows of ``W`` frames;
