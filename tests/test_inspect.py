@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_fixtures import tone
 from cli_runner import invoke as run_cli
 from matplotlib.image import imread
 from test_extract import make_checkpoint
@@ -39,10 +40,6 @@ def clicks(seconds: float, sr: int, period: float = 0.27, seed: int = 0) -> np.n
         burst = rng.standard_normal(200) * np.exp(-np.arange(200) / 40)
         wave[i: i + 200] += burst[: len(wave) - i]
     return wave.astype(np.float32)
-
-
-def tone(seconds: float, sr: int, f0: float = 440.0) -> np.ndarray:
-    return (0.3 * np.sin(2 * np.pi * f0 * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
 
 
 def melody(seconds_per_note: float, n_notes: int, sr: int, seed: int = 0) -> np.ndarray:
@@ -96,7 +93,7 @@ def test_onset_correlation_is_higher_for_clicks_than_for_a_tone(vit):
     frozen, front = vit
     sr = frozen.spec.sample_rate
     r = {}
-    for name, wave in (("clicks", clicks(4.2, sr)), ("tone", tone(4.2, sr))):
+    for name, wave in (("clicks", clicks(4.2, sr)), ("tone", tone(4.2, sr, 440.0, noise=0).astype(np.float32))):
         analysis = analyse(frozen, features_of_wave(frozen, wave, front))
         r[name] = [la.r_ssm_novelty for la in analysis.layers]
     assert all(v is not None for v in r["clicks"] + r["tone"])
