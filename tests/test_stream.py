@@ -132,7 +132,8 @@ def test_in_memory_refuses_a_set_larger_than_ram_and_advises_streaming(corpus, m
 
 
 def test_training_streams_and_resumes_exactly(tmp_path, corpus, one_thread):
-    from test_train import _train_until, run_weights
+    from test_train import run_weights
+    from train_helpers import interrupted_then_resumed
 
     from mirkit.train.loop import train
     common = dict(recipe="myna", recipe_params={"myna": {"preset": "myna-tiny", "crop_frames": 32, "mask_ratio": 0.5}},
@@ -142,8 +143,7 @@ def test_training_streams_and_resumes_exactly(tmp_path, corpus, one_thread):
     whole = PretrainParams(**common, out=str(tmp_path / "a"), log=str(tmp_path / "la"), summary=str(tmp_path / "a.json"))
     train(whole)
     part = PretrainParams(**common, out=str(tmp_path / "b"), log=str(tmp_path / "lb"), summary=str(tmp_path / "b.json"))
-    _train_until(part, stop_after=2)     # interrupted right after the step-2 checkpoint
-    assert train(part, resume=True).resumed_from == 2
+    assert interrupted_then_resumed(part, stop_after=2).resumed_from == 2   # cut right after the step-2 checkpoint
     a, b = run_weights(whole.out), run_weights(part.out)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
