@@ -39,6 +39,18 @@ def layer_url(url: str, layer: int) -> str:
     return str(url) if layer == -1 else f"{str(url).rstrip('/')}/layer_{layer}"
 
 
+def drop_layers(url: str) -> None:
+    """Remove the layer stores of a layered store (when the store is re-extracted with one layer)."""
+    import zarr
+    try:
+        group = zarr.open_group(store=str(url), mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        return
+    for name in list(group.group_keys()):
+        if LAYER_GROUP.match(name):
+            del group[name]
+
+
 def open_layers(url: str) -> dict[int, Embeddings]:
     """``{layer: store}`` of a layered store, or ``{layer: store}`` with one entry for a plain store."""
     main = Embeddings(url)

@@ -89,6 +89,7 @@ class TrainSettings:
     device: str = "cpu"
     eval_rows: int = 8192        # rows per matrix product when evaluating
     stack: int = 0               # most configurations trained together (0 = a whole (batch, hidden) group)
+    linear_tol: float = 1e-4     # the linear protocol's gradient tolerance (scikit-learn's default tol)
 
 
 @dataclass
@@ -466,7 +467,7 @@ def _fit(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
          val_score: Callable[[torch.Tensor], np.ndarray], protocol: Protocol, settings: TrainSettings,
          on_progress: Progress | None, frame: bool = False) -> Fitted:
     if protocol.grid is None:
-        return fit_linear_task(task, x, y, val_x, val_score, x.device)
+        return fit_linear_task(task, x, y, val_x, val_score, x.device, tol=settings.linear_tol)
     if frame:   # frame tasks: the quick configuration (an MLP with options.hidden), batch 256
         configs = [(0, replace(QUICK, hidden=int(task.spec.options.get("hidden", 0)), batch_size=256))]
     else:
