@@ -51,7 +51,7 @@ import torch
 
 from mirkit.eval.bootstrap import UnitScores, seed_summary
 from mirkit.eval.embeddings import Embeddings
-from mirkit.eval.linear_probe import LAMBDAS, choose, fit_linear, one_hot
+from mirkit.eval.linear_probe import LAMBDAS, LinearFit, choose, fit_linear_layers, one_hot
 from mirkit.eval.protocols import (
     DEFAULT_FUSION,
     QUICK,
@@ -437,17 +437,34 @@ def fit_linear_task(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.T
                     val_score: Callable[[torch.Tensor], np.ndarray], device: torch.device,
                     lambdas: tuple[float, ...] = LAMBDAS, tol: float = 1e-4) -> Fitted:
     """The ``linear`` protocol: every strength fitted at once, the one best on ``val_score`` kept."""
+    return fit_linear_layers_task(task, [x], y, [val_x], [val_score], device, lambdas, tol)[0]
+
+
+def fit_linear_layers_task(task: Task, xs: Sequence[torch.Tensor], y: torch.Tensor, val_xs: Sequence[torch.Tensor],
+                           val_scores: Sequence[Callable[[torch.Tensor], np.ndarray]], device: torch.device,
+                           lambdas: tuple[float, ...] = LAMBDAS, tol: float = 1e-4) -> list[Fitted]:
+    """The ``linear`` protocol on several layers' rows of the same tracks, solved together
+    (``fit_linear_layers``); each layer's strength chosen on its own validation outputs."""
     kind, targets, rows = _linear_targets(task, y)
     if rows is not None:
-        x, targets = x[rows], targets[rows]
-    fit = fit_linear(x, targets, kind, lambdas, device=device, tol=tol)
-    scores = np.nan_to_num(np.asarray(val_score(fit.outputs(val_x).float()), dtype=np.float64), nan=-np.inf)
-    best = choose(scores)
-    chosen = fit.take(best)
-    details = {"protocol": "linear", "solver": kind, "lambda": float(fit.lambdas[best]),
-               "valid_by_lambda": {f"{v:g}": float(s) for v, s in zip(fit.lambdas, scores, strict=True)},
-               "iterations": fit.iterations, "converged": bool(fit.converged.all())}
-    return Fitted(lambda rows_x: chosen.outputs(rows_x)[0].float(), float(scores[best]), details)
+        xs, targets = [x[rows] for x in xs], targets[rows]
+    fits = fit_linear_layers(xs, targets, kind, lambdas, device=device, tol=tol)
+    out = []
+    for fit, val_x, val_score in zip(fits, val_xs, val_scores, strict=True):
+        scores = np.nan_to_num(np.asarray(val_score(fit.outputs(val_x).float()), dtype=np.float64), nan=-np.inf)
+        best = choose(scores)
+        chosen = fit.take(best)
+        details = {"protocol": "linear", "solver": kind, "lambda": float(fit.lambdas[best]),
+                   "valid_by_lambda": {f"{v:g}": float(s) for v, s in zip(fit.lambdas, scores, strict=True)},
+                   "iterations": fit.iterations, "converged": bool(fit.converged.all())}
+        out.append(Fitted(_first_outputs(chosen), float(scores[best]), details))
+    return out
+
+
+def _first_outputs(fit: LinearFit) -> Callable[[torch.Tensor], torch.Tensor]:
+    def outputs(x: torch.Tensor) -> torch.Tensor:
+        return fit.outputs(x)[0].float()
+    return outputs
 
 
 def fit_grid(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, settings: TrainSettings,
@@ -633,7 +650,18 @@ def evaluate_track_task(store: Embeddings | Mapping[int, Embeddings], task: Task
         result.details["fusion"] = fusion
         return result
     fitted = {}
+    if setup.protocol.grid is None and len(stores) > 1:   # the linear protocol: all layers in one solve
+        all_rows = {layer: track_rows(s, ts, fusion, device) for layer, s in stores.items()}
+        g_tr = next(iter(all_rows.values()))[splits.fit][1]
+        y_rows = torch.as_tensor(ts.y[splits.fit], device=device)[g_tr]
+        fits = fit_linear_layers_task(task, [r[splits.fit][0] for r in all_rows.values()], y_rows,
+                                      [r[splits.choose][0] for r in all_rows.values()],
+                                      [_track_val_score(ts, r) for r in all_rows.values()], device,
+                                      tol=settings.linear_tol)
+        fitted = {layer: (r, f) for (layer, r), f in zip(all_rows.items(), fits, strict=True)}
     for k, (layer, s) in enumerate(stores.items()):
+        if layer in fitted:
+            continue
         rows = track_rows(s, ts, fusion, device)
         report = _offset_progress(on_progress, k * setup.protocol.n_configs())
         fitted[layer] = (rows, fit_track(ts, rows, setup.protocol, settings, report))
@@ -682,26 +710,49 @@ def _frame_stack(task: FrameTask, tracks: list[dict], frames: list[tuple[np.ndar
     return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
 
 
+def frame_rows(store: Embeddings, ts: TrackSet) -> FrameRows:
+    """Per split, each track's frame embeddings and times."""
+    if not store.has_frames:
+        raise TaskDataError(f"task {ts.task.name}: {store.url} has no per-frame embeddings "
+                            "(extract with frames enabled)")
+    store.load_frames()
+    return {s: [store.frames(i) for i in idx] for s, idx in ts.index.items()}
+
+
+def _frame_val_score(task: FrameTask, val_y: torch.Tensor) -> Callable[[torch.Tensor], np.ndarray]:
+    def val_score(outputs: torch.Tensor) -> np.ndarray:
+        return -task.losses(outputs.float(), val_y).cpu().numpy()
+    return val_score
+
+
 def fit_frame(store: Embeddings, ts: TrackSet, protocol: Protocol, settings: TrainSettings,
               on_progress: Progress | None = None) -> tuple[FrameRows, Fitted]:
     """Per-frame probe chosen on the choose split's frame loss (vectorised; no mir_eval while fitting)."""
+    return fit_frame_layers([store], ts, protocol, settings, on_progress)[0]
+
+
+def fit_frame_layers(stores: Sequence[Embeddings], ts: TrackSet, protocol: Protocol, settings: TrainSettings,
+                     on_progress: Progress | None = None) -> list[tuple[FrameRows, Fitted]]:
+    """:func:`fit_frame` for each store (layer); the linear protocol solves the layers together."""
     task = ts.task
     assert isinstance(task, FrameTask)
-    if not store.has_frames:
-        raise TaskDataError(f"task {task.name}: {store.url} has no per-frame embeddings "
-                            "(extract with frames enabled)")
     device = torch.device(settings.device)
-    store.load_frames()
-    frames = {s: [store.frames(i) for i in idx] for s, idx in ts.index.items()}
-    x_tr, y_tr = _frame_stack(task, ts.tracks[ts.splits.fit], frames[ts.splits.fit], device)
-    val_x, val_y = _frame_stack(task, ts.tracks[ts.splits.choose], frames[ts.splits.choose], device)
-
-    def val_score(outputs: torch.Tensor) -> np.ndarray:
-        return -task.losses(outputs.float(), val_y).cpu().numpy()
-
-    chosen = _fit(task, x_tr, y_tr, val_x, val_score, protocol, settings, on_progress, frame=True)
-    chosen.details["frames"] = {ts.splits.fit: int(len(x_tr)), ts.splits.choose: int(len(val_x))}
-    return frames, chosen
+    frames = [frame_rows(store, ts) for store in stores]
+    fit, choose_on = ts.splits.fit, ts.splits.choose
+    x_tr, y_tr = _frame_stack(task, ts.tracks[fit], frames[0][fit], device)
+    val_x, val_y = _frame_stack(task, ts.tracks[choose_on], frames[0][choose_on], device)
+    xs = [x_tr] + [torch.as_tensor(np.concatenate([f for f, _ in fr[fit]]), device=device) for fr in frames[1:]]
+    val_xs = [val_x] + [torch.as_tensor(np.concatenate([f for f, _ in fr[choose_on]]), device=device)
+                        for fr in frames[1:]]
+    val_score = _frame_val_score(task, val_y)
+    if protocol.grid is None:
+        fitted = fit_linear_layers_task(task, xs, y_tr, val_xs, [val_score] * len(xs), device, tol=settings.linear_tol)
+    else:
+        fitted = [_fit(task, x, y_tr, vx, val_score, protocol, settings, _offset_progress(on_progress, k), frame=True)
+                  for k, (x, vx) in enumerate(zip(xs, val_xs, strict=True))]
+    for f in fitted:
+        f.details["frames"] = {fit: int(len(x_tr)), choose_on: int(len(val_x))}
+    return list(zip(frames, fitted, strict=True))
 
 
 def score_frame(ts: TrackSet, frames: FrameRows, chosen: Fitted, device: torch.device) -> TaskResult:
@@ -760,8 +811,8 @@ def evaluate_frame_task(store: Embeddings | Mapping[int, Embeddings], task: Fram
     stores = _layer_stores(store, task, layers)
     setup = as_setup(protocol)
     ts = track_set(next(iter(stores.values())), task, splits)
-    fitted = {layer: fit_frame(s, ts, setup.protocol, settings, _offset_progress(on_progress, k))
-              for k, (layer, s) in enumerate(stores.items())}
+    fitted = dict(zip(stores, fit_frame_layers(list(stores.values()), ts, setup.protocol, settings, on_progress),
+                      strict=True))
     best = choose_layer({layer: f.valid_score for layer, (_, f) in fitted.items()})
     result = score_frame(ts, *fitted[best], torch.device(settings.device))
     if len(fitted) > 1:
