@@ -218,11 +218,9 @@ def write_outputs(report: ProbeReport, params: ProbeParams) -> list[Path]:
     out.with_name(out.stem + ".details.json").write_text(
         json.dumps({"params": to_dict(params), "runs": report.details, "comparisons": report.verdicts},
                    indent=2) + "\n")
-    written = [out, out.with_name(out.stem + ".details.json"), Path(params.plot)]
     plot_runs(report.metrics, report.primary, Path(params.plot))
-    if plot_layers(report.details, report.primary, layers_plot(params)):
-        written.append(layers_plot(params))
-    return written
+    plot_layers(report.details, report.primary, layers_plot(params))
+    return [out, out.with_name(out.stem + ".details.json"), Path(params.plot), layers_plot(params)]
 
 
 def layers_plot(params: ProbeParams) -> Path:
@@ -257,14 +255,22 @@ def plot_runs(metrics: dict, primary: dict[str, str], path: Path) -> None:
 
 def plot_layers(details: dict, primary: dict[str, str], path: Path) -> bool:
     """Score per layer, one panel per task: validation (what chooses the layer) dashed, test solid, one
-    colour per run, the chosen layer marked. Nothing is drawn (False) when no run has several layers."""
-    curves = {(r, t): d["layers"] for r, tasks in details.items() for t, d in tasks.items()
-              if isinstance(d, dict) and "curve" in d.get("layers", {})}
-    if not curves:
-        return False
+    colour per run, the chosen layer marked. Without layered stores the picture says so (the file is
+    always written: it is a DVC output). Returns whether a curve was drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    curves = {(r, t): d["layers"] for r, tasks in details.items() for t, d in tasks.items()
+              if isinstance(d, dict) and "curve" in d.get("layers", {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not curves:
+        fig, ax = plt.subplots(figsize=(4.0, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "one layer per store: extract with layer: all\nfor a score-per-layer curve",
+                ha="center", va="center", fontsize=9)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return False
     tasks = [t for t in primary if any(t == k for _, k in curves)]
     runs = sorted({r for r, _ in curves}, key=list(details).index)
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
