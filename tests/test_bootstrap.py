@@ -68,3 +68,21 @@ def test_bad_arguments():
         interval(_accuracy(np.ones(3)), level=95)
     assert seed_summary([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert seed_summary([0.5]) == (0.5, 0.0)
+
+
+def test_per_unit_values_give_the_same_intervals_faster():
+    rng = np.random.default_rng(5)
+    a, b = rng.random(50), rng.random(50)
+    a[3] = np.nan   # left out of the mean, as nanmean
+    ids = [f"t{i}" for i in range(50)]
+
+    def scorer(v, fast):
+        return UnitScores(ids, lambda idx: float(np.nanmean(v[idx])), per_unit=v if fast else None)
+
+    for fast_a, slow_a in ((scorer(a, True), scorer(a, False)), (scorer(b, True), scorer(b, False))):
+        fast, slow = interval(fast_a, n_boot=300), interval(slow_a, n_boot=300)
+        assert fast.estimate == slow.estimate
+        assert fast.low == pytest.approx(slow.low) and fast.high == pytest.approx(slow.high)
+    fast = paired_difference(scorer(b, True), scorer(b[::-1].copy(), True), n_boot=300)
+    slow = paired_difference(scorer(b, False), scorer(b[::-1].copy(), False), n_boot=300)
+    assert (fast.low, fast.high) == pytest.approx((slow.low, slow.high))

@@ -615,7 +615,9 @@ def score_track(ts: TrackSet, rows: Rows, chosen: Fitted) -> TaskResult:
         prefix = f"{split}_" if k else ""
         if not ts.songs:
             values = task.score(out, y)
-            units[split] = UnitScores(ts.ids(split), _primary_over(task, out, y))
+            per_unit = (task.primary_labels(out.argmax(-1)[:, None], y[:, None]) if isinstance(task, Multiclass)
+                        else None)   # accuracy, key score: means over tracks
+            units[split] = UnitScores(ts.ids(split), _primary_over(task, out, y), per_unit=per_unit)
         else:
             assert isinstance(task, Multiclass)
             songs = ts.songs[split]
@@ -624,7 +626,8 @@ def score_track(ts: TrackSet, rows: Rows, chosen: Fitted) -> TaskResult:
             values.update({f"clip_{m}": v for m, v in task.score(out, y).items()})
             details["ensemble"][split] = {e: by_strategy[e][task.primary] for e in ENSEMBLES}
             pred, y_song = ensemble(out, songs)[strategy], songs.song_targets(y)
-            units[split] = UnitScores(songs.ids, _song_primary(task, pred, y_song), unit="song")
+            units[split] = UnitScores(songs.ids, _song_primary(task, pred, y_song), unit="song",
+                                      per_unit=task.primary_labels(pred[:, None], y_song[:, None]))
         metrics.update({prefix + m: v for m, v in values.items()})
     metrics[f"valid_{task.primary}"] = chosen.valid_score
     return TaskResult(metrics, details, units)
@@ -780,7 +783,7 @@ def score_frame(ts: TrackSet, frames: FrameRows, chosen: Fitted, device: torch.d
         metrics.update({(f"{split}_" if k else "") + m: v for m, v in values.items()})
         per = np.array([_one_track(task, a, t, tr, decode)
                         for a, t, tr in zip(act, times[split], ts.tracks[split], strict=True)])
-        units[split] = UnitScores(ts.ids(split), _mean_of(per))
+        units[split] = UnitScores(ts.ids(split), _mean_of(per), per_unit=per)
     details = dict(chosen.details, decode=decode, tracks={s: len(v) for s, v in ts.index.items()})
     return TaskResult(metrics, details, units)
 
