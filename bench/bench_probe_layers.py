@@ -55,7 +55,7 @@ def main() -> None:
             wall, cpu = child([sys.executable, "-m", "mirkit", "extract", *flag, "--set", "layer=all",
                                "--out", str(stores / f"{name}.zarr")], env)
             print(f"extract {name} layer=all: {wall:.1f} s wall, {cpu:.1f} s CPU")
-    from mirkit.eval.layers import open_layers
+    from mirkit.eval.layered import open_layers
     from mirkit.eval.probe_stage import ProbeParams, open_stores, run
     from mirkit.eval.tasks import parse_tasks
     from mirkit.params import load

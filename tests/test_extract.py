@@ -296,7 +296,7 @@ def test_bad_audio_is_reported_and_the_rest_goes_on(workspace, tmp_path):
 
 
 def test_layer_all_writes_a_layered_store_the_probe_reads(workspace):
-    from mirkit.eval.layers import open_layers
+    from mirkit.eval.layered import open_layers
     out = workspace / "all.zarr"
     run(params(workspace, out=out, layer="all"))
     stores = open_layers(str(out))

@@ -508,7 +508,7 @@ def layered_store(url, n=90, seed=0, test_shift=1):
     train/valid but, on test, encodes the (adversarial: shifted by ``test_shift``) test labels; layer -1
     is noise. Test labels are shifted from the classes the features show, so a probe that learned the
     genre is wrong on test: choosing the layer on test would pick layer 1 or -1, on valid layer 0."""
-    from mirkit.eval.layers import layer_url
+    from mirkit.eval.layered import layer_url
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(3, DIM)) * 3
     writers = {k: EmbeddingsWriter(layer_url(url, k), DIM, flush_every=16, layer=k, pooling="mean")
@@ -530,7 +530,7 @@ def layered_store(url, n=90, seed=0, test_shift=1):
 
 @pytest.mark.parametrize("protocol", ["linear", "quick"])
 def test_the_layer_is_chosen_on_valid_only(tmp_path, protocol):
-    from mirkit.eval.layers import open_layers
+    from mirkit.eval.layered import open_layers
     task_spec = TaskSpec("genre", "multiclass", ["genre"])
     adversarial = open_layers(layered_store(str(tmp_path / "adv.zarr"), test_shift=1))
     honest = open_layers(layered_store(str(tmp_path / "ok.zarr"), test_shift=0))
@@ -550,7 +550,7 @@ def test_the_layer_is_chosen_on_valid_only(tmp_path, protocol):
 
 
 def test_weighted_sum_of_layers_puts_its_weight_on_the_informative_layer(tmp_path):
-    from mirkit.eval.layers import open_layers
+    from mirkit.eval.layered import open_layers
     stores = open_layers(layered_store(str(tmp_path / "ok.zarr"), test_shift=0))
     result = P.evaluate_task(stores, make_task(TaskSpec("genre", "multiclass", ["genre"])), "linear", SETTINGS,
                              layers="weighted")

@@ -190,7 +190,7 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
     from mirkit.data.manifest import read_manifest
     tracks = read_manifest(p.manifest)
     frozen = load_frozen(p.model, p.device, p.random_init, p.seed)
-    from mirkit.eval.layers import drop_layers, layer_url
+    from mirkit.eval.layered import drop_layers, layer_url
     if p.layer == "all":   # -1 first: replacing the main store must not wipe layer stores written after it
         layers = [-1] + [k for k in frozen.resolve_layers("all", p.pooling)[0] if k != -1]
         outs = {k: layer_url(p.out, k) for k in layers}

@@ -83,7 +83,7 @@ class ProbeParams:
 
 def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, dict[int, Any]]:
     """Open every run's store (all its layers) and check the task label columns exist, before any training."""
-    from mirkit.eval.layers import open_layers
+    from mirkit.eval.layered import open_layers
     runs = {}
     for name, url in params.runs.items():
         try:
