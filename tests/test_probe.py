@@ -596,3 +596,26 @@ def test_protocol_settings_are_validated_once():
         with pytest.raises(ParamsError, match=match):
             ProbeParams(**base, **bad).check()
     ProbeParams(**base, layers=3).check()
+
+
+def test_probe_command_on_layered_stores_shows_intervals_the_chosen_layer_and_the_verdict(tmp_path):
+    runs = {"pretrained": layered_store(str(tmp_path / "a.zarr"), test_shift=0),
+            "random-init": str(tmp_path / "b.zarr")}
+    rng = np.random.default_rng(2)
+    with EmbeddingsWriter(runs["random-init"], DIM, layer=-1) as w:
+        for t in Embeddings(runs["pretrained"]).tracks:
+            w.append(dict(t), rng.normal(size=(2, DIM)))
+    params = tmp_path / "params.yaml"
+    out, plot = tmp_path / "probe.json", tmp_path / "probe.png"
+    write_params(params, runs=runs, tasks={"genre": {"type": "multiclass", "label": "genre"}}, out=str(out),
+                 plot=str(plot), baseline="random-init", n_boot=200, device="cpu")
+    res = CliRunner().invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "± " in text and "(L0)" in text
+    assert "genre: pretrained beats random-init by +" in text and "(interval clear of zero)" in text
+    metrics = json.loads(out.read_text())["pretrained"]["genre"]
+    assert metrics["layer"] == 0 and metrics["accuracy_low"] <= metrics["accuracy"] <= metrics["accuracy_high"]
+    assert (tmp_path / "probe_layers.png").read_bytes()[:4] == b"\x89PNG"
+    shown = CliRunner().invoke(cli_app(), ["probe", "--params", str(params), "--show"])
+    assert shown.exit_code == 0 and "(L0)" in shown.output and "beats random-init" in " ".join(shown.output.split())
