@@ -101,11 +101,19 @@ type (multiclass, multilabel, regression, key, beats, chords) and a manifest lab
 (default) fits standardised L2-regularised softmax / logistic / ridge probes full-batch for a grid of strengths
 and keeps the one best on the validation split (seconds); `quick` trains one JukeMIR configuration with Adam and
 early stopping; `jukemir` trains the 216-configuration JukeMIR grid batched and picks the best on validation.
-The test split is scored once, with the chosen probe. See docs/probes.md. Chunk outputs are averaged per track. A multiclass or
-key task with `group: <column>` (e.g. GiantSteps: `{type: key, label: key, group: song}`) also ensembles the
-clips of each song (vote, max, gmean, mean; JukeMIR) and reports the strategy best on validation.
-Beat and chord annotations are text/.lab files or JAMS.
-Writes metrics JSON (`dvc metrics show`), details JSON and a bar plot comparing runs.
+The test split is scored once, with the chosen probe. See docs/probes.md.
+
+Fusion (`fusion`, track-level tasks): `mean` (default) mean-pools each track's chunk embeddings, then probes
+(JukeMIR, MARBLE); `late` probes the chunks and averages their outputs per track (Myna); `both` reports both.
+A store extracted with `layer: all` is probed at every layer and the layer best on validation is reported
+(`layers: best`), or a learned softmax-weighted sum of layers (`layers: weighted`, SUPERB). Every test score
+carries a 95 % bootstrap interval over the test tracks (songs with `group`), printed `0.747 ± 0.040`; with
+`baseline: <run>` each task says whether each run beats the baseline with the paired interval clear of zero.
+`seeds: N` repeats quick/jukemir (mean ± sd). A multiclass or key task with `group: <column>` (e.g. GiantSteps:
+`{type: key, label: key, group: song}`) also ensembles the clips of each song (vote, max, gmean, mean;
+JukeMIR) and reports the strategy best on validation. Beat and chord annotations are text/.lab files or JAMS.
+Writes metrics JSON with the interval bounds (`dvc metrics show`), details JSON, a bar plot with intervals
+and a score-per-layer plot (`<plot>_layers.png`).
 
 Example: mirkit probe --set protocol=jukemir --set 'runs:={mine: data/embeddings/mine.zarr}'
 """

@@ -9,9 +9,10 @@ lr 1e-5/1e-4/1e-3 x dropout .25/.5/.75 (input dropout, and after the hidden laye
 0/1e-4/1e-3), Adam, random minibatches every step, the validation primary metric evaluated every
 ``eval_every`` steps from step 0, stop after ``patience`` evaluations without improvement and restore the best
 state; the configuration is chosen on VALIDATION only and the test split is scored once, with that
-configuration alone. Unlike JukeMIR (one vector per clip), examples are chunk embeddings carrying
-their track's label and chunk outputs are averaged per track before scoring (late fusion, as in
-Myna's evaluate.py and MARBLE).
+configuration alone. Track-level rows follow ``fusion`` (``mirkit.eval.protocols``): ``mean`` = one
+mean-pooled vector per track, as JukeMIR's one vector per clip; ``late`` = chunk embeddings carrying their
+track's label, chunk outputs averaged per track before scoring (Myna's evaluate.py). A layered store
+(``{layer: store}``) is probed at every layer and the layer chosen on validation (``mirkit.eval.layers``).
 
 Song-level ensembling (a task with ``group``, JukeMIR's GiantSteps protocol): the validation score
 that drives early stopping and the grid selection is JukeMIR's ``score``, the song-level primary
