@@ -19,7 +19,7 @@ from mirkit.data.features import PRESETS
 from mirkit.eval.embeddings import Embeddings
 from mirkit.eval.encoder import kept_columns, plan_windows
 from mirkit.eval.extract import ExtractParams, run
-from mirkit.params import resolve
+from mirkit.params import ParamsError, resolve
 from mirkit.recipes import get
 from mirkit.train import checkpoint
 
@@ -293,3 +293,19 @@ def test_bad_audio_is_reported_and_the_rest_goes_on(workspace, tmp_path):
     only_bad.write_text("path\ndata/broken.wav\n")
     res = invoke(*args(only_bad, "f.zarr"))
     assert res.exit_code == 1 and "no track could be embedded" in res.text
+
+
+def test_layer_all_writes_a_layered_store_the_probe_reads(workspace):
+    from mirkit.eval.layered import open_layers
+    out = workspace / "all.zarr"
+    run(params(workspace, out=out, layer="all"))
+    stores = open_layers(str(out))
+    assert list(stores)[-1] == -1 and list(stores)[:3] == [0, 1, 2]
+    for layer in (-1, 1):   # each layer equals a one-layer extract of it
+        run(params(workspace, out=workspace / f"one{layer}.zarr", layer=layer))
+        for k, v in all_rows(str(workspace / f"one{layer}.zarr")).items():
+            np.testing.assert_array_equal(all_rows(stores[layer].url)[k], v)
+    run(params(workspace, out=out, layer=-1))   # back to one layer: no stale layer stores left
+    assert list(open_layers(str(out))) == [-1]
+    with pytest.raises(ParamsError, match="extract.layer='top'"):
+        params(workspace, layer="top")

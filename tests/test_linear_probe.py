@@ -141,3 +141,17 @@ def test_closed_form_output_gradient_equals_autograd(kind):
                             dtype=torch.float32)
     torch.testing.assert_close(task.output_grad(out, y), Task.output_grad(task, out, y), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(task.losses(out, y), torch.stack([task.loss(o, y) for o in out]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logistic", "ridge"])
+def test_layers_solved_together_equal_each_layer_alone(kind):
+    """The layer sweep's one batched solve gives every layer the fit it gets alone."""
+    from mirkit.eval.linear_probe import fit_linear_layers
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, size=120)
+    xs = [rng.normal(size=(120, 10)) + scale * np.eye(4, 10)[y] for scale in (0.0, 1.0, 3.0)]
+    target = one_hot(y, 4) if kind != "ridge" else torch.as_tensor(y, dtype=torch.float64)
+    together = fit_linear_layers(xs, target, kind, [1e-1, 1e-3], **TIGHT)
+    for x, fit in zip(xs, together, strict=True):
+        alone = fit_linear(x, target, kind, [1e-1, 1e-3], **TIGHT)
+        torch.testing.assert_close(fit.outputs(x), alone.outputs(x), atol=1e-6, rtol=0)

@@ -458,3 +458,164 @@ def test_song_scores_of_many_configurations_at_once_equal_one_at_a_time():
     fast = task.song_primary_scores(torch.as_tensor(outputs), y, songs)
     slow = [max(m["weighted_score"] for m in task.score_songs(o, y, songs).values()) for o in outputs]
     np.testing.assert_allclose(fast, slow)
+
+
+# --------------------------------------------------------------------------- fusion, layers, intervals
+def test_mean_fusion_equals_sklearn_logistic_regression_on_mean_pooled_rows(tmp_path):
+    """`mean` fusion = JukeMIR/MARBLE: one mean-pooled row per track, then an L2 logistic regression.
+    Same objective as scikit-learn's LogisticRegression(C=1/(n*lam)) on standardised pooled rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from mirkit.eval.protocols import PROTOCOLS
+    store = genre_store(str(tmp_path / "g.zarr"), n=90, seed=4)
+    task = make_task(TaskSpec("genre", "multiclass", ["genre"]))
+    settings = P.TrainSettings(linear_tol=1e-10)
+    ts = P.track_set(store, task)
+    rows = P.track_rows(store, ts, "mean", torch.device("cpu"))
+    fitted = P.fit_track(ts, rows, PROTOCOLS["linear"], settings)
+    ours = torch.softmax(torch.as_tensor(P.track_outputs(ts, rows, fitted, "test")).double(), -1).numpy()
+
+    def pooled(split):
+        x, group = store.chunk_rows(ts.index[split])
+        return np.stack([x[group == k].mean(0) for k in range(len(ts.index[split]))])
+
+    x_tr = pooled("train").astype(np.float64)
+    scaler = StandardScaler().fit(x_tr)
+    x_te = scaler.transform(pooled("test").astype(np.float64))
+    lam = fitted.details["lambda"]
+    sk = LogisticRegression(C=1 / (len(x_tr) * lam), tol=1e-12, max_iter=10000).fit(scaler.transform(x_tr), ts.y["train"])
+    np.testing.assert_allclose(ours, sk.predict_proba(x_te), atol=1e-5)
+    # and at a weak strength, where the probabilities are far from uniform
+    y_tr = torch.as_tensor(ts.y["train"])
+    weak = P.fit_linear_task(task, rows["train"][0], y_tr, rows["valid"][0], lambda out: np.zeros(len(out)),
+                             torch.device("cpu"), lambdas=(1e-3,), tol=1e-10)
+    probs = torch.softmax(weak.outputs(rows["test"][0]).double(), -1).numpy()
+    sk = LogisticRegression(C=1 / (len(x_tr) * 1e-3), tol=1e-12, max_iter=10000).fit(scaler.transform(x_tr), ts.y["train"])
+    assert probs.max() > 0.9
+    np.testing.assert_allclose(probs, sk.predict_proba(x_te), atol=1e-5)
+    # the stage's test accuracy is that probe's
+    result = P.evaluate_task(store, task, "linear", settings, fusion="mean")
+    assert result.metrics["accuracy"] == pytest.approx(float((ours.argmax(1) == ts.y["test"]).mean()))
+    assert result.details["fusion"] == "mean"
+    # late fusion trains on chunks: another probe (more rows than tracks)
+    late = P.evaluate_task(store, task, "linear", settings, fusion="late")
+    assert late.details["chunks"]["train"] > result.details["chunks"]["train"] == len(ts.index["train"])
+
+
+def layered_store(url, n=90, seed=0, test_shift=1):
+    """Three layers of the same tracks: layer 0 carries the genre on every split; layer 1 is noise on
+    train/valid but, on test, encodes the (adversarial: shifted by ``test_shift``) test labels; layer -1
+    is noise. Test labels are shifted from the classes the features show, so a probe that learned the
+    genre is wrong on test: choosing the layer on test would pick layer 1 or -1, on valid layer 0."""
+    from mirkit.eval.layered import layer_url
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, DIM)) * 3
+    writers = {k: EmbeddingsWriter(layer_url(url, k), DIM, flush_every=16, layer=k, pooling="mean")
+               for k in (-1, 0, 1)}
+    for i in range(n):
+        c = i % 3
+        split = ["train", "train", "train", "valid", "test", "train", "valid", "test", "train", "valid"][(i // 3) % 10]
+        label = (c + test_shift) % 3 if split == "test" else c
+        k_chunks = 2 + i % 2
+        feats = {0: centres[c] + rng.normal(size=(k_chunks, DIM)),
+                 1: (centres[label] if split == "test" else 0) + rng.normal(size=(k_chunks, DIM)),
+                 -1: rng.normal(size=(k_chunks, DIM))}
+        for k, w in writers.items():
+            w.append({"track_id": f"t{i}", "split": split, "genre": f"g{label}"}, feats[k])
+    for w in writers.values():
+        w.close()
+    return url
+
+
+@pytest.mark.parametrize("protocol", ["linear", "quick"])
+def test_the_layer_is_chosen_on_valid_only(tmp_path, protocol):
+    from mirkit.eval.layered import open_layers
+    task_spec = TaskSpec("genre", "multiclass", ["genre"])
+    adversarial = open_layers(layered_store(str(tmp_path / "adv.zarr"), test_shift=1))
+    honest = open_layers(layered_store(str(tmp_path / "ok.zarr"), test_shift=0))
+    assert list(adversarial) == [0, 1, -1]
+    res = {name: P.evaluate_task(s, make_task(task_spec), protocol, SETTINGS) for name, s in
+           (("adv", adversarial), ("ok", honest))}
+    layers = res["adv"].details["layers"]
+    curve = layers["curve"]
+    assert layers["chosen"] == 0 == res["ok"].details["layers"]["chosen"]
+    assert res["adv"].metrics["accuracy"] < 0.2 < 0.9 < res["ok"].metrics["accuracy"]   # test labels did change
+    assert max(curve["1"]["test"], curve["-1"]["test"]) > curve["0"]["test"]   # test would have chosen otherwise
+    # the validation scores that chose the layer do not depend on the test labels
+    assert {k: v["valid"] for k, v in curve.items()} == \
+        {k: v["valid"] for k, v in res["ok"].details["layers"]["curve"].items()}
+    single = P.evaluate_task(adversarial, make_task(task_spec), protocol, SETTINGS, layers=1)
+    assert "layers" not in single.details and single.metrics["accuracy"] == pytest.approx(curve["1"]["test"])
+
+
+def test_weighted_sum_of_layers_puts_its_weight_on_the_informative_layer(tmp_path):
+    from mirkit.eval.layered import open_layers
+    stores = open_layers(layered_store(str(tmp_path / "ok.zarr"), test_shift=0))
+    result = P.evaluate_task(stores, make_task(TaskSpec("genre", "multiclass", ["genre"])), "linear", SETTINGS,
+                             layers="weighted")
+    weights = result.details["layers"]["weights"]
+    assert set(weights) == {"0", "1", "-1"} and sum(weights.values()) == pytest.approx(1.0)
+    assert weights["0"] == max(weights.values()) > 0.4   # above the uniform 1/3 it starts from
+    assert result.metrics["accuracy"] > 0.9
+
+
+def test_probe_stage_intervals_verdict_and_seeds(tmp_path):
+    from mirkit.eval.probe_stage import ProbeParams, run, write_outputs
+    good = genre_store(str(tmp_path / "good.zarr"), n=150, seed=1)
+    noise_url = str(tmp_path / "noise.zarr")
+    rng = np.random.default_rng(9)
+    with EmbeddingsWriter(noise_url, DIM, layer=-1) as w:
+        for t in good.tracks:
+            w.append(dict(t), rng.normal(size=(2, DIM)))
+    params = ProbeParams(runs={"good": good.url, "noise": noise_url}, tasks={"genre": {"type": "multiclass", "label": "genre"}},
+                         protocol="quick", seeds=2, fusion="both", baseline="noise", n_boot=200, max_steps=800,
+                         eval_every=10, patience=10, device="cpu", out=str(tmp_path / "probe.json"),
+                         plot=str(tmp_path / "probe.png"))
+    params.check()
+    report = run(params)
+    assert set(report.metrics["good"]) == {"genre@mean", "genre@late"}
+    m = report.metrics["good"]["genre@mean"]
+    assert m["accuracy_low"] <= m["accuracy"] <= m["accuracy_high"]
+    assert "accuracy_sd" in m and report.details["good"]["genre@mean"]["seeds"]["n"] == 2
+    verdict = report.verdicts["genre@mean"]["good"]
+    assert verdict["verdict"] == "better" and verdict["low"] > 0
+    assert m["delta_vs_noise_low"] == verdict["low"]
+    write_outputs(report, params)
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["noise"]["genre@late"]["accuracy_high"] >= saved["noise"]["genre@late"]["accuracy"]
+    assert json.loads((tmp_path / "probe.details.json").read_text())["comparisons"]["genre@late"]["good"]["verdict"]
+
+
+def test_protocol_settings_are_validated_once():
+    from mirkit.eval.probe_stage import ProbeParams
+    from mirkit.params import ParamsError
+    base = {"runs": {"a": "x.zarr"}, "tasks": {"g": {"type": "multiclass", "label": "genre"}}}
+    for bad, match in (({"fusion": "max"}, "probe.fusion='max'"), ({"layers": "top"}, "probe.layers='top'"),
+                       ({"baseline": "b"}, "probe.baseline='b'"), ({"protocol": "svm"}, "probe.protocol='svm'")):
+        with pytest.raises(ParamsError, match=match):
+            ProbeParams(**base, **bad).check()
+    ProbeParams(**base, layers=3).check()
+
+
+def test_probe_command_on_layered_stores_shows_intervals_the_chosen_layer_and_the_verdict(tmp_path):
+    runs = {"pretrained": layered_store(str(tmp_path / "a.zarr"), test_shift=0),
+            "random-init": str(tmp_path / "b.zarr")}
+    rng = np.random.default_rng(2)
+    with EmbeddingsWriter(runs["random-init"], DIM, layer=-1) as w:
+        for t in Embeddings(runs["pretrained"]).tracks:
+            w.append(dict(t), rng.normal(size=(2, DIM)))
+    params = tmp_path / "params.yaml"
+    out, plot = tmp_path / "probe.json", tmp_path / "probe.png"
+    write_params(params, runs=runs, tasks={"genre": {"type": "multiclass", "label": "genre"}}, out=str(out),
+                 plot=str(plot), baseline="random-init", n_boot=200, device="cpu")
+    res = CliRunner().invoke(cli_app(), ["probe", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "± " in text and "(L0)" in text
+    assert "genre: pretrained beats random-init by +" in text and "(interval clear of zero)" in text
+    metrics = json.loads(out.read_text())["pretrained"]["genre"]
+    assert metrics["layer"] == 0 and metrics["accuracy_low"] <= metrics["accuracy"] <= metrics["accuracy_high"]
+    assert (tmp_path / "probe_layers.png").read_bytes()[:4] == b"\x89PNG"
+    shown = CliRunner().invoke(cli_app(), ["probe", "--params", str(params), "--show"])
+    assert shown.exit_code == 0 and "(L0)" in shown.output and "beats random-init" in " ".join(shown.output.split())

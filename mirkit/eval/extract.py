@@ -34,7 +34,9 @@ class ExtractParams:
     manifest: str = param("data/samples/manifest.csv", help="labelled manifest whose tracks are embedded")
     features: str = param("data/features.zarr", help="feature store to reuse; missing tracks are computed from audio")
     out: str = param("data/embeddings/pretrained.zarr", help="embeddings store (read by `mirkit probe`)")
-    layer: int = param(-1, ge=-1, help="-1 = last block after the final norm; 0 = block input; 1..depth")
+    layer: int | str = param(-1, help="-1 = last block after the final norm; 0 = block input; 1..depth; all = every "
+                                      "layer from one forward pass: -1 in `out`, layer k in `out`/layer_k "
+                                      "(`mirkit probe` then probes every layer)")
     pooling: str | None = param(None, choices=POOLINGS, help="null = the model's default pooling")
     frames: bool = param(True, help="also store per-frame embeddings at the model's native rate")
     min_tail: float = param(MIN_TAIL, ge=0.0, le=1.0,
@@ -43,6 +45,10 @@ class ExtractParams:
     device: str = param("auto", choices=DEVICES)
     random_init: bool = param(False, help="same architecture, freshly initialised with `seed` (baseline)")
     seed: int = param(0, help="initialisation seed when random_init is true")
+
+    def check(self) -> None:
+        if isinstance(self.layer, str) and self.layer != "all" or isinstance(self.layer, int) and self.layer < -1:
+            raise ParamsError(f"extract.layer={self.layer!r}: give a layer number (-1 = last) or 'all'")
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -184,7 +190,14 @@ def run(p: ExtractParams, on_progress: Callable[[int, int, str], None] | None = 
     from mirkit.data.manifest import read_manifest
     tracks = read_manifest(p.manifest)
     frozen = load_frozen(p.model, p.device, p.random_init, p.seed)
-    return write_stores(frozen, tracks, p, {p.layer: p.out}, Path(p.manifest).parent, on_progress)
+    from mirkit.eval.layered import drop_layers, layer_url
+    if p.layer == "all":   # -1 first: replacing the main store must not wipe layer stores written after it
+        layers = [-1] + [k for k in frozen.resolve_layers("all", p.pooling)[0] if k != -1]
+        outs = {k: layer_url(p.out, k) for k in layers}
+    else:
+        drop_layers(p.out)   # a single-layer store keeps no layer stores of an earlier `layer: all` run
+        outs = {int(p.layer): p.out}
+    return write_stores(frozen, tracks, p, outs, Path(p.manifest).parent, on_progress)
 
 
 def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, outs: dict[int, str],

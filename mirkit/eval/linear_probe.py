@@ -21,7 +21,7 @@ stochasticity: the result depends on the data alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,19 +91,30 @@ def fit_linear(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, kind:
     gradient entry at convergence (logistic kinds; scikit-learn's default ``tol`` on the same scale).
     The matrix products over the rows run in ``products`` precision (float32: twice as fast; the
     optimiser's state, losses and the eigendecomposition are float64)."""
+    return fit_linear_layers([x], y, kind, lambdas, tol=tol, max_iter=max_iter, history=history,
+                             products=products, device=device)[0]
+
+
+def fit_linear_layers(xs: Sequence[torch.Tensor | np.ndarray], y: torch.Tensor | np.ndarray, kind: str,
+                      lambdas: tuple[float, ...] | list[float] = LAMBDAS, *, tol: float = 1e-4,
+                      max_iter: int = 500, history: int = 10, products: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu") -> list[LinearFit]:
+    """:func:`fit_linear` for several feature sets of the same rows and targets (the layers of an
+    encoder), solved together: one batched L-BFGS over every (layer, strength) block, each layer with
+    its own standardisation and preconditioner. Each layer's fit equals its fit alone (the blocks are
+    independent problems; only the loop is shared)."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: allowed values are {', '.join(KINDS)}")
     dev = torch.device(device)
-    x = torch.as_tensor(x, device=dev).to(torch.float64)
     y = torch.as_tensor(y, device=dev)
-    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"fit_linear: expected features (n, d) and n targets, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
-    n, d = x.shape
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
-    inv_std = torch.where(std > 1e-8, 1 / std, torch.ones_like(std))
-    xs = (x - mean) * inv_std
+    feats = [torch.as_tensor(x, device=dev).to(torch.float64) for x in xs]
+    if not feats:
+        raise ValueError("fit_linear: no feature sets given")
+    for x in feats:
+        if x.ndim != 2 or len(x) != len(y) or len(x) == 0 or x.shape[1] != feats[0].shape[1]:
+            raise ValueError(f"fit_linear: expected features (n, d) and n targets, got {tuple(x.shape)} "
+                             f"and {tuple(y.shape)}")
+    n, d = feats[0].shape
     if kind == "softmax" and y.ndim == 1:
         raise ValueError("fit_linear(kind='softmax'): give targets as (n, C) probabilities "
                          "(use one_hot for class indices)")
@@ -113,16 +124,39 @@ def fit_linear(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, kind:
     lam = torch.tensor([float(v) for v in lambdas], dtype=torch.float64, device=dev)
     if not len(lam) or bool((lam <= 0).any()):
         raise ValueError(f"lambdas={list(lambdas)}: give positive regularisation strengths")
-    s, v = _spectrum(xs.to(products if kind != "ridge" else torch.float64))
-    s, v = s.double(), v.double()
+    stats, standard, spectra = [], [], []
+    for x in feats:
+        mean = x.mean(0)
+        std = x.std(0, unbiased=False)
+        inv_std = torch.where(std > 1e-8, 1 / std, torch.ones_like(std))
+        xs_l = (x - mean) * inv_std
+        s, v = _spectrum(xs_l.to(products if kind != "ridge" else torch.float64))
+        stats.append((mean, inv_std))
+        standard.append(xs_l)
+        spectra.append((s.double(), v.double()))
+    lam_np = lam.cpu().numpy()
     if kind == "ridge":
+        fits = []
         ybar = y.mean(0)
-        proj = v.T @ (xs.T @ (y - ybar)) / n                                  # (k, C)
-        w = torch.einsum("dk,lkc->ldc", v, proj.unsqueeze(0) / (s.view(1, -1, 1) + lam.view(-1, 1, 1)))
-        b = ybar.expand(len(lam), -1).clone()
-        return LinearFit(kind, lam.cpu().numpy(), w, b, mean, inv_std, 0, np.ones(len(lam), bool))
-    w, b, iters, conv = _lbfgs(xs, y, kind, lam, s, v, tol, max_iter, history, products)
-    return LinearFit(kind, lam.cpu().numpy(), w, b, mean, inv_std, iters, conv)
+        for (mean, inv_std), xs_l, (s, v) in zip(stats, standard, spectra, strict=True):
+            proj = v.T @ (xs_l.T @ (y - ybar)) / n                                  # (k, C)
+            w = torch.einsum("dk,lkc->ldc", v, proj.unsqueeze(0) / (s.view(1, -1, 1) + lam.view(-1, 1, 1)))
+            b = ybar.expand(len(lam), -1).clone()
+            fits.append(LinearFit(kind, lam_np, w, b, mean, inv_std, 0, np.ones(len(lam), bool)))
+        return fits
+    n_lam = len(lam)
+    block_lam = lam.repeat(len(feats))                                       # layer-major blocks
+    block_layer = np.repeat(np.arange(len(feats)), n_lam)
+    w, b, iters, conv = _lbfgs(standard, y, kind, block_lam, block_layer, spectra, tol, max_iter, history, products)
+    return [LinearFit(kind, lam_np, w[k * n_lam:(k + 1) * n_lam], b[k * n_lam:(k + 1) * n_lam], mean, inv_std,
+                      iters, conv[k * n_lam:(k + 1) * n_lam]) for k, (mean, inv_std) in enumerate(stats)]
+
+
+def _groups(layer: np.ndarray, device: torch.device) -> list[tuple[int, torch.Tensor | slice]]:
+    """Positions of the blocks of each layer (a slice when there is one layer)."""
+    if len(layer) and (layer == layer[0]).all():
+        return [(int(layer[0]), slice(None))]
+    return [(int(k), torch.as_tensor(np.flatnonzero(layer == k), device=device)) for k in np.unique(layer)]
 
 
 def one_hot(labels: torch.Tensor | np.ndarray, n_classes: int) -> torch.Tensor:
@@ -133,10 +167,10 @@ class _Objective:
     """Mean loss + lam/2 ||W||^2 and its gradient for k stacked parameter blocks ``(k, d + 1, C)``
     (the last row is the intercept), with two matrix products over the shared rows."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, kind: str, dtype: torch.dtype) -> None:
-        self.x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1).to(dtype)
+    def __init__(self, xs: Sequence[torch.Tensor], y: torch.Tensor, kind: str, dtype: torch.dtype) -> None:
+        self.x1 = [torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1).to(dtype) for x in xs]
         self.dtype = dtype
-        self.y, self.kind, self.n = y, kind, len(x)
+        self.y, self.kind, self.n = y, kind, len(xs[0])
         if kind == "logistic":   # the minimum of the loss (0 for hard targets): entropy of soft targets
             p = y.clamp(1e-300, 1)
             q = (1 - y).clamp(1e-300, 1)
@@ -144,9 +178,13 @@ class _Objective:
         else:
             self.floor = -(y * y.clamp_min(1e-300).log()).sum() / self.n
 
-    def __call__(self, theta: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, theta: torch.Tensor, lam: torch.Tensor, layer: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         k, d1, c = theta.shape
-        z = (self.x1 @ theta.permute(1, 0, 2).reshape(d1, k * c).to(self.dtype)).view(self.n, k, c).double()
+        groups = _groups(layer, theta.device)
+        z = torch.empty(self.n, k, c, dtype=torch.float64, device=theta.device)
+        for g, pos in groups:
+            th = theta[pos]
+            z[:, pos] = (self.x1[g] @ th.permute(1, 0, 2).reshape(d1, -1).to(self.dtype)).view(self.n, -1, c).double()
         y = self.y.unsqueeze(1)
         if self.kind == "softmax":
             logp = torch.log_softmax(z, -1)
@@ -155,7 +193,10 @@ class _Objective:
         else:
             loss = (torch.nn.functional.softplus(z) - y * z).sum((0, 2)) / self.n - self.floor
             r = (torch.sigmoid(z) - y) / self.n
-        grad = (self.x1.T @ r.reshape(self.n, k * c).to(self.dtype)).view(d1, k, c).permute(1, 0, 2).double()
+        grad = torch.empty_like(theta)
+        for g, pos in groups:
+            rg = r[:, pos]
+            grad[pos] = (self.x1[g].T @ rg.reshape(self.n, -1).to(self.dtype)).view(d1, -1, c).permute(1, 0, 2).double()
         w = theta[:, :-1]
         loss = loss + 0.5 * lam * w.pow(2).sum((1, 2))
         grad[:, :-1] += lam.view(-1, 1, 1) * w
@@ -166,25 +207,32 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((1, 2))
 
 
-def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: torch.Tensor, v: torch.Tensor,
-           tol: float, max_iter: int, history: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int, np.ndarray]:
-    """Batched L-BFGS over the strengths, preconditioned by the ridge inverse; Armijo backtracking
-    per strength. Returns weights (L, d, C), intercepts (L, C), iterations, converged flags."""
+def _lbfgs(xs: Sequence[torch.Tensor], y: torch.Tensor, kind: str, lam: torch.Tensor, layer: np.ndarray,
+           spectra: Sequence[tuple[torch.Tensor, torch.Tensor]], tol: float, max_iter: int, history: int,
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int, np.ndarray]:
+    """Batched L-BFGS over blocks (a strength ``lam[b]`` on the features of layer ``layer[b]``),
+    preconditioned by each layer's ridge inverse; Armijo backtracking per block. Returns weights
+    (B, d, C), intercepts (B, C), iterations, converged flags."""
+    x = xs[0]
     n, d = x.shape
     C = y.shape[1]
     L = len(lam)
-    f = _Objective(x, y, kind, dtype)
+    f = _Objective(xs, y, kind, dtype)
     curv = 0.25   # the largest curvature of the logistic loss; scaled per strength by L-BFGS below
 
     def precondition(g: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """(c X'X/n + lam)^-1 on the weights, 1/c on the intercept, of blocks ``idx``."""
-        lam_i = lam[idx].view(-1, 1, 1)
-        gw = g[:, :-1]
-        coef = 1 / (curv * s.view(1, -1, 1) + lam_i) - 1 / lam_i                  # (k, r, 1)
-        proj = torch.einsum("dr,kdc->krc", v, gw)
         out = torch.empty_like(g)
-        out[:, :-1] = gw / lam_i + torch.einsum("dr,krc->kdc", v, coef * proj)
-        out[:, -1] = g[:, -1] / curv
+        for k, pos in _groups(layer[idx.cpu().numpy()], g.device):
+            s, v = spectra[k]
+            lam_i = lam[idx][pos].view(-1, 1, 1)
+            gw = g[pos][:, :-1]
+            coef = 1 / (curv * s.view(1, -1, 1) + lam_i) - 1 / lam_i                  # (k, r, 1)
+            proj = torch.einsum("dr,kdc->krc", v, gw)
+            sub = torch.empty_like(g[pos])
+            sub[:, :-1] = gw / lam_i + torch.einsum("dr,krc->kdc", v, coef * proj)
+            sub[:, -1] = g[pos][:, -1] / curv
+            out[pos] = sub
         return out
 
     theta = torch.zeros(L, d + 1, C, dtype=torch.float64, device=x.device)
@@ -194,7 +242,7 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
         p = y.mean(0).clamp(1e-12, 1 - 1e-12)
         theta[:, -1] = (p / (1 - p)).log()
     active = torch.arange(L, device=x.device)
-    loss, grad = f(theta, lam)
+    loss, grad = f(theta, lam, layer)
     mem_s: list[torch.Tensor] = []
     mem_y: list[torch.Tensor] = []
     mem_rho: list[torch.Tensor] = []
@@ -237,7 +285,7 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, kind: str, lam: torch.Tensor, s: to
         searching = torch.arange(len(active), device=x.device)
         for _ in range(40):   # Armijo backtracking, only the strengths still searching are evaluated
             trial = theta[searching] + step[searching].view(-1, 1, 1) * direction[searching]
-            t_loss, t_grad = f(trial, lam[active[searching]])
+            t_loss, t_grad = f(trial, lam[active[searching]], layer[active[searching].cpu().numpy()])
             ok = t_loss <= loss[searching] + 1e-4 * step[searching] * slope[searching]
             ok |= ~torch.isfinite(loss[searching])
             acc = searching[ok]
