@@ -160,6 +160,11 @@ def _model_training(path: Path) -> Iterable[Finding]:
     same = state.get("step") == step
     yield Finding(checkpoint.STATE_FILE, "same step as the weights", same,
                   f"step {state.get('step')}" + ("" if same else f" but config.json says {step}"))
+    try:
+        yield Finding(checkpoint.STATE_FILE, "optimizer state fits the model", True,
+                      checkpoint.check_state_fits(path, state))
+    except MirkitError as exc:
+        yield Finding(checkpoint.STATE_FILE, "optimizer state fits the model", False, str(exc))
 
 
 #: checks run on a model directory, in order; extend it to check more of the checkpoint format

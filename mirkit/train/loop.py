@@ -363,7 +363,7 @@ def train(p: PretrainParams, resume: bool = False,
         if step_w != state["step"]:
             raise checkpoint.CheckpointError(f"{p.out}: weights (step {step_w}) and training state "
                                              f"(step {state['step']}) are from different moments")
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_optimizer(optimizer, state, p.out)
         start = int(state["step"])
     train_module: torch.nn.Module = wrap_ddp(model, device) if info.world > 1 else model
     if p.compile:
