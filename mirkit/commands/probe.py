@@ -19,7 +19,7 @@ from mirkit import ui
 from mirkit.device import pick as resolve_device
 from mirkit.errors import InputError, MirkitError
 from mirkit.eval.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
-from mirkit.eval.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
+from mirkit.eval.tasks import FrameTask, TaskDataError, TaskSpec, check_columns, make_task, parse_tasks
 from mirkit.params import ParamsError, load, param, to_dict
 
 
@@ -60,10 +60,7 @@ def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, An
     from mirkit.eval.embeddings import Embeddings
     stores = {}
     for name, url in params.runs.items():
-        try:
-            stores[name] = Embeddings(url)
-        except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
-            raise ParamsError(f"probe.runs.{name}={url!r}: cannot open embeddings store ({exc})") from None
+        stores[name] = Embeddings(url)   # an EmbeddingsError names the store and what is wrong with it
         check_columns(specs, stores[name].tracks, f"probe.runs.{name} ({url})")
     return stores
 
@@ -121,7 +118,7 @@ def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tup
                 report = Reporter(bar, f"{run}/{name}", total, plain)
                 try:
                     result = evaluate_task(store, task, params.protocol, settings, on_progress=report)
-                except (MirkitError, ValueError, OSError, KeyError) as exc:   # TaskDataError is both
+                except TaskDataError as exc:   # this task's labels cannot be used: the others still run
                     report.close("failed")
                     ui.console.print(f"[red]{run}/{name} failed:[/red] {exc}")
                     details[run][name] = {"error": str(exc)}
