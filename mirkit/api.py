@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirkit.errors import InputError
 from mirkit.eval.encoder import MIN_TAIL, FrozenEncoder, features_of_wave, load_frozen
 from mirkit.eval.extract import ExtractParams, write_stores
 
@@ -162,7 +163,7 @@ class MirkitEncoder:
             except AudioError as exc:
                 raise AudioError(f"{audio}: {exc}") from None
         if sample_rate is None:
-            raise ValueError("a waveform needs its sample_rate (e.g. enc.embed(wave, sample_rate=44100))")
+            raise InputError("a waveform needs its sample_rate (e.g. enc.embed(wave, sample_rate=44100))")
         sample_rate = check_rate(sample_rate)
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -170,7 +171,7 @@ class MirkitEncoder:
         if wave.ndim == 2:
             wave = wave.mean(axis=0)
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"waveform of shape {np.shape(audio)}: expected (samples,) or (channels, samples)")
+            raise InputError(f"waveform of shape {np.shape(audio)}: expected (samples,) or (channels, samples)")
         try:   # the same checks as decoded files (empty, NaN/inf, digital silence)
             wave = check_wave(wave)
         except AudioError as exc:
@@ -180,7 +181,7 @@ class MirkitEncoder:
 
 def _check_tensors(return_tensors: str) -> None:
     if return_tensors not in ("np", "pt"):
-        raise ValueError(f"return_tensors={return_tensors!r}: choose 'np' or 'pt'")
+        raise InputError(f"return_tensors={return_tensors!r}: choose 'np' or 'pt'")
 
 
 def _check_finite(emb: Any, what: str) -> None:
@@ -208,7 +209,7 @@ def _tracks(files: str | Path | Sequence[str | Path]) -> tuple[list[Any], Path]:
         return load_tracks(path), path if path.is_dir() else path.parent
     tracks = [Track(str(f), Path(f).resolve()) for f in files]
     if len({t.track_id for t in tracks}) != len(tracks):
-        raise ValueError("embed_files: a file is listed twice")
+        raise InputError("embed_files: a file is listed twice")
     return tracks, Path.cwd()
 
 

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import typer
 
+from mirkit.errors import InputError
 from mirkit.ui import console, table
 
 app = typer.Typer(help="Convert checkpoints from other code (or older mirkit) into mirkit model folders.",
                   no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
 
 @app.command("myna")
@@ -35,17 +31,13 @@ def myna(
 
     Example: mirkit import myna myna-hybrid.pth --variant hybrid --out models/myna-hybrid
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.myna import VARIANTS, import_myna
     from mirkit.models.timing import timing_of_config
     from mirkit.train.checkpoint import models_home
     if variant not in VARIANTS:
-        _fail(typer.BadParameter(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}"))
+        raise InputError(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}")
     folder = out or models_home() / f"myna-{variant}"
-    try:
-        config = import_myna(path, variant, folder, dim_head)
-    except MirkitError as exc:
-        _fail(exc)
+    config = import_myna(path, variant, folder, dim_head)
     t = timing_of_config(config)
     console.print(table(f"import myna -> {folder}", None, [
         ("source", f"{path} (Myna-{variant})"),
@@ -148,12 +140,8 @@ def legacy(
 
     Example: mirkit import legacy models/pretrain --out models/pretrain
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.legacy import import_legacy
-    try:
-        kind, folder = import_legacy(path, out)
-    except MirkitError as exc:
-        _fail(exc)
+    kind, folder = import_legacy(path, out)
     console.print(table(f"import legacy -> {out}", None, [
         ("wrote", "training run folder (resume works)" if kind == "run" else "model folder (encoder only)"),
         ("model folder", str(folder)),
