@@ -481,3 +481,41 @@ def test_csgu_init_starts_the_gate_near_identity() -> None:
     with torch.no_grad():
         b = mlp.gate_conv(torch.nn.functional.pad(torch.randn(1, 128, 50), (15, 15), mode="reflect"))
     assert float((b - 1).abs().max()) < 1e-3
+
+
+# ---------------------------------------------------------------- mel24k precision (issue 18.7)
+def test_tokens_come_from_the_float32_mel_as_in_musicfm(tmp_path) -> None:
+    """MusicFM quantises its float32 mel; mel24k (the set that feeds the tokens) is stored as float32, so the
+    stored frames are the front end's output and the tokens equal those of the float32 mel. float16 storage
+    (the former one) rounded most frames and moved 0.16 % of the demo corpus's codes."""
+    import soundfile as sf
+    from audio_fixtures import tone
+
+    from mirkit.data.audio import load_audio
+    from mirkit.data.features import PRESETS, FrontEnd
+    from mirkit.data.mels import MelsParams
+    from mirkit.data.mels import run as run_mels
+    from mirkit.data.quantizer import RandomProjectionQuantizer
+    from mirkit.data.store import open_set
+    from mirkit.data.tokens import TokensParams, tokenize
+    from mirkit.data.tokens import run as run_tokens
+    spec = PRESETS["mel24k"]
+    assert spec.dtype == "float32"
+    (tmp_path / "audio").mkdir()
+    rng = np.random.default_rng(1)   # 20 s of tones over enveloped noise: many distinct codes
+    t = np.arange(20 * 24000) / 24000
+    wave = tone(20.0, 24000, 330.0, seed=1) + 0.2 * rng.standard_normal(t.size) * (1 + np.sin(2 * np.pi * 0.7 * t))
+    sf.write(tmp_path / "audio" / "a.wav", (0.5 * wave / np.abs(wave).max()).astype(np.float32), 24000, subtype="FLOAT")
+    run_mels(MelsParams(input=str(tmp_path / "audio"), store=str(tmp_path / "f.zarr"), num_workers=0,
+                        feature_sets=["mel24k"], failures=str(tmp_path / "f.tsv"), summary=str(tmp_path / "s.json")))
+    q = str(tmp_path / "q.safetensors")
+    run_tokens(TokensParams(features=str(tmp_path / "f.zarr"), feature_set="mel24k", out=str(tmp_path / "t.zarr"),
+                            codebook_size=8192, quantizer=q, metrics=str(tmp_path / "t.json")))
+    mel = FrontEnd(spec)(torch.from_numpy(load_audio(tmp_path / "audio" / "a.wav", 24000))[None])[0].numpy()
+    stored = open_set(str(tmp_path / "f.zarr"), "mel24k").read(0)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, mel)
+    quantizer = RandomProjectionQuantizer.load(q)
+    codes = open_set(str(tmp_path / "t.zarr"), "mel24k").read(0)
+    np.testing.assert_array_equal(codes, tokenize(mel, quantizer, 4))
+    assert (mel.astype(np.float16).astype(np.float32) != mel).mean() > 0.5   # float16 storage would not pass
