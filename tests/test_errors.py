@@ -227,3 +227,80 @@ def test_a_sound_run_folder_is_sound_with_its_optimizer_checked(run_folder):
     assert res.exit_code == 0 and "sound" in res.text
     fits = [f for f in verify(str(run_folder / "run"))[1] if f.check == "optimizer state fits the model"]
     assert len(fits) == 1 and fits[0].ok and "fits the myna model" in fits[0].detail
+
+
+# ----------------------------------------------------------------------------- issue 19.4: every command
+def _damaged_store(run_folder: Path, tmp: Path) -> Path:
+    import shutil
+    shutil.copytree(run_folder / "f.zarr", tmp / "g.zarr")
+    (tmp / "g.zarr" / "mel16k" / "frames" / "zarr.json").write_text("garbage")
+    return tmp / "g.zarr"
+
+
+def _damaged_model(tmp: Path) -> Path:
+    (tmp / "model").mkdir()
+    (tmp / "model" / "config.json").write_text("{garbage")
+    return tmp / "model"
+
+
+def _junk(path: Path) -> Path:
+    path.write_bytes(b"junk" * 100)
+    return path
+
+
+#: command -> (arguments given the fixture folder and a scratch folder, exit code, words of the one red line)
+WALK = {
+    "synth bad value": (lambda r, t: ["synth", "--params", "none", "--set", "n_clips=0", "--set", f"out={t / 's'}"],
+                        2, ["synth.n_clips=0"]),
+    "synth unwritable": (lambda r, t: ["synth", "--params", "none", "--set", "n_clips=24",
+                                       "--set", f"out={r / 'audio' / 'manifest.csv' / 'x'}"], 1, ["cannot write"]),
+    "mels missing": (lambda r, t: ["mels", "--params", "none", "--input", str(t / "none.csv"), "--store", str(t / "f.zarr"),
+                                   "--set", f"failures={t / 'f.tsv'}", "--set", f"summary={t / 's.json'}"],
+                     2, ["none.csv: manifest not found"]),
+    "tokens missing": (lambda r, t: ["tokens", "--params", "none", "--set", f"features={t / 'no.zarr'}"],
+                       2, ["no.zarr: no Zarr store here"]),
+    "tokens damaged": (lambda r, t: ["tokens", "--params", "none", "--set", f"features={_damaged_store(r, t)}",
+                                     "--set", "feature_set=mel16k", "--set", f"out={t / 't.zarr'}"],
+                       2, ["frames/zarr.json: damaged Zarr metadata"]),
+    "pretrain bad value": (lambda r, t: ["pretrain", "--params", "none", "--set", "lr=-1"], 2, ["pretrain.lr=-1"]),
+    "extract missing": (lambda r, t: ["extract", "--params", "none", "--model", str(t / "nope"), "--out", str(t / "e.zarr"),
+                                      "--set", f"manifest={r / 'audio' / 'manifest.csv'}"], 2, ["no such model folder"]),
+    "extract damaged": (lambda r, t: ["extract", "--params", "none", "--model", str(_damaged_model(t)),
+                                      "--out", str(t / "e.zarr"), "--set", f"manifest={r / 'audio' / 'manifest.csv'}"],
+                        2, ["config.json: unreadable JSON"]),
+    "probe missing": (lambda r, t: ["probe", "--params", "none", "--set", f"runs={{a: {t / 'no.zarr'}}}",
+                                    "--set", "tasks={g: {type: multiclass, label: genre}}"],
+                      2, ["no.zarr: no embeddings store here"]),
+    "inspect embeddings missing": (lambda r, t: ["inspect", "embeddings", str(t / "no.zarr"), "--label", "x",
+                                                 "--out", str(t / "i")], 2, ["no.zarr: no embeddings store here"]),
+    "inspect model damaged": (lambda r, t: ["inspect", "model", str(_damaged_model(t)), str(r / "audio" / "good000.wav"),
+                                            "--out", str(t / "i")], 2, ["config.json: unreadable JSON"]),
+    "inspect training missing": (lambda r, t: ["inspect", "training", str(t / "nolog"), "--out", str(t / "i")],
+                                 2, ["nolog: no such training log"]),
+    "inspect report missing": (lambda r, t: ["inspect", "report", str(t / "none")], 2, ["none: no such folder"]),
+    "verify damaged": (lambda r, t: ["verify", str(_damaged_store(r, t))], 2, ["1 problem(s) found"]),
+    "import myna bad value": (lambda r, t: ["import", "myna", str(t / "x.pth"), "--variant", "nope"],
+                              2, ["--variant 'nope'"]),
+    "import myna damaged": (lambda r, t: ["import", "myna", str(_junk(t / "x.pth")), "--variant", "base",
+                                          "--out", str(t / "m")], 2, ["x.pth: refused to load"]),
+    "import legacy damaged": (lambda r, t: ["import", "legacy", str(_damaged_model(t)), "--out", str(t / "l")],
+                              2, ["config.json: unreadable JSON"]),
+    "benchmark-manifest bad value": (lambda r, t: ["benchmark-manifest", "nope", "--audio-dir", str(r / "audio")],
+                                     2, ["unknown benchmark 'nope'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WALK))
+def test_every_command_fails_with_one_red_line(run_folder, tmp_path, case):
+    """Missing files, bad values and damaged artifacts, command by command: exit 2 (bad input) or 1
+    (runtime), one `error:` line naming the thing, no traceback."""
+    build, code, words = WALK[case]
+    one_red_line(invoke(*build(run_folder, tmp_path)), code, *words)
+
+
+def test_no_command_translates_errors_itself():
+    """Errors are raised as MirkitError subclasses where they happen; commands hold no `except` for them."""
+    for path in (ROOT / "mirkit" / "commands").glob("*.py"):
+        text = path.read_text()
+        for banned in ("except ValueError", "except KeyError", "except (ValueError", "except (OSError", "except MirkitError"):
+            assert banned not in text, f"{path.name}: {banned}"
