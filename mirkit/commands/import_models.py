@@ -83,14 +83,10 @@ def musicfm(
 
     Example: mirkit import musicfm pretrained_msd.pt --stats msd_stats.json --out models/musicfm-msd
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.musicfm import import_musicfm
     from mirkit.train.checkpoint import models_home
     folder = out or models_home() / "musicfm"
-    try:
-        config = import_musicfm(path, stats, folder, heads)
-    except MirkitError as exc:
-        _fail(exc)
+    config = import_musicfm(path, stats, folder, heads)
     _summary(f"import musicfm -> {folder}", f"{path} + {stats}", config, folder, "musicfm")
 
 
@@ -112,19 +108,14 @@ def mert(
 
     Example: mirkit import mert MERT-v1-95M/ --out models/mert-v1-95m
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.mert import import_mert
     from mirkit.train.checkpoint import models_home
     folder = out
-    try:
-        if folder is None:
-            from mirkit.importers.mert import find_files, read_config
-            args = read_config(find_files(path, config)[1])
-            folder = models_home() / ("mert-v1-330m" if args["dim"] == 1024 else "mert-v1-95m")
-        cfg = import_mert(path, folder, config)
-    except MirkitError as exc:
-        _fail(exc)
-    assert folder is not None
+    if folder is None:
+        from mirkit.importers.mert import find_files, read_config
+        args = read_config(find_files(path, config)[1])
+        folder = models_home() / ("mert-v1-330m" if args["dim"] == 1024 else "mert-v1-95m")
+    cfg = import_mert(path, folder, config)
     _summary(f"import mert -> {folder}", str(path), cfg, folder, folder.name)
 
 
