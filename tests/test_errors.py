@@ -183,6 +183,8 @@ def _state(kind: str, good: dict) -> object:
         return {"step": good["step"]}
     if kind == "garbage optimizer":
         return {"step": good["step"], "optimizer": "garbage"}
+    if kind == "optimizer of another form":
+        return {"step": good["step"], "optimizer": {"lr": 0.1}}
     if kind == "another model's optimizer":
         return {"step": good["step"], "optimizer": {"state": {}, "param_groups": [{"params": [0, 1]}]}}
     if kind == "wrong moment shape":
@@ -193,7 +195,8 @@ def _state(kind: str, good: dict) -> object:
     return [1, 2, 3]
 
 
-STATES = [("no optimizer", "no 'optimizer' key"), ("garbage optimizer", "'optimizer' is not an optimizer state"),
+STATES = [("no optimizer", "no 'optimizer' key"), ("garbage optimizer", "'optimizer' is a str, not an optimizer state"),
+          ("optimizer of another form", "'optimizer' is not an optimizer state"),
           ("another model's optimizer", "optimizer state does not fit this model"),
           ("wrong moment shape", "'exp_avg' of shape (3, 3)"), ("a list", "a list, not a mapping")]
 

@@ -426,8 +426,8 @@ def load_train_state(out_dir: str | Path) -> dict[str, Any]:
 
 def check_train_state(state: Any, where: str) -> dict[str, Any]:
     """What resume reads, or a :class:`CheckpointError` naming ``where``: a mapping with a non-negative
-    integer ``step`` and an ``optimizer`` in ``torch.optim.Optimizer.state_dict()`` form (a ``state``
-    mapping and a non-empty list of ``param_groups``, each with its ``params`` list)."""
+    integer ``step`` and an ``optimizer`` mapping (its form is checked against the model by
+    :func:`restore_optimizer`)."""
     bad = f"{where}: damaged training state"
     if not isinstance(state, dict):
         raise CheckpointError(f"{bad}: a {type(state).__name__}, not a mapping; delete it to restart from step 0")
@@ -436,40 +436,23 @@ def check_train_state(state: Any, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{bad}: step={step!r} is not a non-negative integer")
     if "optimizer" not in state:
         raise CheckpointError(f"{bad}: no 'optimizer' key (keys: {', '.join(map(str, state)) or 'none'})")
-    opt = state["optimizer"]
-    groups = opt.get("param_groups") if isinstance(opt, dict) else None
-    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(groups, list) and groups
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
-        raise CheckpointError(f"{bad}: 'optimizer' is not an optimizer state (a 'state' mapping and "
-                              f"'param_groups' with their 'params')")
+    if not isinstance(state["optimizer"], dict):
+        raise CheckpointError(f"{bad}: 'optimizer' is a {type(state['optimizer']).__name__}, not an optimizer state")
     return state
-
-
-def check_state_fits(out_dir: str | Path, state: dict[str, Any]) -> str:
-    """Restore a checked training state into the optimizer of the run's own model, rebuilt on the
-    ``meta`` device from config.json's provenance (no memory, no weights): what ``pretrain --resume``
-    would do, for ``mirkit verify``. Returns a summary; raises :class:`CheckpointError` on a misfit."""
-    from mirkit import recipes
-    from mirkit.params import resolve
-    from mirkit.train.loop import param_groups
-    prov = load_config(out_dir).get("provenance") or {}
-    if not isinstance(prov, dict) or not isinstance(prov.get("recipe"), str):
-        return "not checked against the model (config.json has no recipe provenance)"
-    cls = recipes.get(prov["recipe"])
-    recipe = cls(resolve(cls.Params, prov.get("recipe_params") or {}, section="config.json: provenance.recipe_params"))
-    with torch.device("meta"):
-        model = recipe.build_model()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.0))
-    restore_optimizer(optimizer, state, out_dir)
-    return f"fits the {recipe.name} model ({sum(len(g['params']) for g in optimizer.param_groups)} parameters)"
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], out_dir: str | Path) -> None:
     """Load a checked training state into ``optimizer``; a state written for another model (group
     sizes, per-parameter moment shapes) is a :class:`CheckpointError` naming the file, before any step."""
     where = _current_step_dir(out_dir) / TRAINING_DIR / STATE_FILE
+    saved = state["optimizer"]
+    groups = saved.get("param_groups")
+    if not (isinstance(saved.get("state"), dict) and isinstance(groups, list) and groups
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        raise CheckpointError(f"{where}: damaged training state: 'optimizer' is not an optimizer state (a 'state' "
+                              f"mapping and 'param_groups' with their 'params')")
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(saved)
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"{where}: optimizer state does not fit this model ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]})") from None
