@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirkit.errors import InputError
 from mirkit.eval.encoder import MIN_TAIL, FrozenEncoder, features_of_wave, load_frozen
 from mirkit.eval.extract import ExtractParams, write_stores
 
@@ -74,7 +75,8 @@ class MirkitEncoder:
         """Embeddings of one recording.
 
         ``audio``: a file path, or a waveform (numpy array or torch tensor), 1-D ``(samples,)`` or
-        2-D ``(channels, samples)`` (downmixed), at ``sample_rate`` (required for waveforms;
+        2-D ``(channels, samples)`` (downmixed), float in [-1, 1] or integer PCM (int16, int32, int8,
+        uint8: scaled as libsndfile reads such files, :func:`pcm_to_float`), at ``sample_rate`` (required for waveforms;
         resampled to the model's rate). ``layer``: -1 (last, normed), 0 (block input), 1..depth, or
         a list of them / ``"all"`` (every layer from one forward pass; arrays get a leading layer
         axis in that order, ``"all"`` = 0..depth then -1). ``pooling``: one of ``self.poolings``
@@ -162,15 +164,15 @@ class MirkitEncoder:
             except AudioError as exc:
                 raise AudioError(f"{audio}: {exc}") from None
         if sample_rate is None:
-            raise ValueError("a waveform needs its sample_rate (e.g. enc.embed(wave, sample_rate=44100))")
+            raise InputError("a waveform needs its sample_rate (e.g. enc.embed(wave, sample_rate=44100))")
         sample_rate = check_rate(sample_rate)
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
-        wave = np.asarray(audio, dtype=np.float32)
+        wave = pcm_to_float(np.asarray(audio))
         if wave.ndim == 2:
             wave = wave.mean(axis=0)
         if wave.ndim != 1 or wave.size == 0:
-            raise ValueError(f"waveform of shape {np.shape(audio)}: expected (samples,) or (channels, samples)")
+            raise InputError(f"waveform of shape {np.shape(audio)}: expected (samples,) or (channels, samples)")
         try:   # the same checks as decoded files (empty, NaN/inf, digital silence)
             wave = check_wave(wave)
         except AudioError as exc:
@@ -178,9 +180,29 @@ class MirkitEncoder:
         return resample(wave, sample_rate, rate)
 
 
+#: integer PCM -> float in [-1, 1): libsndfile's normalisation (what ``soundfile.read(dtype="float32")``
+#: returns for a file of that sample format): signed n-bit samples divided by 2**(n-1); unsigned 8-bit
+#: (the WAV convention) centred on 128 first
+PCM_SCALE = {np.dtype(np.int16): (0, 2.0 ** 15), np.dtype(np.int32): (0, 2.0 ** 31),
+             np.dtype(np.int8): (0, 2.0 ** 7), np.dtype(np.uint8): (128, 2.0 ** 7)}
+
+
+def pcm_to_float(wave: np.ndarray) -> np.ndarray:
+    """A waveform as float32: floats as they are, integer PCM (int16, int32, int8, uint8) scaled to
+    [-1, 1) as libsndfile does; other types (int64, uint16, bool, complex, object) are refused."""
+    wave = np.asarray(wave)
+    if wave.dtype.kind == "f":
+        return wave.astype(np.float32, copy=False)
+    if wave.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[wave.dtype]
+        return ((wave.astype(np.float64) - offset) / scale).astype(np.float32)
+    raise InputError(f"waveform of dtype {wave.dtype}: give float samples in [-1, 1] or integer PCM "
+                     f"(int16, int32, int8 or uint8)")
+
+
 def _check_tensors(return_tensors: str) -> None:
     if return_tensors not in ("np", "pt"):
-        raise ValueError(f"return_tensors={return_tensors!r}: choose 'np' or 'pt'")
+        raise InputError(f"return_tensors={return_tensors!r}: choose 'np' or 'pt'")
 
 
 def _check_finite(emb: Any, what: str) -> None:
@@ -208,7 +230,7 @@ def _tracks(files: str | Path | Sequence[str | Path]) -> tuple[list[Any], Path]:
         return load_tracks(path), path if path.is_dir() else path.parent
     tracks = [Track(str(f), Path(f).resolve()) for f in files]
     if len({t.track_id for t in tracks}) != len(tracks):
-        raise ValueError("embed_files: a file is listed twice")
+        raise InputError("embed_files: a file is listed twice")
     return tracks, Path.cwd()
 
 

@@ -160,6 +160,33 @@ def _model_training(path: Path) -> Iterable[Finding]:
     same = state.get("step") == step
     yield Finding(checkpoint.STATE_FILE, "same step as the weights", same,
                   f"step {state.get('step')}" + ("" if same else f" but config.json says {step}"))
+    try:
+        yield Finding(checkpoint.STATE_FILE, "optimizer state fits the model", True, _state_fits(path, state))
+    except MirkitError as exc:
+        yield Finding(checkpoint.STATE_FILE, "optimizer state fits the model", False, str(exc))
+
+
+def _state_fits(path: Path, state: dict) -> str:
+    """Restore the training state into the optimizer of the run's own model, rebuilt on the ``meta``
+    device from config.json's provenance (no memory, no weights): what ``pretrain --resume`` does first.
+    Returns a summary; raises ``CheckpointError`` on a misfit."""
+    import torch
+
+    from mirkit import recipes
+    from mirkit.params import resolve
+    from mirkit.train import checkpoint
+    from mirkit.train.loop import param_groups
+    prov = checkpoint.load_config(path).get("provenance") or {}
+    name = prov.get("recipe") if isinstance(prov, dict) else None
+    if not isinstance(name, str) or name not in recipes.available():
+        return f"not checked against a model (config.json names no known recipe: {name!r})"
+    cls = recipes.get(name)
+    recipe = cls(resolve(cls.Params, prov.get("recipe_params") or {}, section="config.json: provenance.recipe_params"))
+    with torch.device("meta"):
+        model = recipe.build_model()
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0))
+    checkpoint.restore_optimizer(optimizer, state, path)
+    return f"fits the {recipe.name} model ({sum(len(g['params']) for g in optimizer.param_groups)} parameters)"
 
 
 #: checks run on a model directory, in order; extend it to check more of the checkpoint format

@@ -17,6 +17,7 @@ from test_extract import SR, build_features, make_checkpoint, params, write_data
 
 import mirkit.api as api
 from mirkit.api import load_encoder
+from mirkit.errors import InputError
 from mirkit.eval.embeddings import Embeddings
 from mirkit.eval.extract import run
 from mirkit.train.checkpoint import CheckpointError
@@ -79,11 +80,11 @@ def test_waveforms_at_other_rates_and_channels(tmp_path, enc):
 
 
 def test_api_arguments_are_checked(workspace, enc, tmp_path):
-    with pytest.raises(ValueError, match="sample_rate"):
+    with pytest.raises(InputError, match="sample_rate"):
         enc.embed(np.zeros(1000, np.float32))
-    with pytest.raises(ValueError, match="pooling='cls'"):
+    with pytest.raises(InputError, match="pooling='cls'"):
         enc.embed(sines(1.0, SR), sample_rate=SR, pooling="cls")
-    with pytest.raises(ValueError, match="layer=7"):
+    with pytest.raises(InputError, match="layer=7"):
         enc.embed(sines(1.0, SR), sample_rate=SR, layer=7)
     with pytest.raises(CheckpointError, match="no such model folder"):
         load_encoder(tmp_path / "nothing")
@@ -215,3 +216,39 @@ def test_readme_examples_for_many_files_and_all_layers_run(tmp_path, monkeypatch
     layers = printed["api-all-layers"].splitlines()
     assert layers[0] == "(4, 2, 64) [0, 1, 2, -1]"
     assert layers[1] == "['layer_2.zarr', 'layer_last.zarr']"
+
+
+# ----------------------------------------------------------------------------- issue 18.6: integer PCM
+@pytest.mark.parametrize("subtype, dtype", [("PCM_16", "int16"), ("PCM_32", "int32")])
+def test_integer_pcm_is_scaled_as_libsndfile_reads_the_same_file(tmp_path, subtype, dtype):
+    """Oracle: soundfile returns a PCM file as integers and as floats; pcm_to_float maps the first onto
+    the second exactly (signed n-bit / 2**(n-1))."""
+    sf.write(tmp_path / "x.wav", sines(0.5, SR), SR, subtype=subtype)
+    ints, _ = sf.read(tmp_path / "x.wav", dtype=dtype)
+    floats, _ = sf.read(tmp_path / "x.wav", dtype="float32")
+    np.testing.assert_array_equal(api.pcm_to_float(ints), floats)
+
+
+def test_unsigned_8_bit_and_int8_follow_the_wav_convention():
+    np.testing.assert_array_equal(api.pcm_to_float(np.array([0, 64, 128, 192, 255], np.uint8)),
+                                  np.array([-1, -0.5, 0, 0.5, 127 / 128], np.float32))
+    np.testing.assert_array_equal(api.pcm_to_float(np.array([-128, 0, 64], np.int8)), np.array([-1, 0, 0.5], np.float32))
+    for bad in (np.zeros(4, np.int64), np.zeros(4, np.uint16), np.zeros(4, bool)):
+        with pytest.raises(InputError, match=f"dtype {bad.dtype}"):
+            api.pcm_to_float(bad)
+
+
+@pytest.mark.parametrize("dtype, offset, scale", [(np.int16, 0, 2 ** 15), (np.int32, 0, 2 ** 31), (np.uint8, 128, 2 ** 7)])
+def test_embed_of_integer_pcm_equals_embed_of_the_same_audio_as_float(enc, dtype, offset, scale):
+    """Before: int16 samples were taken as floats of magnitude ~10^4 (cosine 0.11 to the float input)."""
+    wave = sines(4.0, SR)
+    pcm = np.clip(np.round(wave * scale) + offset, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    same_as_float = ((pcm.astype(np.float64) - offset) / scale).astype(np.float32)   # the same audio, as floats
+    ref = enc.embed(same_as_float, sample_rate=SR)
+    for x in (pcm, torch.from_numpy(pcm)):
+        got = enc.embed(x, sample_rate=SR)
+        cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.min() > 0.9999, cos
+    if dtype is not np.uint8:   # 16/32-bit quantisation noise is far below what the model tells apart
+        clean = enc.embed(wave, sample_rate=SR)
+        assert ((got * clean).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(clean, axis=-1)).min() > 0.999

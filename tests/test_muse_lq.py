@@ -434,3 +434,88 @@ def test_paper_rows_encoder_and_full_counts() -> None:
     assert encoder["cnf-sum-302m"] == pytest.approx(287.1, abs=0.1) and encoder["brn-sum-164m"] == pytest.approx(161.5, abs=0.1)
     assert 1 - full["cnf-sum-302m"] / full["cnf-att-330m"] == pytest.approx(0.090, abs=0.002)
     assert 1 - full["brn-sum-164m"] / full["brn-att-187m"] == pytest.approx(0.089, abs=0.002)
+
+
+# ---------------------------------------------------------------- CSGU fidelity (issue 18.7)
+def _reflect_reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray, length: int) -> np.ndarray:
+    """Depthwise 'same' convolution of x[:, :length] (channels, time) with reflection at both ends, from
+    the formula y[c, t] = bias[c] + sum_j w[c, j] x[c, r(t + j - p)], r(i) = |i| below 0, 2(L-1) - i past L-1."""
+    p = w.shape[1] // 2
+    def r(i: int) -> int:
+        return -i if i < 0 else 2 * (length - 1) - i if i >= length else i
+    return np.stack([[bias[c] + sum(w[c, j] * x[c, r(t + j - p)] for j in range(w.shape[1]))
+                      for t in range(length)] for c in range(x.shape[0])])
+
+
+def test_csgu_pads_by_reflection_like_speechbrain_conv1d() -> None:
+    """SpeechBrain's Conv1d (padding='same', padding_mode='reflect'), used by its CSGU: the first and last
+    kernel//2 outputs see reflected frames, not zeros; a padded batch equals each sequence alone."""
+    from mirkit.models.branchformer import ConvolutionalGatingMLP
+    torch.manual_seed(0)
+    mlp = ConvolutionalGatingMLP(dim=8, units=8, kernel_size=7)
+    with torch.no_grad():
+        mlp.gate_conv.weight.normal_()          # visible weights (the init is ~1e-6)
+    conv, w = mlp.gate_conv, mlp.gate_conv.weight[:, 0].detach().numpy()
+    bias = conv.bias.detach().numpy()
+    x = torch.randn(2, 4, 12)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[1, 9:] = True
+    from mirkit.models.branchformer import reflect_pad
+    for mask in (None, padding):
+        y = conv(reflect_pad(x, 3, mask)).detach().numpy()
+        for i, length in enumerate((12, 12 if mask is None else 9)):
+            np.testing.assert_allclose(y[i, :, :length], _reflect_reference(x[i].numpy(), w, bias, length),
+                                       rtol=1e-5, atol=1e-5)
+    zeros = conv(torch.nn.functional.pad(x, (3, 3))).detach().numpy()
+    assert np.abs(zeros[0, :, :3] - y[0, :, :3]).max() > 0.1    # the test tells reflection from zeros
+
+
+def test_csgu_init_starts_the_gate_near_identity() -> None:
+    """SpeechBrain's CSGU: conv_init='normal' (weights ~ N(0, 1e-6)) and bias 1, so the gate b ~ 1."""
+    from mirkit.models.branchformer import ConvolutionalGatingMLP
+    torch.manual_seed(0)
+    mlp = ConvolutionalGatingMLP(dim=32, units=256, kernel_size=31)
+    w = mlp.gate_conv.weight.detach()
+    assert 0.8e-6 < float(w.std()) < 1.2e-6 and abs(float(w.mean())) < 1e-7
+    assert torch.equal(mlp.gate_conv.bias.detach(), torch.ones(128))
+    with torch.no_grad():
+        b = mlp.gate_conv(torch.nn.functional.pad(torch.randn(1, 128, 50), (15, 15), mode="reflect"))
+    assert float((b - 1).abs().max()) < 1e-3
+
+
+# ---------------------------------------------------------------- mel24k precision (issue 18.7)
+def test_tokens_come_from_the_float32_mel_as_in_musicfm(tmp_path) -> None:
+    """MusicFM quantises its float32 mel; mel24k (the set that feeds the tokens) is stored as float32, so the
+    stored frames are the front end's output and the tokens equal those of the float32 mel. float16 storage
+    (the former one) rounded most frames and moved 0.16 % of the demo corpus's codes."""
+    import soundfile as sf
+    from audio_fixtures import tone
+
+    from mirkit.data.audio import load_audio
+    from mirkit.data.features import PRESETS, FrontEnd
+    from mirkit.data.mels import MelsParams
+    from mirkit.data.mels import run as run_mels
+    from mirkit.data.quantizer import RandomProjectionQuantizer
+    from mirkit.data.store import open_set
+    from mirkit.data.tokens import TokensParams, tokenize
+    from mirkit.data.tokens import run as run_tokens
+    spec = PRESETS["mel24k"]
+    assert spec.dtype == "float32"
+    (tmp_path / "audio").mkdir()
+    rng = np.random.default_rng(1)   # 20 s of tones over enveloped noise: many distinct codes
+    t = np.arange(20 * 24000) / 24000
+    wave = tone(20.0, 24000, 330.0, seed=1) + 0.2 * rng.standard_normal(t.size) * (1 + np.sin(2 * np.pi * 0.7 * t))
+    sf.write(tmp_path / "audio" / "a.wav", (0.5 * wave / np.abs(wave).max()).astype(np.float32), 24000, subtype="FLOAT")
+    run_mels(MelsParams(input=str(tmp_path / "audio"), store=str(tmp_path / "f.zarr"), num_workers=0,
+                        feature_sets=["mel24k"], failures=str(tmp_path / "f.tsv"), summary=str(tmp_path / "s.json")))
+    q = str(tmp_path / "q.safetensors")
+    run_tokens(TokensParams(features=str(tmp_path / "f.zarr"), feature_set="mel24k", out=str(tmp_path / "t.zarr"),
+                            codebook_size=8192, quantizer=q, metrics=str(tmp_path / "t.json")))
+    mel = FrontEnd(spec)(torch.from_numpy(load_audio(tmp_path / "audio" / "a.wav", 24000))[None])[0].numpy()
+    stored = open_set(str(tmp_path / "f.zarr"), "mel24k").read(0)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, mel)
+    quantizer = RandomProjectionQuantizer.load(q)
+    codes = open_set(str(tmp_path / "t.zarr"), "mel24k").read(0)
+    np.testing.assert_array_equal(codes, tokenize(mel, quantizer, 4))
+    assert (mel.astype(np.float16).astype(np.float32) != mel).mean() > 0.5   # float16 storage would not pass

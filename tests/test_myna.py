@@ -252,6 +252,17 @@ def test_default_crop_is_mynas_50000_samples(patch, frames):
     assert tiny_recipe(patch=patch, crop_frames=64).crop_frames == 64
 
 
+@pytest.mark.parametrize("samples, patch, frames", [(50_000, "square", 96), (100_000, "square", 192),
+                                                    (100_000, "hybrid", 192), (100_000, "vertical", 196)])
+def test_crop_samples_follow_mynas_get_n_frames(samples, patch, frames):
+    """Oracle: get_n_frames counts the frames of nnAudio's centred STFT (n_fft 2048, hop 512) of that many
+    samples and floors them to the time patch width; train.py's default 100000 gives 192 / 196."""
+    n = torch.stft(torch.zeros(samples), n_fft=2048, hop_length=512, center=True, window=torch.hann_window(2048),
+                   return_complex=True).shape[-1]
+    width = 2 if patch == "vertical" else 16
+    assert tiny_recipe(patch=patch, crop_samples=samples).crop_frames == n // width * width == frames
+
+
 def test_projection_head_is_mynas_linear_head_or_relu_mlp():
     """utils.add_proj_head: Linear per width, ReLU between layers and none after the last."""
     head = tiny_recipe().build_model().head

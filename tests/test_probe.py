@@ -419,7 +419,7 @@ def test_probe_command_validates_before_work(tmp_path):
     assert res.exit_code == 2 and "probe.tasks.g.group: column 'song'" in " ".join(res.output.split())
     write_params(params, runs={"a": str(tmp_path / "nope.zarr")}, tasks={"g": {"type": "multiclass", "label": "genre"}})
     res = runner.invoke(cli_app(), ["probe", "--params", str(params)])
-    assert res.exit_code == 2 and "probe.runs.a" in res.output
+    assert res.exit_code == 2 and "nope.zarr: no embeddings store here" in res.output
 
 
 def test_probe_command_writes_other_tasks_then_fails_naming_the_bad_task(tmp_path):

@@ -202,3 +202,44 @@ def test_two_ddp_processes_update_the_same_state_as_one(tmp_path):
     losses = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["loss"] for r in range(2)]
     for step in range(2):
         assert (losses[0][step] + losses[1][step]) / 2 == pytest.approx(single["loss"][step], rel=1e-5)
+
+
+def libauc_step(z1, z2, u, index, first_epoch, tau=TAU, gamma=GAMMA):
+    """LibAUC GCLoss_v1's rule per item: u = g when the item is unseen in epoch 0, else (1 - gamma) u + gamma g
+    (so an item first seen after epoch 0, as Myna's drop_last can leave, starts at gamma * g = 0.9 g)."""
+    views = cosine_table(z1, z2)
+    n = len(views[0])
+    u_anchor = {}
+    for v, i, _, negs in anchors(views):
+        g = np.exp(negs / tau).mean()
+        old = u[index[i]]
+        u_anchor[v, i] = g if (first_epoch[i] and old == 0) else (1 - gamma) * old + gamma * g
+    new_u = dict(u)
+    for i in range(n):
+        new_u[index[i]] = (u_anchor[0, i] + u_anchor[1, i]) / 2
+    return new_u
+
+
+@pytest.mark.parametrize("n_tracks, batch", [(7, 3), (5, 4), (6, 6)])
+def test_every_first_visit_is_in_epoch_0_so_mirkit_equals_libauc(n_tracks, batch):
+    """Issue 18.7: LibAUC gives u = 0.9 g to an item first seen after epoch 0; mirkit gives u = g at a first
+    visit. mirkit's loader (a permutation per epoch addressed by a global counter, batches crossing epochs, no
+    drop_last) draws every item inside epoch 0, so the two rules agree: replay LibAUC's rule on the loader's
+    draws (straddling batches included) and compare the state after every step."""
+    from mirkit.train.loop import ExampleStream, batch_indices
+    stream = ExampleStream.__new__(ExampleStream)
+    stream.tracks, stream.seed = list(range(n_tracks)), 3
+    draws = batch_indices(0, 4 * n_tracks, batch, 0, 1)
+    first = {}
+    for k in (k for step in draws for k in step):
+        first.setdefault(stream.track_of(k), k)
+    assert sorted(first) == list(range(n_tracks)) and max(first.values()) < n_tracks   # all first visits in epoch 0
+    loss, u = SogCLR(n_tracks, TAU, GAMMA), {k: 0.0 for k in range(n_tracks)}
+    for step, ks in enumerate(draws[:8]):
+        index = [stream.track_of(k) for k in ks]
+        if len(set(index)) < len(index):
+            continue            # a repeat inside one batch is averaged (tested above), not LibAUC's case
+        z1, z2 = embeddings(len(ks), seed=step + 1)
+        u = libauc_step(z1, z2, u, index, [k < n_tracks for k in ks])
+        loss(z1, z2, torch.tensor(index))
+        np.testing.assert_allclose(loss.u.numpy(), [u[k] for k in range(n_tracks)], rtol=1e-5)

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import typer
 
+from mirkit.errors import InputError
 from mirkit.ui import console, table
 
 app = typer.Typer(help="Convert checkpoints from other code (or older mirkit) into mirkit model folders.",
                   no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
 
 @app.command("myna")
@@ -35,17 +31,13 @@ def myna(
 
     Example: mirkit import myna myna-hybrid.pth --variant hybrid --out models/myna-hybrid
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.myna import VARIANTS, import_myna
     from mirkit.models.timing import timing_of_config
     from mirkit.train.checkpoint import models_home
     if variant not in VARIANTS:
-        _fail(typer.BadParameter(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}"))
+        raise InputError(f"--variant {variant!r}: choose from {', '.join(VARIANTS)}")
     folder = out or models_home() / f"myna-{variant}"
-    try:
-        config = import_myna(path, variant, folder, dim_head)
-    except MirkitError as exc:
-        _fail(exc)
+    config = import_myna(path, variant, folder, dim_head)
     t = timing_of_config(config)
     console.print(table(f"import myna -> {folder}", None, [
         ("source", f"{path} (Myna-{variant})"),
@@ -91,14 +83,10 @@ def musicfm(
 
     Example: mirkit import musicfm pretrained_msd.pt --stats msd_stats.json --out models/musicfm-msd
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.musicfm import import_musicfm
     from mirkit.train.checkpoint import models_home
     folder = out or models_home() / "musicfm"
-    try:
-        config = import_musicfm(path, stats, folder, heads)
-    except MirkitError as exc:
-        _fail(exc)
+    config = import_musicfm(path, stats, folder, heads)
     _summary(f"import musicfm -> {folder}", f"{path} + {stats}", config, folder, "musicfm")
 
 
@@ -120,19 +108,14 @@ def mert(
 
     Example: mirkit import mert MERT-v1-95M/ --out models/mert-v1-95m
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.mert import import_mert
     from mirkit.train.checkpoint import models_home
     folder = out
-    try:
-        if folder is None:
-            from mirkit.importers.mert import find_files, read_config
-            args = read_config(find_files(path, config)[1])
-            folder = models_home() / ("mert-v1-330m" if args["dim"] == 1024 else "mert-v1-95m")
-        cfg = import_mert(path, folder, config)
-    except MirkitError as exc:
-        _fail(exc)
-    assert folder is not None
+    if folder is None:
+        from mirkit.importers.mert import find_files, read_config
+        args = read_config(find_files(path, config)[1])
+        folder = models_home() / ("mert-v1-330m" if args["dim"] == 1024 else "mert-v1-95m")
+    cfg = import_mert(path, folder, config)
     _summary(f"import mert -> {folder}", str(path), cfg, folder, folder.name)
 
 
@@ -148,12 +131,8 @@ def legacy(
 
     Example: mirkit import legacy models/pretrain --out models/pretrain
     """
-    from mirkit.errors import MirkitError
     from mirkit.importers.legacy import import_legacy
-    try:
-        kind, folder = import_legacy(path, out)
-    except MirkitError as exc:
-        _fail(exc)
+    kind, folder = import_legacy(path, out)
     console.print(table(f"import legacy -> {out}", None, [
         ("wrote", "training run folder (resume works)" if kind == "run" else "model folder (encoder only)"),
         ("model folder", str(folder)),

@@ -27,11 +27,6 @@ Example: mirkit inspect model models/pretrain data/samples/clip_0000.wav --out r
 sub = typer.Typer(help=HELP, no_args_is_help=True)
 
 
-def _input_error(exc: Exception) -> InputError:
-    """A library ValueError/OSError about what the user gave, as the CLI's bad-input error (exit 2)."""
-    return exc if isinstance(exc, InputError) else InputError(str(exc))
-
-
 @sub.command("model")
 def model_cmd(
     checkpoint: Path = typer.Argument(..., help="model folder or training run folder"),
@@ -45,11 +40,9 @@ def model_cmd(
     device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda"),
 ) -> None:
     """Attention maps, self-similarity matrices and onset emergence of every layer on one window."""
-    from mirkit.data.audio import AudioError, load_audio
-    from mirkit.data.features import FrontEnd
     from mirkit.data.manifest import read_manifest
-    from mirkit.eval.encoder import features_of_wave, load_frozen
-    from mirkit.eval.inspect import inspect_model
+    from mirkit.eval.encoder import load_frozen
+    from mirkit.eval.inspect import features_of_file, inspect_model
     frozen = load_frozen(checkpoint, device, random_init, seed)
     if (audio is None) == (manifest is None or track is None):
         raise InputError("give either an AUDIO file or --manifest M --track ID")
@@ -62,16 +55,9 @@ def model_cmd(
         audio, offset, duration, name = Path(t.path), t.offset, t.duration, track
     if audio is None:   # unreachable after the check above; narrows the type
         raise InputError("give either an AUDIO file or --manifest M --track ID")
-    try:
-        wave = load_audio(audio, frozen.spec.sample_rate, offset, duration)
-    except AudioError as exc:
-        raise AudioError(f"{audio}: {exc}") from None
-    feats = features_of_wave(frozen, wave, FrontEnd(frozen.spec).to(frozen.device))
+    feats = features_of_file(frozen, audio, offset, duration)
     title = f"{frozen.model_info.get('recipe') or frozen.config['architecture']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
-    try:
-        analysis, paths = inspect_model(frozen, feats, out, title, start)
-    except ValueError as exc:
-        raise _input_error(exc) from None
+    analysis, paths = inspect_model(frozen, feats, out, title, start)
     if analysis.message:
         console.print(f"[yellow]note:[/yellow] {analysis.message}")
     console.print(table(f"inspect model: onset emergence ({len(analysis.onset)} columns, written to {out})",
@@ -94,10 +80,7 @@ def embeddings_cmd(
         raise InputError(f"--method {method!r}: choose pca or tsne")
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"embeddings_{Path(store.rstrip('/')).stem}_{label}_{method}.png"
-    try:
-        info = embedding_map(store, label, method, png, seed)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _input_error(exc) from None
+    info = embedding_map(store, label, method, png, seed)
     png.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     console.print(f"[green]wrote[/green] {png} ({info['tracks']} tracks, {info['kind']} label, splits: "
                   f"{', '.join(info['splits'])})")
@@ -113,10 +96,7 @@ def training_cmd(
     if not log.exists():
         raise InputError(f"{log}: no such training log")
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        info = training_curves(log, out / "training.png")
-    except ValueError as exc:
-        raise _input_error(exc) from None
+    info = training_curves(log, out / "training.png")
     console.print(f"[green]wrote[/green] {out / 'training.png'} ({info['steps']} steps, loss "
                   f"{info['first_loss']:.4g} -> {info['last_loss']:.4g})")
 
@@ -128,10 +108,7 @@ def report_cmd(
 ) -> None:
     """Gather the pictures of one run into FOLDER/report.md."""
     from mirkit.eval.inspect import write_report
-    try:
-        path = write_report(folder, title)
-    except ValueError as exc:
-        raise _input_error(exc) from None
+    path = write_report(folder, title)
     console.print(f"[green]wrote[/green] {path}")
 
 

@@ -79,6 +79,41 @@ class StoreBusy(StoreError):
 _HELD: dict[str, list[int]] = {}   # resolved store path -> [fd, depth, pid]
 
 
+def broken_metadata(url: str) -> str | None:
+    """The first ``zarr.json`` under a local store that is not a valid Zarr v3 document, with the reason
+    (None when every one parses, or the store is not local). Zarr reads these files lazily and raises
+    JSON or validation errors that name no file; this names it."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+    root = _local_path(url)
+    if root is None or not root.is_dir():
+        return None
+    for path in sorted(root.rglob("zarr.json")):
+        try:
+            doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") not in ("array", "group"):
+                raise ValueError("not a Zarr v3 array or group document")
+            if doc["node_type"] == "array":
+                ArrayV3Metadata.from_dict(dict(doc))
+        except Exception as exc:  # noqa: BLE001 - any failure to parse is the damage being reported
+            return f"{path}: damaged Zarr metadata ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})"
+    return None
+
+
+@contextmanager
+def metadata_checked(url: str, error: type[InputError] | None = None) -> Iterator[None]:
+    """Turn the error zarr raises on a garbage ``zarr.json`` (JSON, validation, type errors) into one
+    :class:`StoreError` (or ``error``) naming the file; any other failure propagates unchanged."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError):
+        reason = broken_metadata(url)
+        if reason is None:
+            raise
+        raise (error or StoreError)(f"{reason}; restore it, or delete the store and re-run") from None
+
+
 def _local_path(url: str) -> Path | None:
     url = str(url)
     url = url.removeprefix("file://")
@@ -99,7 +134,12 @@ def lock_holder(url: str) -> dict[str, Any] | None:
 
 
 def _acquire(root: Path, url: str, wait: float) -> int:
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{url}: exists and is a file, not a store folder; pass a folder path (e.g. features.zarr)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{url}: cannot create the store folder ({exc.strerror})") from None
     path = root / LOCK_FILE
     deadline = time.monotonic() + wait
     while True:
@@ -176,7 +216,8 @@ def _canonical(spec: dict[str, Any]) -> str:
 def open_root(url: str, mode: str = "r") -> zarr.Group:
     """Open (or, with mode 'a', create) the root group of a store at a path or fsspec URL."""
     try:
-        return zarr.open_group(str(url), mode=mode)
+        with metadata_checked(url):
+            return zarr.open_group(str(url), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise StoreError(f"{url}: no Zarr store here ({exc.__class__.__name__})") from None
 
@@ -212,7 +253,8 @@ class FrameSet(_TrackIndex):
     def __init__(self, url: str, name: str, mode: str = "r"):
         self.url, self.name, self.mode = str(url), name, mode
         self._group: Any = None   # zarr.Group once opened
-        self._load()
+        with metadata_checked(self.url):
+            self._load()
 
     # -- opening -----------------------------------------------------------------------------
     def _load(self) -> None:
@@ -470,7 +512,8 @@ def set_names(url: str) -> list[str]:
         if not found:
             raise
         return sorted({name for shards in found.values() for u in shards.values() for name in set_names(u)})
-    return _own_set_names(root)
+    with metadata_checked(url):
+        return _own_set_names(root)
 
 
 def open_set(url: str, name: str) -> FrameSet | ShardedSet:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from mirkit.errors import MirkitError
+from mirkit.errors import InputError, MirkitError
 from mirkit.params import ParamsError, param
 
 MANIFEST_NAME = "manifest.csv"
@@ -586,9 +586,9 @@ def synthesize(out_dir: Path, n_clips: int = 120, seed: int = 0, sample_rate: in
     ``on_clip`` is called after each clip is on disk (progress bars).
     """
     if n_clips < 1:
-        raise ValueError(f"n_clips={n_clips}: must be >= 1")
+        raise InputError(f"n_clips={n_clips}: must be >= 1")
     if not 0 < min_seconds <= max_seconds:
-        raise ValueError(f"min_seconds={min_seconds}, max_seconds={max_seconds}: "
+        raise InputError(f"min_seconds={min_seconds}, max_seconds={max_seconds}: "
                          "need 0 < min_seconds <= max_seconds")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

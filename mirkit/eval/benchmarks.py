@@ -42,6 +42,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mirkit.errors import InputError
+
 AUDIO_EXTENSIONS = (".wav", ".au", ".mp3", ".flac", ".ogg", ".m4a", ".aiff", ".aif")
 
 METADATA = {"gtzan": "gtzan_ff.json.gz", "giantsteps": "giantsteps_clips.json.gz",
@@ -54,7 +56,7 @@ SONG_COLUMNS = {"giantsteps": "song"}   # column naming the song of a clip (prob
 def load_metadata(name: str) -> dict[str, dict[str, Any]]:
     """uid -> {split, y, clip, extra} of one benchmark (the shipped JukeMIR metadata)."""
     if name not in METADATA:
-        raise ValueError(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
+        raise InputError(f"unknown benchmark {name!r} (choose from {', '.join(BENCHMARKS)})")
     data = resources.files("mirkit.eval") / "benchmark_data" / METADATA[name]
     with data.open("rb") as fh, gzip.open(fh, "rt") as text:
         return json.load(text)

@@ -115,13 +115,13 @@ class EmbeddingsWriter:
 
     def _resume(self, attrs: dict[str, Any], meta: dict[str, Any]) -> None:
         if attrs.get("dim") != self.dim:
-            raise ValueError(f"{self.url}: store has dim {attrs.get('dim')}, writer was asked for {self.dim}")
+            raise EmbeddingsError(f"{self.url}: store has dim {attrs.get('dim')}, writer was asked for {self.dim}")
         for key, value in meta.items():
             if key in attrs and attrs[key] != _roundtrip(value):
-                raise ValueError(f"{self.url}: attr '{key}' is {attrs[key]!r} in the store, "
+                raise EmbeddingsError(f"{self.url}: attr '{key}' is {attrs[key]!r} in the store, "
                                  f"{value!r} now; write to a new store")
         if self.with_frames != ("frames" in self.group):
-            raise ValueError(f"{self.url}: frames={'frames' in self.group} in the store, {self.with_frames} now")
+            raise EmbeddingsError(f"{self.url}: frames={'frames' in self.group} in the store, {self.with_frames} now")
         committed = attrs["committed"]
         self.tracks = list(attrs["tracks"])[: committed["tracks"]]
         self.n_chunks, self.n_frames = committed["chunks"], committed["frames"]
@@ -242,6 +242,11 @@ class Embeddings:
 
     def __init__(self, url: str) -> None:
         self.url = str(url)
+        from mirkit.data.store import metadata_checked
+        with metadata_checked(self.url, EmbeddingsError):
+            self._open()
+
+    def _open(self) -> None:
         try:
             self.group = _open(self.url, "r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -305,32 +310,42 @@ class Embeddings:
         """Positions of the tracks whose manifest ``split`` is ``name``."""
         return [i for i, t in enumerate(self.tracks) if t.get("split") == name]
 
+    def _rows(self, key: str, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of array ``key``; a chunk that does not decode (truncated, overwritten) is an
+        :class:`EmbeddingsError` naming the array and the rows, never a codec traceback."""
+        try:
+            return np.asarray(self.group[key][lo:hi])
+        except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for a damaged chunk
+            raise EmbeddingsError(f"{self.url}: damaged: '{key}' rows {lo}..{hi} unreadable "
+                                  f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); run "
+                                  f"`mirkit verify {self.url}`, re-run `mirkit extract` into a new store") from None
+
     def chunks(self, i: int) -> np.ndarray:
         """``(n_chunks, dim)`` embeddings of track ``i``."""
         a, b = self._chunk_off[i], self._chunk_off[i + 1]
-        return np.asarray(self.group["chunks"][a:b])
+        return self._rows("chunks", a, b)
 
     def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(n_frames, dim)`` per-frame embeddings of track ``i`` and their times (seconds)."""
         if not self.has_frames:
-            raise ValueError(f"{self.url}: this store has no per-frame embeddings")
+            raise EmbeddingsError(f"{self.url}: this store has no per-frame embeddings")
         a, b = self._frame_off[i], self._frame_off[i + 1]
         if self._frames_cache is not None:
             return self._frames_cache[0][a:b], self._frames_cache[1][a:b]
-        return np.asarray(self.group["frames"][a:b]), np.asarray(self.group["frame_time"][a:b])
+        return self._rows("frames", a, b), self._rows("frame_time", a, b)
 
     def load_frames(self) -> None:
         """Read all per-frame embeddings into memory once (two reads instead of two per track);
         later :meth:`frames` calls slice them."""
         if self.has_frames and self._frames_cache is None:
-            self._frames_cache = (np.asarray(self.group["frames"][: self._n_frames]),
-                                  np.asarray(self.group["frame_time"][: self._n_frames]))
+            self._frames_cache = (self._rows("frames", 0, self._n_frames),
+                                  self._rows("frame_time", 0, self._n_frames))
 
     def chunk_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """All chunks of the given tracks at once: ``(rows, dim)`` and the row -> position in
         ``indices`` map (what late fusion averages over). Reads the chunk array once."""
         if self._chunks_cache is None:
-            self._chunks_cache = np.asarray(self.group["chunks"][: self._n_chunks])
+            self._chunks_cache = self._rows("chunks", 0, self._n_chunks)
         idx = np.asarray(list(indices), dtype=np.int64)
         pos = np.full(len(self.tracks), -1, np.int64)
         pos[idx] = np.arange(len(idx))

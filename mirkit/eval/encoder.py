@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from mirkit.device import pick
+from mirkit.errors import InputError
 from mirkit.models.base import Encoder, layer_list
 
 #: default share of a window the tail must fill to count as a chunk
@@ -154,7 +155,7 @@ class FrozenEncoder:
         wanted = layer_list(enc.depth, layers)
         pooling = pooling or enc.poolings[0]
         if pooling not in enc.poolings:
-            raise ValueError(f"pooling={pooling!r}: this {type(enc).__name__} supports "
+            raise InputError(f"pooling={pooling!r}: this {type(enc).__name__} supports "
                              f"{', '.join(enc.poolings)} (default {enc.poolings[0]})")
         return wanted, pooling
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mirkit.device import DEVICES
+from mirkit.errors import InputError
 from mirkit.eval.embeddings import track_row
 from mirkit.eval.encoder import MIN_TAIL, FrozenEncoder, features_of_wave, finite_embeddings, load_frozen
 from mirkit.models.base import POOLINGS
@@ -152,7 +153,7 @@ def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest
     the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
     import zarr
 
-    from mirkit.eval.embeddings import EmbeddingsWriter
+    from mirkit.eval.embeddings import EmbeddingsError, EmbeddingsWriter
     status = "created"
     try:
         existing = dict(zarr.open_group(store=str(out), mode="r").attrs)
@@ -166,7 +167,7 @@ def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest
     if status == "resumed":
         try:
             return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status
-        except ValueError:
+        except EmbeddingsError:   # written with other settings: replaced, never mixed
             status = "replaced"
     if status == "replaced":
         zarr.open_group(store=str(out), mode="w")
@@ -208,7 +209,7 @@ def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, out
     from mirkit.data.audio import AudioError
     try:
         layers, pooling = frozen.resolve_layers(list(outs), p.pooling)
-    except ValueError as exc:
+    except InputError as exc:   # name the stage's keys
         raise ParamsError(f"extract: {exc}") from None
     dim, frame_dim, fpc = frozen.probe_shapes(layers[0], pooling)
     if p.frames and frame_dim != dim:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mirkit.errors import InputError
 from mirkit.eval.encoder import FrozenEncoder, cut_window
 
 DPI = 100
@@ -130,6 +131,20 @@ def attention_received(maps: np.ndarray, n_cls: int, grid: tuple[int, int]) -> n
     return received.reshape(rows, -1).sum(axis=0)
 
 
+def features_of_file(frozen: FrozenEncoder, audio: str | Path, offset: float = 0.0,
+                     duration: float | None = None) -> np.ndarray:
+    """The encoder's input features of one audio file (or a clip of it); an :class:`AudioError`
+    names the file."""
+    from mirkit.data.audio import AudioError, load_audio
+    from mirkit.data.features import FrontEnd
+    from mirkit.eval.encoder import features_of_wave
+    try:
+        wave = load_audio(audio, frozen.spec.sample_rate, offset, duration)
+    except AudioError as exc:
+        raise AudioError(f"{audio}: {exc}") from None
+    return features_of_wave(frozen, wave, FrontEnd(frozen.spec).to(frozen.device))
+
+
 def analyse(frozen: FrozenEncoder, feats: np.ndarray, start_seconds: float = 0.0,
             half_width: int = NOVELTY_HALF_WIDTH) -> ModelAnalysis:
     """Run one window of ``feats`` ``(frames, bins)`` (from ``start_seconds``) through the model and
@@ -137,7 +152,7 @@ def analyse(frozen: FrozenEncoder, feats: np.ndarray, start_seconds: float = 0.0
     with few columns per window (SimpleViT's 16-frame patches give 6)."""
     start = int(round(start_seconds * frozen.frame_rate))
     if start >= len(feats):
-        raise ValueError(f"start {start_seconds:g} s is past the end of the audio ({len(feats) / frozen.frame_rate:.2f} s)")
+        raise InputError(f"start {start_seconds:g} s is past the end of the audio ({len(feats) / frozen.frame_rate:.2f} s)")
     x = cut_window(feats, start, frozen.window, float(feats.min()))
     enc = frozen.encoder
     layers = tuple(range(enc.depth + 1))
@@ -268,7 +283,7 @@ def project(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarra
         from sklearn.manifold import TSNE
         perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
-    raise ValueError(f"method={method!r}: choose pca or tsne")
+    raise InputError(f"method={method!r}: choose pca or tsne")
 
 
 def embedding_map(store_url: str, label: str, method: str, out_path: str | Path, seed: int = 0) -> dict[str, Any]:
@@ -277,10 +292,10 @@ def embedding_map(store_url: str, label: str, method: str, out_path: str | Path,
     from mirkit.eval.embeddings import Embeddings
     emb = Embeddings(store_url)
     if not len(emb):
-        raise ValueError(f"{store_url}: no tracks")
+        raise InputError(f"{store_url}: no tracks")
     if not any(label in t for t in emb.tracks):
         columns = sorted({k for t in emb.tracks for k in t} - {"track_id", "split", "path", "offset"})
-        raise ValueError(f"label {label!r} not in {store_url} (columns: {', '.join(columns)})")
+        raise InputError(f"label {label!r} not in {store_url} (columns: {', '.join(columns)})")
     rows, track_of = emb.chunk_rows(range(len(emb)))
     points = np.stack([rows[track_of == i].mean(0) for i in range(len(emb))])
     xy = project(points, method, seed)
@@ -334,12 +349,12 @@ def read_log(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if path.is_dir():
         curves = read_curves(path)
         if not curves:
-            raise ValueError(f"{path}: no dvclive curves under plots/metrics (not a `mirkit pretrain` log folder)")
+            raise InputError(f"{path}: no dvclive curves under plots/metrics (not a `mirkit pretrain` log folder)")
         return {k: (np.asarray(s, float), np.asarray(v, float)) for k, (s, v) in curves.items()}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or "step" not in rows[0]:
-        raise ValueError(f"{path}: not a training log (needs a header with 'step')")
+        raise InputError(f"{path}: not a training log (needs a header with 'step')")
     cols = {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
     return {("train/" + k if not k.startswith(("val/", "probe/")) else k): (cols["step"], v)
             for k, v in cols.items() if k != "step"}
@@ -386,7 +401,7 @@ def write_report(out_dir: str | Path, title: str = "mirkit inspection") -> Path:
     embedding maps, and for each inspected model its onset table, novelty curves and layer maps."""
     out = Path(out_dir)
     if not out.is_dir():
-        raise ValueError(f"{out}: no such folder (run the other `mirkit inspect` commands with --out {out} first)")
+        raise InputError(f"{out}: no such folder (run the other `mirkit inspect` commands with --out {out} first)")
     lines = [f"# {title}", ""]
     for png in sorted(out.glob("training*.png")):
         lines += ["## Training", "", f"![training curves]({png.name})", ""]

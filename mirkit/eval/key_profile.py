@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mirkit.errors import InputError
 from mirkit.models.base import Encoder
 
 #: index k = key signature whose major tonic is k semitones above C
@@ -123,7 +124,7 @@ class KeyReadout:
     def from_model(cls, model: Any, chunk_frames: int, **kwargs: Any) -> KeyReadout:
         """From a trained :class:`mirkit.recipes.mt2.MT2Model` (uses its ``key_head``)."""
         if getattr(model, "key_head", None) is None:
-            raise ValueError("this model has no key head (trained without the CPSD objective)")
+            raise InputError("this model has no key head (trained without the CPSD objective)")
         return cls(model.encoder, model.key_head, chunk_frames, key_token=model.key_token, **kwargs)
 
     def raw_profile(self, frames: np.ndarray) -> np.ndarray:

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mirkit.device import pick as resolve_device
-from mirkit.errors import MirkitError
 from mirkit.eval.bootstrap import Interval, interval, paired_difference
 from mirkit.eval.protocols import DEFAULT_FUSION, FUSION_CHOICES, PROTOCOLS, Setup, setup
-from mirkit.eval.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
+from mirkit.eval.tasks import FrameTask, TaskDataError, TaskSpec, check_columns, make_task, parse_tasks
 from mirkit.params import ParamsError, param, to_dict
 
 
@@ -86,10 +85,7 @@ def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, di
     from mirkit.eval.layered import open_layers
     runs = {}
     for name, url in params.runs.items():
-        try:
-            runs[name] = open_layers(url)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ParamsError(f"probe.runs.{name}={url!r}: cannot open embeddings store ({exc})") from None
+        runs[name] = open_layers(url)   # an EmbeddingsError names the store and what is wrong with it
         main = next(reversed(runs[name].values()))
         check_columns(specs, main.tracks, f"probe.runs.{name} ({url})")
         if isinstance(params.layers, int) and params.layers not in runs[name]:
@@ -150,7 +146,7 @@ def run(params: ProbeParams, stores: dict[str, dict[int, Any]] | None = None,
                         tick = _offset(job, k * total)
                         results.append(evaluate_task(layers, task, conf.protocol, settings, tick, fusion=fusion,
                                                      layers=params.layers))
-                except (MirkitError, ValueError, OSError, KeyError) as exc:   # TaskDataError is both
+                except TaskDataError as exc:   # this task's labels cannot be used: the other tasks still run
                     if job:
                         job.close("failed")
                     if on_error:

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from mirkit.errors import InputError
+
 POOLINGS = ("mean", "cls", "cls2", "cls-mean", "seq-mean")
 
 
@@ -68,13 +70,13 @@ def pool(out: EncoderOutput, layer: int, pooling: str) -> Tensor:
     if pooling in ("cls", "cls2", "cls-mean"):
         need = 2 if pooling == "cls2" else 1
         if out.n_cls < need:
-            raise ValueError(f"pooling '{pooling}' needs {need} class token(s); this model has {out.n_cls}")
+            raise InputError(f"pooling '{pooling}' needs {need} class token(s); this model has {out.n_cls}")
         if pooling == "cls":
             return h[:, 0]
         if pooling == "cls2":
             return h[:, 1]
         return out.cls_tokens(layer).mean(dim=1)
-    raise ValueError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
+    raise InputError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
 
 
 class Encoder(nn.Module):
@@ -143,16 +145,16 @@ def layer_list(depth: int, layers: int | Sequence[int] | str) -> list[int]:
     """Validated layer numbers: one layer, a list, or ``"all"`` (0..depth, then -1)."""
     if isinstance(layers, str):
         if layers != "all":
-            raise ValueError(f"layers={layers!r}: give a layer number, a list of them or 'all'")
+            raise InputError(f"layers={layers!r}: give a layer number, a list of them or 'all'")
         return [*range(depth + 1), -1]
     wanted = [int(layers)] if isinstance(layers, int) else [int(v) for v in layers]
     if not wanted:
-        raise ValueError("layers: the list is empty")
+        raise InputError("layers: the list is empty")
     for layer in wanted:
         if not (layer == -1 or 0 <= layer <= depth):
-            raise ValueError(f"layer={layer}: this model has layers 0..{depth} (or -1 = last, normed)")
+            raise InputError(f"layer={layer}: this model has layers 0..{depth} (or -1 = last, normed)")
     if len(set(wanted)) != len(wanted):
-        raise ValueError(f"layers={wanted}: a layer is listed twice")
+        raise InputError(f"layers={wanted}: a layer is listed twice")
     return wanted
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirkit.models.summary_mixing import feed_forward
@@ -29,13 +30,33 @@ def zero_padding(x: Tensor, padding_mask: Tensor | None) -> Tensor:
     return x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
 
+def reflect_pad(x: Tensor, pad: int, padding_mask: Tensor | None = None) -> Tensor:
+    """``(batch, channels, time)`` padded by ``pad`` steps on each side by reflection (``x[-t] = x[t]``,
+    ``x[L-1+t] = x[L-1-t]``, as ``F.pad(mode="reflect")``), each sequence about its own valid length
+    ``L`` (``padding_mask``: True at padded tail frames), so a padded batch equals each sequence alone.
+    A sequence of at most ``pad`` frames cannot be reflected and is zero-padded."""
+    if padding_mask is None:
+        return F.pad(x, (pad, pad), mode="reflect" if x.shape[-1] > pad else "constant")
+    n, channels, steps = x.shape
+    lengths = (~padding_mask).sum(dim=1, keepdim=True)                        # (batch, 1)
+    t = torch.arange(-pad, steps + pad, device=x.device).expand(n, -1)       # (batch, time + 2 pad)
+    src = torch.where(t < 0, -t, torch.where(t >= lengths, 2 * (lengths - 1) - t, t))
+    keep = (src >= 0) & (src < lengths) & (lengths > pad)
+    out = x.gather(2, src.clamp(0, steps - 1).unsqueeze(1).expand(n, channels, -1))
+    return out * keep.unsqueeze(1).to(x.dtype)
+
+
 class ConvolutionalGatingMLP(nn.Module):
     """cgMLP: ``Linear(d->units) -> GELU -> CSGU -> Linear(units/2 -> d)``.
 
     Convolutional spatial gating unit (CSGU): split the channels into halves ``(a, b)``; ``b`` goes
-    through LayerNorm and a depthwise convolution over time (kernel 31, "same" padding); the output
-    is ``a * b``. The convolution bias starts at 1 so the gate starts near identity (ESPnet /
-    SpeechBrain cgMLP initialisation).
+    through LayerNorm and a depthwise convolution over time (kernel 31, "same" length); the output
+    is ``a * b``. As SpeechBrain's ``ConvolutionalSpatialGatingUnit`` (which MuSE-LQ's SummaryMixing
+    code builds on): the time axis is padded by **reflection** (the ``padding_mode="reflect"`` default
+    of SpeechBrain's ``Conv1d``), and the convolution starts near zero (weights ~ N(0, 1e-6), its
+    ``conv_init="normal"``) with bias 1, so ``b`` starts near 1 and the gate near identity (``a * 1``).
+    Reflection needs more frames than half the kernel; a shorter sequence (a tail window of a few
+    frames, where SpeechBrain would fail) is zero-padded instead.
     """
 
     def __init__(self, dim: int, units: int, kernel_size: int = 31, dropout: float = 0.0):
@@ -45,8 +66,10 @@ class ConvolutionalGatingMLP(nn.Module):
         half = units // 2
         self.up = nn.Sequential(nn.Linear(dim, units), nn.GELU())
         self.gate_norm = nn.LayerNorm(half)
-        self.gate_conv = nn.Conv1d(half, half, kernel_size, padding=kernel_size // 2, groups=half)
+        self.pad = kernel_size // 2
+        self.gate_conv = nn.Conv1d(half, half, kernel_size, groups=half)   # padded in forward (reflect)
         assert self.gate_conv.bias is not None   # Conv1d's default bias=True
+        nn.init.normal_(self.gate_conv.weight, std=1e-6)
         nn.init.ones_(self.gate_conv.bias)
         self.dropout = nn.Dropout(dropout)
         self.down = nn.Linear(half, dim)
@@ -54,7 +77,7 @@ class ConvolutionalGatingMLP(nn.Module):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         a, b = self.up(x).chunk(2, dim=-1)
         b = zero_padding(self.gate_norm(b), padding_mask)
-        b = self.gate_conv(b.transpose(1, 2)).transpose(1, 2)
+        b = self.gate_conv(reflect_pad(b.transpose(1, 2), self.pad, padding_mask)).transpose(1, 2)
         return self.down(self.dropout(a * b))
 
 

@@ -19,6 +19,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirkit.errors import InputError
 from mirkit.models.base import Encoder
 
 #: architecture name -> "module:Class" (imported on first use)
@@ -110,9 +111,9 @@ def sizes_of(architecture: str) -> dict[str, Size]:
 
 
 def architecture_class(name: str) -> type[Encoder]:
-    """The encoder class registered as ``name`` (raises ``KeyError`` naming the choices)."""
+    """The encoder class registered as ``name`` (raises ``InputError`` naming the choices)."""
     if name not in ARCHITECTURES:
-        raise KeyError(f"unknown encoder architecture '{name}' (available: {', '.join(ARCHITECTURES)})")
+        raise InputError(f"unknown encoder architecture '{name}' (available: {', '.join(ARCHITECTURES)})")
     module, cls = ARCHITECTURES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -130,7 +131,7 @@ def architecture_name(encoder: Encoder | type[Encoder]) -> str:
 def size_args(name: str, **overrides: Any) -> tuple[str, dict[str, Any]]:
     """``(architecture, arguments)`` of a named size, with ``overrides`` applied."""
     if name not in SIZES:
-        raise KeyError(f"unknown encoder size '{name}' (available: {', '.join(SIZES)})")
+        raise InputError(f"unknown encoder size '{name}' (available: {', '.join(SIZES)})")
     size = SIZES[name]
     return size.architecture, {**size.args, **overrides}
 
@@ -168,7 +169,7 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
         return build(*size_args(name, **overrides))
     if name in ARCHITECTURES:
         return build(name, overrides)
-    raise KeyError(f"unknown encoder '{name}' (sizes: {', '.join(SIZES)}; architectures: {', '.join(ARCHITECTURES)})")
+    raise InputError(f"unknown encoder '{name}' (sizes: {', '.join(SIZES)}; architectures: {', '.join(ARCHITECTURES)})")
 
 
 __all__ = ["ARCHITECTURES", "SIZES", "Size", "architecture_class", "architecture_name", "build", "create_encoder",

@@ -26,9 +26,12 @@ the gathered global batch, then all ranks gather (index, u) and apply the same u
 buffers stay identical. Two occurrences of one item in a step are averaged. The state is only
 updated in training mode; in eval mode ``u_a = g_a`` and no index is needed.
 
-Difference from LibAUC: "first visit" is decided per item (``u[i] == 0``) instead of per batch
-(``u[batch].sum() == 0`` while the epoch-0 flag is set). With Myna's loader (each item once per
-epoch) both rules give gamma = 1 for every item in its first epoch and ``gamma`` afterwards.
+First visits, against LibAUC: mirkit decides per item (``u[i] == 0`` -> ``u = g``); LibAUC per batch
+(``u[batch].sum() == 0`` while its epoch-0 flag is set), so under Myna's ``drop_last`` loader an item
+first drawn after epoch 0 starts at ``gamma * g`` (0.9 g). mirkit's loader (``mirkit.train.loop``: a
+permutation per epoch addressed by a global example counter, batches crossing epochs, nothing dropped)
+draws every item inside epoch 0, where both rules give ``u = g``, so that case cannot arise and the
+states agree (``tests/test_sogclr.py`` replays LibAUC's rule on the loader's draws).
 """
 
 from __future__ import annotations

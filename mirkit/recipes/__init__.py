@@ -25,9 +25,11 @@ def available() -> dict[str, type[Recipe]]:
 
 
 def get(name: str) -> type[Recipe]:
+    """The recipe registered as ``name``; a :class:`ParamsError` naming ``pretrain.recipe`` otherwise."""
+    from mirkit.params import ParamsError
     recipes = available()
     if name not in recipes:
-        raise KeyError(f"unknown recipe '{name}' (available: {', '.join(recipes)})")
+        raise ParamsError(f"pretrain.recipe={name!r}: unknown recipe (available: {', '.join(recipes)})")
     return recipes[name]
 
 

@@ -11,8 +11,12 @@ head maps the mean token to the loss space. Choices, each from Myna's code (``ut
   gradient up to 2 tau) and ``loss: ntxent`` (SimCLR) are options;
 * head: ``linear_head`` = ``Linear(dim, 50)`` (``--num_outputs`` 50, no ``--proj_head``);
   ``proj_dims`` lists the widths of an MLP head as ``--proj_head`` builds it (ReLU between layers);
-* crop: ``get_n_frames(50000)`` as in ``example.py``: 1 + 50000 // 512 = 98 frames floored to a
-  multiple of the time patch width, i.e. 96 for square/hybrid and 98 for vertical patches;
+* crop: ``crop_samples`` through Myna's ``get_n_frames``: 1 + samples // 512 mel frames (nnAudio,
+  centred) floored to a multiple of the time patch width. Default 50,000 samples (3.1 s): the paper's
+  "two three-second segments" (sec. 3.2, Fig. 3) and ``example.py``'s chunk, i.e. 96 frames for
+  square/hybrid and 98 for vertical patches. Myna's ``train.py`` defaults to ``--n_samples 100000``
+  (6.25 s: 192 / 196 frames); set ``crop_samples: 100000`` to train that way (docs/recipes.md). The crop
+  is also the extraction chunk (``window_frames``);
 * hybrid: loss = mean of the square and the vertical passes' losses (paper sec. 3.4), both passes
   sharing the head and SogCLR's moving average (LibAUC updates it once per pass).
 """
@@ -36,15 +40,19 @@ from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
 
 #: mel bins Myna's input has (nnAudio MelSpectrogram n_mels=128); vertical patches span them all.
 N_MELS = 128
-#: Myna's ``example.py``: N_SAMPLES = 50000 at 16 kHz -> 1 + 50000 // 512 = 98 mel frames (nnAudio, centred)
-MYNA_FRAMES = 1 + 50000 // 512
+#: samples per crop at 16 kHz: the paper's three-second segments = ``example.py``'s N_SAMPLES (50000);
+#: Myna's ``train.py`` default ``--n_samples`` is 100000
+PAPER_SAMPLES, TRAIN_PY_SAMPLES = 50_000, 100_000
+#: hop of Myna's mel front end (nnAudio MelSpectrogram default at 16 kHz)
+HOP = 512
 LOSSES = ("sogclr", "decoupled", "ntxent")
 
 
-def default_crop(patch: str) -> int:
-    """Myna's ``get_n_frames``: 98 frames floored to a multiple of the widest time patch (96 or 98)."""
+def default_crop(patch: str, samples: int = PAPER_SAMPLES) -> int:
+    """Myna's ``get_n_frames``: the 1 + samples // 512 frames of a centred STFT, floored to a multiple
+    of the widest time patch (50000 samples: 96 square/hybrid, 98 vertical; 100000: 192 / 196)."""
     width = max(PATCH_SIZES[kind][1] for kind in PATCH_KINDS[patch])
-    return MYNA_FRAMES // width * width
+    return (1 + samples // HOP) // width * width
 
 
 def projection_head(dim: int, widths: list[int]) -> nn.Sequential:
@@ -70,8 +78,12 @@ class MynaParams:
                            "denominator) or ntxent (SimCLR)")
     temperature: float = param(0.1, gt=0.0, help="contrastive temperature (Myna --sogclr_tau)")
     gamma: float = param(0.9, gt=0.0, le=1.0, help="SogCLR moving-average factor (Myna --sogclr_gamma)")
-    crop_frames: int | None = param(None, gt=0, le=MAX_FRAMES, help="frames per crop; null = Myna's: 96 (square, "
-                                                                    "hybrid) or 98 (vertical), i.e. 50000 samples at hop 512")
+    crop_samples: int = param(PAPER_SAMPLES, ge=HOP, le=MAX_FRAMES * HOP,
+                              help="audio samples (16 kHz) per crop, turned into frames as Myna's get_n_frames: "
+                                   "50000 = the paper's three-second segments (96 frames square/hybrid, 98 vertical); "
+                                   "100000 = Myna train.py's default (192 / 196)")
+    crop_frames: int | None = param(None, gt=0, le=MAX_FRAMES, help="frames per crop, overriding crop_samples; "
+                                                                    "null = from crop_samples")
     log1p: bool = param(False, help="apply log1p to the mel power inside the model (Myna --log_mel)")
     proj_dims: list[int] = param([50], help="projection head widths, ReLU between layers (Myna: Linear(dim, 50))")
     n_items: int | None = param(None, ge=1, le=2**31 - 1, help="tracks SogCLR keeps a moving average for "
@@ -81,7 +93,9 @@ class MynaParams:
         if not self.proj_dims or any(not 1 <= int(w) <= MAX_WIDTH for w in self.proj_dims):
             raise ParamsError(f"proj_dims={self.proj_dims}: needs one or more widths; every width must be "
                               f"<= {MAX_WIDTH} and >= 1")
-        crop = self.crop_frames or default_crop(self.patch)
+        crop = self.crop_frames or default_crop(self.patch, self.crop_samples)
+        if crop < 1:
+            raise ParamsError(f"crop_samples={self.crop_samples}: shorter than one {self.patch} patch")
         for kind in PATCH_KINDS[self.patch]:
             width = PATCH_SIZES[kind][1]
             if crop % width:
@@ -136,7 +150,7 @@ class MynaRecipe(Recipe):
 
     @property
     def crop_frames(self) -> int:
-        return self.params.crop_frames or default_crop(self.params.patch)
+        return self.params.crop_frames or default_crop(self.params.patch, self.params.crop_samples)
 
     def prepare(self, sources: Sources) -> None:
         """Check the bins; size SogCLR's state to the feature set's tracks (``batch["index"]``)."""

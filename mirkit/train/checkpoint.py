@@ -413,10 +413,52 @@ def read_heads(out_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_train_state(out_dir: str | Path) -> dict[str, Any]:
+    """The current step's training state, its structure checked (:func:`check_train_state`)."""
     path = _current_step_dir(out_dir) / TRAINING_DIR / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {STATE_FILE} to resume from")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or hostile files
         raise CheckpointError(f"{path}: unreadable training state ({exc.__class__.__name__})") from None
+    return check_train_state(state, str(path))
+
+
+def check_train_state(state: Any, where: str) -> dict[str, Any]:
+    """What resume reads, or a :class:`CheckpointError` naming ``where``: a mapping with a non-negative
+    integer ``step`` and an ``optimizer`` mapping (its form is checked against the model by
+    :func:`restore_optimizer`)."""
+    bad = f"{where}: damaged training state"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{bad}: a {type(state).__name__}, not a mapping; delete it to restart from step 0")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{bad}: step={step!r} is not a non-negative integer")
+    if "optimizer" not in state:
+        raise CheckpointError(f"{bad}: no 'optimizer' key (keys: {', '.join(map(str, state)) or 'none'})")
+    if not isinstance(state["optimizer"], dict):
+        raise CheckpointError(f"{bad}: 'optimizer' is a {type(state['optimizer']).__name__}, not an optimizer state")
+    return state
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], out_dir: str | Path) -> None:
+    """Load a checked training state into ``optimizer``; a state written for another model (group
+    sizes, per-parameter moment shapes) is a :class:`CheckpointError` naming the file, before any step."""
+    where = _current_step_dir(out_dir) / TRAINING_DIR / STATE_FILE
+    saved = state["optimizer"]
+    groups = saved.get("param_groups")
+    if not (isinstance(saved.get("state"), dict) and isinstance(groups, list) and groups
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        raise CheckpointError(f"{where}: damaged training state: 'optimizer' is not an optimizer state (a 'state' "
+                              f"mapping and 'param_groups' with their 'params')")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: optimizer state does not fit this model ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0]})") from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise CheckpointError(f"{where}: optimizer state does not fit this model ('{key}' of shape "
+                                          f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)})")

@@ -111,11 +111,12 @@ class TrainingDiverged(MirkitError):
 
 def make_recipe(p: PretrainParams) -> Recipe:
     """The recipe named by ``p.recipe`` with its validated parameters (preset from ``p.preset``)."""
-    try:
-        cls = recipes.get(p.recipe)
-    except KeyError as exc:
-        raise ParamsError(f"pretrain.recipe={p.recipe!r}: {exc.args[0]}") from None
-    raw = dict(p.recipe_params.get(p.recipe, {}) or {})
+    cls = recipes.get(p.recipe)
+    raw = p.recipe_params.get(p.recipe) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"pretrain.recipe_params.{p.recipe}={raw!r}: expected a mapping of the recipe's keys, "
+                          f"e.g. {{preset: ...}}")
+    raw = dict(raw)
     if p.preset:
         raw["preset"] = p.preset
     return cls(resolve(cls.Params, raw, section=f"pretrain.recipe_params.{p.recipe}"))
@@ -362,7 +363,7 @@ def train(p: PretrainParams, resume: bool = False,
         if step_w != state["step"]:
             raise checkpoint.CheckpointError(f"{p.out}: weights (step {step_w}) and training state "
                                              f"(step {state['step']}) are from different moments")
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_optimizer(optimizer, state, p.out)
         start = int(state["step"])
     train_module: torch.nn.Module = wrap_ddp(model, device) if info.world > 1 else model
     if p.compile:
