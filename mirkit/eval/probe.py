@@ -62,6 +62,7 @@ from mirkit.eval.tasks import (
     Task,
     TaskDataError,
     best_ensemble,
+    ensemble,
 )
 
 PROTOCOLS = ("linear", "quick", "jukemir")
@@ -396,9 +397,20 @@ def fuse(outputs: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Ten
 
 # --------------------------------------------------------------------------- task evaluation
 @dataclass
+class TestUnits:
+    """What a track-level test score was computed from, for resampling intervals: the scored units'
+    ids (test tracks, or songs under the chosen ensemble) and ``primary(idx)``, the task's primary
+    metric on the units at positions ``idx`` (repeats allowed: a bootstrap resample)."""
+
+    ids: list[str]
+    primary: Callable[[np.ndarray], float]
+
+
+@dataclass
 class TaskResult:
     metrics: dict[str, float]
     details: dict[str, Any]
+    test: TestUnits | None = None
 
 
 def _tracks_for(store: Embeddings, task: Task, split: str) -> list[int]:
@@ -499,10 +511,13 @@ def evaluate_track_task(store: Embeddings, task: Task, protocol: str | Sequence[
     def chosen_outputs(split: str) -> np.ndarray:
         return track_outputs(chosen.outputs(rows[split][0]).unsqueeze(0), split)[0].float().cpu().numpy()
 
+    test_ids = [str(store.tracks[i]["track_id"]) for i in splits["test"]]
     if not songs:
-        metrics = task.score(chosen_outputs("test"), y_track["test"])   # the only look at test
+        test_out, y_test = chosen_outputs("test"), y_track["test"]
+        metrics = task.score(test_out, y_test)   # the only look at test
         metrics[f"valid_{task.primary}"] = chosen.valid_score
-        return TaskResult(metrics, details)
+        return TaskResult(metrics, details, TestUnits(
+            test_ids, lambda idx: float(task.primary_scores(test_out[idx][None], y_test[idx])[0])))
     assert isinstance(task, Multiclass)   # parse_tasks allows `group` only on GROUPED_TYPES
     valid = task.score_songs(chosen_outputs("valid"), y_track["valid"], songs["valid"])
     strategy = best_ensemble(valid, task.primary)   # fixed before test is looked at
@@ -515,7 +530,10 @@ def evaluate_track_task(store: Embeddings, task: Task, protocol: str | Sequence[
                            "songs": {s: len(v.ids) for s, v in songs.items()},
                            "valid": {e: valid[e][task.primary] for e in ENSEMBLES},
                            "test": {e: test[e][task.primary] for e in ENSEMBLES}}
-    return TaskResult(metrics, details)
+    song_pred = ensemble(test_out, songs["test"])[strategy]
+    song_y = songs["test"].song_targets(y_track["test"])
+    return TaskResult(metrics, details, TestUnits(
+        list(songs["test"].ids), lambda idx: float(task.primary_labels(song_pred[idx], song_y[idx]))))
 
 
 def evaluate_frame_task(store: Embeddings, task: FrameTask, protocol: str, settings: TrainSettings,
