@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
         p = BenchmarkParams(_name(name), str(audio), parse_models(models), out, cache, protocol, layers, n_boot,
                             seed, device, batch_size, threads)
         with ui.progress() as bar:
-            jobs: dict[str, object] = {}
+            jobs: dict[str, Any] = {}
 
             def progress(phase: str, done: int, total: int, info: str) -> None:
                 if phase not in jobs:

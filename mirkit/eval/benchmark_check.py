@@ -26,6 +26,7 @@ file has no audio at all and is dropped, as are undecodable files.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def _duration(path: Path, cache: dict[Path, float | str]) -> float | str:
 
 
 def check_copy(name: str, audio_dir: str | Path,
-               on_progress: Any = None) -> CopyCheck:
+               on_progress: Callable[[int, int], None] | None = None) -> CopyCheck:
     """Match ``audio_dir`` against benchmark ``name``'s split lists, read every matched file's
     duration, and return the counts and the manifest rows that can run (absolute paths)."""
     root = Path(audio_dir)
@@ -127,6 +128,8 @@ def check_copy(name: str, audio_dir: str | Path,
     durations: dict[Path, float | str] = {}
     entries = match_entries(name, index, meta)
     for k, (uid, entry, path, labels) in enumerate(entries, start=1):
+        if on_progress and (k % 256 == 0 or k == len(entries)):
+            on_progress(k, len(entries))
         split = entry.get("split")
         if path is not None:
             matched.add(path)
@@ -139,8 +142,6 @@ def check_copy(name: str, audio_dir: str | Path,
             continue
         check.found[split] += 1
         seconds = _duration(path, durations)
-        if on_progress:
-            on_progress(k, len(entries))
         if isinstance(seconds, str):
             check.unreadable.append((str(path.relative_to(root)), seconds))
             continue
