@@ -1,71 +1,22 @@
-"""``mirkit probe``: train probes on one or more embeddings stores and compare them.
-
-Writes ``out`` = ``{run: {task: {metric: value}}}`` (what ``dvc metrics show`` reads; each run's
-section is that run's metrics), ``<out stem>.details.json`` (chosen configuration, steps, split
-sizes) and a bar plot of each task's primary test metric per run.
-"""
+"""``mirkit probe``: parse params, run the probe stage (``mirkit.eval.probe_stage``), print its tables."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from mirkit import ui
-from mirkit.device import pick as resolve_device
 from mirkit.errors import InputError, MirkitError
-from mirkit.eval.probe import PROTOCOLS, TrainSettings, evaluate_task, protocol_configs
-from mirkit.eval.tasks import FrameTask, TaskSpec, check_columns, make_task, parse_tasks
-from mirkit.params import ParamsError, load, param, to_dict
+from mirkit.eval.bootstrap import Interval
+from mirkit.eval.probe_stage import ProbeParams, ProbeReport, open_stores, run, task_keys, verdict_line, write_outputs
+from mirkit.eval.tasks import TaskSpec, make_task, parse_tasks
+from mirkit.params import load
 
-
-@dataclass
-class ProbeParams:
-    runs: dict = param({}, help="run name -> embeddings store path/URL (e.g. pretrained, random-init)")
-    tasks: dict = param({}, help="task name -> {type, label, group?, options?}; types: multiclass, multilabel, "
-                                 "regression, key, beats, chords; group (multiclass/key) = column naming each "
-                                 "clip's song: clips are ensembled per song, JukeMIR's strategy chosen on valid")
-    protocol: str = param("linear", choices=PROTOCOLS,
-                          help="linear: L2-regularised softmax/logistic/ridge solved full-batch, strength chosen on "
-                               "valid (seconds); quick: one JukeMIR configuration (Adam, early stopping); "
-                               "jukemir: the 216-configuration JukeMIR grid, chosen on valid")
-    out: str = param("results/probe.json", help="metrics JSON")
-    plot: str = param("results/probe.png", help="bar plot PNG comparing the runs")
-    seed: int = param(0, ge=0)
-    device: str = param("auto", choices=("auto", "cpu", "cuda"))
-    max_steps: int = param(1_000_000, ge=1, help="safety cap on steps per configuration (JukeMIR has none; "
-                                                  "early stopping ends training long before; a hit is reported)")
-    eval_every: int = param(8, ge=1, help="steps between validation evaluations (JukeMIR: 8)")
-    patience: int = param(256, ge=1, help="evaluations without improvement before stopping (JukeMIR: 256)")
-    threads: int = param(1, ge=0, help="torch CPU threads (0 = torch's default); probes are small, and several "
-                                        "threads on tiny products cost far more than they save on a shared machine")
-    stack: int | None = param(None, ge=0, help="grid configurations trained together; null = all of a "
-                              "(batch, hidden) group on CUDA, 6 on CPU (cache-sized; see docs/benchmarks.md)")
-
-    def check(self) -> None:
-        if not self.runs:
-            raise ParamsError("probe.runs: give at least one run (name -> embeddings store)")
-        for name, url in self.runs.items():
-            if not isinstance(url, str) or not url:
-                raise ParamsError(f"probe.runs.{name}={url!r}: expected an embeddings store path or URL")
-        parse_tasks(self.tasks)
-
-
-def open_stores(params: ProbeParams, specs: dict[str, TaskSpec]) -> dict[str, Any]:
-    """Open every store and check the task label columns exist, before any training."""
-    from mirkit.eval.embeddings import Embeddings
-    stores = {}
-    for name, url in params.runs.items():
-        try:
-            stores[name] = Embeddings(url)
-        except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
-            raise ParamsError(f"probe.runs.{name}={url!r}: cannot open embeddings store ({exc})") from None
-        check_columns(specs, stores[name].tracks, f"probe.runs.{name} ({url})")
-    return stores
+__all__ = ["ProbeParams", "register"]
 
 
 class Reporter:
@@ -96,90 +47,51 @@ class Reporter:
             self.bar.update(self.job, completed=self.total, info=outcome)
 
 
-def run_probes(params: ProbeParams, stores: dict[str, Any] | None = None) -> tuple[dict, dict]:
-    """Metrics ``{run: {task: {metric}}}`` and details; a failing task is reported and skipped
-    (its details hold ``error``), the other tasks still run."""
-    specs = parse_tasks(params.tasks)
-    stores = stores if stores is not None else open_stores(params, specs)
-    device = resolve_device(params.device)
-    if device.type == "cpu" and params.threads:
-        import torch
-        torch.set_num_threads(params.threads)
-    stack = params.stack if params.stack is not None else (0 if device.type == "cuda" else 6)
-    settings = TrainSettings(max_steps=params.max_steps, eval_every=params.eval_every,
-                             patience=params.patience, seed=params.seed, device=str(device), stack=stack)
-    metrics: dict[str, dict] = {}
-    details: dict[str, dict] = {}
-    plain = not ui.console.is_terminal
-    with ui.progress() as bar:
-        for run, store in stores.items():
-            metrics[run], details[run] = {}, {}
-            for name, spec in specs.items():
-                task = make_task(spec)
-                total = 1 if params.protocol == "linear" or isinstance(task, FrameTask) else \
-                    len(protocol_configs(params.protocol))
-                report = Reporter(bar, f"{run}/{name}", total, plain)
-                try:
-                    result = evaluate_task(store, task, params.protocol, settings, on_progress=report)
-                except (MirkitError, ValueError, OSError, KeyError) as exc:   # TaskDataError is both
-                    report.close("failed")
-                    ui.console.print(f"[red]{run}/{name} failed:[/red] {exc}")
-                    details[run][name] = {"error": str(exc)}
-                    continue
-                report.close("done")
-                metrics[run][name] = result.metrics
-                details[run][name] = result.details
-                capped = result.details.get("capped")
-                if capped:
-                    ui.console.print(f"[yellow]{run}/{name}: {len(capped['configs'])} configuration(s) reached "
-                                     f"max_steps={capped['max_steps']} before early stopping[/yellow]")
-    return metrics, details
+def _cell(metrics: dict[str, Any], primary: str, details: dict[str, Any] | None) -> str:
+    """``0.747 ± 0.040 (L4)``: the test score, half the 95 % interval, the chosen layer."""
+    v = metrics.get(primary)
+    if v is None:
+        return "-"
+    lo, hi = metrics.get(f"{primary}_low"), metrics.get(f"{primary}_high")
+    text = Interval(v, lo, hi).show() if lo is not None and hi is not None else f"{v:.3f}"
+    if f"{primary}_sd" in metrics:
+        text += f" (sd {metrics[f'{primary}_sd']:.3f})"
+    layers = (details or {}).get("layers", {})
+    if layers.get("mode") == "weighted":
+        text += " (weighted)"
+    elif "layer" in metrics:
+        text += f" (L{metrics['layer']})"
+    return text
 
 
-def write_outputs(metrics: dict, details: dict, params: ProbeParams, specs: dict[str, TaskSpec]) -> None:
-    out = Path(params.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    out.with_name(out.stem + ".details.json").write_text(
-        json.dumps({"params": to_dict(params), "runs": details}, indent=2) + "\n")
-    plot_runs(metrics, {n: make_task(s).primary for n, s in specs.items()}, Path(params.plot))
-
-
-def plot_runs(metrics: dict, primary: dict[str, str], path: Path) -> None:
-    """Grouped bars: one group per task (its primary test metric), one bar per run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    runs, tasks = list(metrics), list(primary)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(tasks) * max(1, len(runs)) ** 0.5), 3.5))
-    width = 0.8 / max(1, len(runs))
-    for k, run in enumerate(runs):
-        values = [metrics[run].get(t, {}).get(primary[t], float("nan")) for t in tasks]
-        bars = ax.bar([i + (k - (len(runs) - 1) / 2) * width for i in range(len(tasks))], values, width, label=run)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({primary[t]})" for t in tasks])
-    ax.set_ylabel("test score")
-    ax.legend(fontsize=8)
-    ax.set_title("probe results")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def comparison_table(metrics: dict, specs: dict[str, TaskSpec], params: ProbeParams):
-    """One row per task, one column per run: the primary test metric, best run in bold."""
+def comparison_table(metrics: dict, specs: dict[str, TaskSpec], params: ProbeParams, details: dict | None = None):
+    """One row per task, one column per run: the primary test score ± half its 95 % interval, the chosen
+    layer; the best run in bold."""
     runs = list(metrics)
+    setup = params.setup()
     rows = []
     for name, spec in specs.items():
         primary = make_task(spec).primary
-        values = {r: metrics[r].get(name, {}).get(primary) for r in runs}
-        best = max((v for v in values.values() if v is not None), default=None)
-        shown = f"{primary} per {spec.group}" if spec.group else primary
-        rows.append([name, shown] + [("-" if v is None else (f"[bold]{v:.4f}[/bold]" if v == best and len(runs) > 1
-                                                              else f"{v:.4f}")) for v in values.values()])
-    return ui.table(f"probe results ({params.protocol} protocol, test split) -> {params.out}",
-                    ["task", "metric"] + runs, rows)
+        for key, _ in task_keys(name, spec, setup.fusions):
+            values = {r: metrics[r].get(key, {}) for r in runs}
+            best = max((v[primary] for v in values.values() if primary in v), default=None)
+            shown = f"{primary} per {spec.group}" if spec.group else primary
+            cells = []
+            for r, v in values.items():
+                cell = _cell(v, primary, ((details or {}).get(r) or {}).get(key))
+                cells.append(f"[bold]{cell}[/bold]" if len(runs) > 1 and v.get(primary) == best else cell)
+            rows.append([key, shown] + cells)
+    fusion = "" if params.fusion == "both" else f", {params.fusion} fusion"
+    return ui.table(f"probe results ({params.protocol} protocol{fusion}, test split, ± half the 95 % bootstrap "
+                    f"interval, (L) chosen layer) -> {params.out}", ["task", "metric"] + runs, rows)
+
+
+def print_verdicts(verdicts: dict, primary: dict[str, str]) -> None:
+    for key, by_run in verdicts.items():
+        for run_name, entry in by_run.items():
+            colour = "green" if entry["verdict"] == "better" else "red" if entry["verdict"] == "worse" else "yellow"
+            ui.out_console.print(f"[{colour}]{verdict_line(key, run_name, entry, primary.get(key, ''))}[/{colour}]",
+                                 highlight=False)
 
 
 HELP = """Train probes on frozen embeddings and score them on the test split.
@@ -206,25 +118,40 @@ def register(app: typer.Typer) -> None:
               show: bool = typer.Option(False, "--show", help="only print the table of the last results (`out`)")) -> None:
         params = load(ProbeParams, "probe", params_file, ui.overrides(set_))
         specs = parse_tasks(params.tasks)
+        out = Path(params.out)
         if show:
-            if not Path(params.out).is_file():
+            if not out.is_file():
                 raise InputError(f"{params.out}: no probe results yet (run `mirkit probe`)")
-            ui.out_console.print(comparison_table(json.loads(Path(params.out).read_text()), specs, params))
+            details_file = out.with_name(out.stem + ".details.json")
+            saved = json.loads(details_file.read_text()) if details_file.is_file() else {}
+            ui.out_console.print(comparison_table(json.loads(out.read_text()), specs, params, saved.get("runs")))
+            primary = {k: p for n, s in specs.items() for k, _ in task_keys(n, s, params.setup().fusions)
+                       for p in [make_task(s).primary]}
+            print_verdicts(saved.get("comparisons", {}), primary)
             return
         stores = open_stores(params, specs)   # a bad store or label column fails before any work
         ui.print_params("probe", params)
-        metrics, details = run_probes(params, stores)
-        write_outputs(metrics, details, params, specs)
-        rows = []
-        for run, tasks in metrics.items():
-            for task, values in tasks.items():
-                d = details[run][task]
-                rows.append((run, task, ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
-                             d.get("config", {}).get("hidden", ""), d.get("ensemble", {}).get("strategy", "")))
-        ui.console.print(ui.table(f"probe ({params.protocol}): all test metrics",
-                                  ["run", "task", "test metrics", "hidden", "ensemble"], rows))
-        ui.out_console.print(comparison_table(metrics, specs, params))
-        failed = [f"{r}/{t}" for r, d in details.items() for t, v in d.items() if "error" in v]
-        if failed:   # the other tasks' results are written above; the stage itself did not succeed
-            raise MirkitError(f"{len(failed)} probe task(s) failed: {', '.join(failed)} "
-                              f"(reasons above and in {Path(params.out).stem}.details.json)")
+        plain = not ui.console.is_terminal
+        with ui.progress() as bar:
+            report = run(params, stores, lambda name, total: Reporter(bar, name, total, plain),
+                         lambda job, why: ui.console.print(f"[red]{job} failed:[/red] {why}"))
+        write_outputs(report, params)
+        print_summary(report, params, specs)
+        if report.failed:   # the other tasks' results are written above; the stage itself did not succeed
+            raise MirkitError(f"{len(report.failed)} probe task(s) failed: {', '.join(report.failed)} "
+                              f"(reasons above and in {out.stem}.details.json)")
+
+
+def print_summary(report: ProbeReport, params: ProbeParams, specs: dict[str, TaskSpec]) -> None:
+    rows = []
+    for run_name, tasks in report.metrics.items():
+        for key, values in tasks.items():
+            d = report.details[run_name][key]
+            shown = {k: v for k, v in values.items() if not k.endswith(("_low", "_high")) and "delta_vs" not in k}
+            rows.append((run_name, key, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in shown.items()),
+                         d.get("config", {}).get("hidden", ""), d.get("ensemble", {}).get("strategy", "")))
+    ui.console.print(ui.table(f"probe ({params.protocol}): all test metrics",
+                              ["run", "task", "test metrics", "hidden", "ensemble"], rows))
+    ui.out_console.print(comparison_table(report.metrics, specs, params, report.details))
+    print_verdicts(report.verdicts, report.primary)

@@ -41,15 +41,27 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from mirkit.eval.bootstrap import UnitScores, seed_summary
 from mirkit.eval.embeddings import Embeddings
 from mirkit.eval.linear_probe import LAMBDAS, choose, fit_linear, one_hot
+from mirkit.eval.protocols import (
+    DEFAULT_FUSION,
+    QUICK,
+    ProbeConfig,
+    Protocol,
+    Setup,
+    as_setup,
+    jukemir_grid,  # noqa: F401  (re-exported: mirkit.eval.probe.jukemir_grid)
+)
+from mirkit.eval.protocols import PROTOCOLS as _PROTOCOLS
 from mirkit.eval.tasks import (
     ENSEMBLES,
     IGNORE,
@@ -65,31 +77,7 @@ from mirkit.eval.tasks import (
     ensemble,
 )
 
-PROTOCOLS = ("linear", "quick", "jukemir")
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    standardize: bool
-    hidden: int            # 0 = linear probe
-    batch_size: int
-    lr: float
-    dropout: float
-    weight_decay: float
-
-    def label(self) -> str:
-        arch = f"mlp{self.hidden}" if self.hidden else "linear"
-        return (f"{arch} std={'on' if self.standardize else 'off'} bs={self.batch_size} lr={self.lr:g} "
-                f"p={self.dropout:g} wd={self.weight_decay:g}")
-
-
-def jukemir_grid() -> list[ProbeConfig]:
-    """The 216 configurations of JukeMIR's ``_PAPER_GRID``, in a fixed order (ids = positions)."""
-    return [ProbeConfig(s, h, b, lr, p, wd) for s, h, b, lr, p, wd in itertools.product(
-        (False, True), (0, 512), (64, 256), (1e-5, 1e-4, 1e-3), (0.25, 0.5, 0.75), (0.0, 1e-4, 1e-3))]
-
-
-QUICK = ProbeConfig(standardize=True, hidden=0, batch_size=64, lr=1e-3, dropout=0.25, weight_decay=0.0)
+PROTOCOLS = tuple(_PROTOCOLS)   # the registered protocol names (mirkit.eval.protocols)
 
 
 @dataclass
@@ -396,21 +384,30 @@ def fuse(outputs: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Ten
 
 
 # --------------------------------------------------------------------------- task evaluation
-@dataclass
-class TestUnits:
-    """What a track-level test score was computed from, for resampling intervals: the scored units'
-    ids (test tracks, or songs under the chosen ensemble) and ``primary(idx)``, the task's primary
-    metric on the units at positions ``idx`` (repeats allowed: a bootstrap resample)."""
+@dataclass(frozen=True)
+class Splits:
+    """Which split fits the probe, which chooses it (strength, configuration, layer), and which are
+    scored once with the chosen probe. The first scored split's metrics are reported unprefixed,
+    the others as ``<split>_<metric>``. The online probe scores ``valid`` (``Splits(score=("valid",))``)."""
 
-    ids: list[str]
-    primary: Callable[[np.ndarray], float]
+    fit: str = "train"
+    choose: str = "valid"
+    score: tuple[str, ...] = ("test",)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.fit, self.choose, *self.score)))
+
+
+SPLITS = Splits()
 
 
 @dataclass
 class TaskResult:
     metrics: dict[str, float]
     details: dict[str, Any]
-    test: TestUnits | None = None
+    #: per scored split: the primary metric over its evaluation units (tracks or songs), for
+    #: bootstrap intervals (``mirkit.eval.bootstrap``)
+    units: dict[str, UnitScores] = field(default_factory=dict)
 
 
 def _tracks_for(store: Embeddings, task: Task, split: str) -> list[int]:
@@ -437,12 +434,12 @@ def _linear_targets(task: Task, y: torch.Tensor) -> tuple[str, torch.Tensor, tor
 
 def fit_linear_task(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
                     val_score: Callable[[torch.Tensor], np.ndarray], device: torch.device,
-                    lambdas: tuple[float, ...] = LAMBDAS) -> Fitted:
+                    lambdas: tuple[float, ...] = LAMBDAS, tol: float = 1e-4) -> Fitted:
     """The ``linear`` protocol: every strength fitted at once, the one best on ``val_score`` kept."""
     kind, targets, rows = _linear_targets(task, y)
     if rows is not None:
         x, targets = x[rows], targets[rows]
-    fit = fit_linear(x, targets, kind, lambdas, device=device)
+    fit = fit_linear(x, targets, kind, lambdas, device=device, tol=tol)
     scores = np.nan_to_num(np.asarray(val_score(fit.outputs(val_x).float()), dtype=np.float64), nan=-np.inf)
     best = choose(scores)
     chosen = fit.take(best)
@@ -465,144 +462,352 @@ def fit_grid(configs: Sequence[tuple[int, ProbeConfig]], data: TrainData, settin
     return Fitted(lambda x: predict_one(chosen, x, settings.eval_rows), chosen.valid_score, details)
 
 
-def evaluate_track_task(store: Embeddings, task: Task, protocol: str | Sequence[tuple[int, ProbeConfig]],
-                        settings: TrainSettings, on_progress: Progress | None = None) -> TaskResult:
-    """Probe a track-level task: fit on the train chunks, choose on valid (late fusion), score test once.
-    ``protocol``: ``linear`` or the configurations to train."""
-    device = torch.device(settings.device)
-    splits = {s: _tracks_for(store, task, s) for s in ("train", "valid", "test")}
-    for s, idx in splits.items():
+def _fit(task: Task, x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor,
+         val_score: Callable[[torch.Tensor], np.ndarray], protocol: Protocol, settings: TrainSettings,
+         on_progress: Progress | None, frame: bool = False) -> Fitted:
+    if protocol.grid is None:
+        return fit_linear_task(task, x, y, val_x, val_score, x.device)
+    if frame:   # frame tasks: the quick configuration (an MLP with options.hidden), batch 256
+        configs = [(0, replace(QUICK, hidden=int(task.spec.options.get("hidden", 0)), batch_size=256))]
+    else:
+        configs = protocol.configs()
+    data = TrainData(x, y, val_x, val_score, task.n_outputs, task.output_grad)
+    return fit_grid(configs, data, settings, on_progress)
+
+
+# --------------------------------------------------------------------------- track-level tasks
+@dataclass
+class TrackSet:
+    """A task's labelled tracks per split, their targets and songs (the same for every layer)."""
+
+    task: Task
+    splits: Splits
+    index: dict[str, list[int]]
+    tracks: dict[str, list[dict]]
+    y: dict[str, np.ndarray]
+    songs: dict[str, Songs]
+
+    def ids(self, split: str) -> list[str]:
+        return [str(t.get("track_id")) for t in self.tracks[split]]
+
+
+Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]   # split -> (rows, track position of each row)
+
+
+def track_set(store: Embeddings, task: Task, splits: Splits = SPLITS) -> TrackSet:
+    index = {s: _tracks_for(store, task, s) for s in splits.names()}
+    for s, idx in index.items():
         if not idx:
             raise TaskDataError(f"task {task.name}: no labelled tracks in split '{s}'")
-    task.fit([store.tracks[i] for s in splits.values() for i in s])
-    rows, y_track = {}, {}
-    for s, idx in splits.items():
-        x, group = store.chunk_rows(idx)
-        rows[s] = (torch.as_tensor(x, device=device), torch.as_tensor(group, device=device))
-        y_track[s] = task.targets([store.tracks[i] for i in idx])
-        if len(x) == 0:
-            raise TaskDataError(f"task {task.name}: split '{s}' has no chunk embeddings")
-    x_tr, g_tr = rows["train"]
-    y_rows = torch.as_tensor(y_track["train"], device=device)[g_tr]
-    val_x, val_g = rows["valid"]
-    songs = ({s: Songs.of([store.tracks[i] for i in idx], task.spec.group) for s, idx in splits.items()}
-             if task.spec.group else {})
+    task.fit([store.tracks[i] for s in index.values() for i in s])
+    tracks = {s: [store.tracks[i] for i in idx] for s, idx in index.items()}
+    songs = ({s: Songs.of(t, task.spec.group) for s, t in tracks.items()} if task.spec.group else {})
+    y = {} if isinstance(task, FrameTask) else {s: task.targets(t) for s, t in tracks.items()}   # frames: per frame
+    return TrackSet(task, splits, index, tracks, y, songs)
 
-    def track_outputs(outputs: torch.Tensor, split: str) -> torch.Tensor:
-        """Chunk outputs ``(G, rows, out)`` -> per-track outputs ``(G, tracks, out)`` (late fusion)."""
-        return fuse(outputs, rows[split][1], len(splits[split]))
+
+def track_rows(store: Embeddings, ts: TrackSet, fusion: str, device: torch.device) -> Rows:
+    """Probe rows per split: the chunk embeddings (``late``) or their mean per track (``mean``)."""
+    rows = {}
+    for s, idx in ts.index.items():
+        x_np, group_np = store.chunk_rows(idx)
+        if len(x_np) == 0:
+            raise TaskDataError(f"task {ts.task.name}: split '{s}' has no chunk embeddings")
+        x, group = torch.as_tensor(x_np, device=device), torch.as_tensor(group_np, device=device)
+        if fusion == "mean":
+            x = fuse(x.unsqueeze(0), group, len(idx))[0]
+            group = torch.arange(len(idx), device=device)
+        elif fusion != "late":
+            raise ValueError(f"fusion={fusion!r}: allowed values are mean, late")
+        rows[s] = (x, group)
+    return rows
+
+
+def _track_val_score(ts: TrackSet, rows: Rows) -> Callable[[torch.Tensor], np.ndarray]:
+    split = ts.splits.choose
+    task = ts.task
 
     def val_score(outputs: torch.Tensor) -> np.ndarray:
-        fused = track_outputs(outputs, "valid")
-        if songs:   # JukeMIR's `score`: the best strategy's song-level score on valid
+        fused = fuse(outputs, rows[split][1], len(ts.index[split]))
+        if ts.songs:   # JukeMIR's `score`: the best strategy's song-level score on valid
             assert isinstance(task, Multiclass)
-            return task.song_primary_scores(fused, y_track["valid"], songs["valid"])
-        return task.primary_scores(fused, y_track["valid"])
+            return task.song_primary_scores(fused, ts.y[split], ts.songs[split])
+        return task.primary_scores(fused, ts.y[split])
 
-    if protocol == "linear":
-        chosen = fit_linear_task(task, x_tr, y_rows, val_x, val_score, device)
-    else:
-        configs = protocol_configs(protocol) if isinstance(protocol, str) else list(protocol)
-        data = TrainData(x_tr, y_rows, val_x, val_score, task.n_outputs, task.output_grad)
-        chosen = fit_grid(configs, data, settings, on_progress)
-    details = dict(chosen.details, tracks={s: len(v) for s, v in splits.items()},
+    return val_score
+
+
+def fit_track(ts: TrackSet, rows: Rows, protocol: Protocol, settings: TrainSettings,
+              on_progress: Progress | None = None) -> Fitted:
+    """Fit on the fit split's rows (each carrying its track's label), choose on the choose split."""
+    x_tr, g_tr = rows[ts.splits.fit]
+    y_rows = torch.as_tensor(ts.y[ts.splits.fit], device=x_tr.device)[g_tr]
+    return _fit(ts.task, x_tr, y_rows, rows[ts.splits.choose][0], _track_val_score(ts, rows), protocol,
+                settings, on_progress)
+
+
+def track_outputs(ts: TrackSet, rows: Rows, chosen: Fitted, split: str) -> np.ndarray:
+    """Per-track outputs of the chosen probe (chunk outputs averaged per track under late fusion)."""
+    x, group = rows[split]
+    return fuse(chosen.outputs(x).unsqueeze(0), group, len(ts.index[split]))[0].float().cpu().numpy()
+
+
+def _primary_over(task: Task, outputs: np.ndarray, targets: np.ndarray) -> Callable[[np.ndarray], float]:
+    def score(idx: np.ndarray) -> float:
+        return float(task.primary_scores(outputs[None, idx], targets[idx])[0])
+    return score
+
+
+def _song_primary(task: Multiclass, pred: np.ndarray, y_song: np.ndarray) -> Callable[[np.ndarray], float]:
+    def score(idx: np.ndarray) -> float:
+        return float(task.primary_labels(pred[idx], y_song[idx]))
+    return score
+
+
+def _mean_of(values: np.ndarray) -> Callable[[np.ndarray], float]:
+    def score(idx: np.ndarray) -> float:
+        return _nanmean(values[idx])
+    return score
+
+
+def _mean_over(parts: Sequence[UnitScores]) -> Callable[[np.ndarray], float]:
+    def score(idx: np.ndarray) -> float:
+        return float(np.mean([p.score(idx) for p in parts]))
+    return score
+
+
+def score_track(ts: TrackSet, rows: Rows, chosen: Fitted) -> TaskResult:
+    """Score each split of ``ts.splits.score`` once with the chosen probe."""
+    task = ts.task
+    details = dict(chosen.details, tracks={s: len(v) for s, v in ts.index.items()},
                    chunks={s: int(len(r[0])) for s, r in rows.items()})
-
-    def chosen_outputs(split: str) -> np.ndarray:
-        return track_outputs(chosen.outputs(rows[split][0]).unsqueeze(0), split)[0].float().cpu().numpy()
-
-    test_ids = [str(store.tracks[i]["track_id"]) for i in splits["test"]]
-    if not songs:
-        test_out, y_test = chosen_outputs("test"), y_track["test"]
-        metrics = task.score(test_out, y_test)   # the only look at test
-        metrics[f"valid_{task.primary}"] = chosen.valid_score
-        return TaskResult(metrics, details, TestUnits(
-            test_ids, lambda idx: float(task.primary_scores(test_out[idx][None], y_test[idx])[0])))
-    assert isinstance(task, Multiclass)   # parse_tasks allows `group` only on GROUPED_TYPES
-    valid = task.score_songs(chosen_outputs("valid"), y_track["valid"], songs["valid"])
-    strategy = best_ensemble(valid, task.primary)   # fixed before test is looked at
-    test_out = chosen_outputs("test")
-    test = task.score_songs(test_out, y_track["test"], songs["test"])   # the only look at test labels
-    metrics = dict(test[strategy])
-    metrics.update({f"clip_{k}": v for k, v in task.score(test_out, y_track["test"]).items()})
+    metrics: dict[str, float] = {}
+    units: dict[str, UnitScores] = {}
+    strategy = ""
+    if ts.songs:
+        assert isinstance(task, Multiclass)   # parse_tasks allows `group` only on GROUPED_TYPES
+        valid = task.score_songs(track_outputs(ts, rows, chosen, ts.splits.choose), ts.y[ts.splits.choose],
+                                 ts.songs[ts.splits.choose])
+        strategy = best_ensemble(valid, task.primary)   # fixed before a scored split is looked at
+        details["ensemble"] = {"strategy": strategy, "group": task.spec.group,
+                               "songs": {s: len(v.ids) for s, v in ts.songs.items()},
+                               "valid": {e: valid[e][task.primary] for e in ENSEMBLES}}
+    for k, split in enumerate(ts.splits.score):
+        out, y = track_outputs(ts, rows, chosen, split), ts.y[split]   # the only look at this split's labels
+        prefix = f"{split}_" if k else ""
+        if not ts.songs:
+            values = task.score(out, y)
+            units[split] = UnitScores(ts.ids(split), _primary_over(task, out, y))
+        else:
+            assert isinstance(task, Multiclass)
+            songs = ts.songs[split]
+            by_strategy = task.score_songs(out, y, songs)
+            values = dict(by_strategy[strategy])
+            values.update({f"clip_{m}": v for m, v in task.score(out, y).items()})
+            details["ensemble"][split] = {e: by_strategy[e][task.primary] for e in ENSEMBLES}
+            pred, y_song = ensemble(out, songs)[strategy], songs.song_targets(y)
+            units[split] = UnitScores(songs.ids, _song_primary(task, pred, y_song), unit="song")
+        metrics.update({prefix + m: v for m, v in values.items()})
     metrics[f"valid_{task.primary}"] = chosen.valid_score
-    details["ensemble"] = {"strategy": strategy, "group": task.spec.group,
-                           "songs": {s: len(v.ids) for s, v in songs.items()},
-                           "valid": {e: valid[e][task.primary] for e in ENSEMBLES},
-                           "test": {e: test[e][task.primary] for e in ENSEMBLES}}
-    song_pred = ensemble(test_out, songs["test"])[strategy]
-    song_y = songs["test"].song_targets(y_track["test"])
-    return TaskResult(metrics, details, TestUnits(
-        list(songs["test"].ids), lambda idx: float(task.primary_labels(song_pred[idx], song_y[idx]))))
+    return TaskResult(metrics, details, units)
 
 
-def evaluate_frame_task(store: Embeddings, task: FrameTask, protocol: str, settings: TrainSettings,
-                        on_progress: Progress | None = None) -> TaskResult:
-    """Per-frame probe chosen on the validation frame loss (vectorised; no mir_eval while fitting):
-    the ``linear`` solver (strength chosen on the validation loss) or, for ``quick``/``jukemir``, the
-    quick configuration early-stopped on the validation loss. Decoding (the beat threshold) is then
-    tuned on valid with mir_eval, and test is scored once."""
+def evaluate_track_task(store: Embeddings | Mapping[int, Embeddings], task: Task,
+                        protocol: str | Protocol | Setup | Sequence[tuple[int, ProbeConfig]],
+                        settings: TrainSettings, on_progress: Progress | None = None, *,
+                        fusion: str = DEFAULT_FUSION, splits: Splits = SPLITS, layers: str | int = "best") -> TaskResult:
+    """Probe a track-level task on one store or on every layer of a layered store (``layers``):
+    fit on the fit split, choose on the choose split, score the scored splits once."""
+    from mirkit.eval.layers import choose_layer, fit_weighted, stack_layers
+    stores = _layer_stores(store, task, layers)
+    setup = as_setup(protocol)
+    device = torch.device(settings.device)
+    ts = track_set(next(iter(stores.values())), task, splits)
+    if layers == "weighted" and len(stores) > 1:
+        rows = stack_layers({k: track_rows(s, ts, fusion, device) for k, s in stores.items()})
+        x_tr, g_tr = rows[splits.fit]
+        y_rows = torch.as_tensor(ts.y[splits.fit], device=device)[g_tr]
+        chosen = fit_weighted(task, x_tr, y_rows, rows[splits.choose][0], _track_val_score(ts, rows), list(stores))
+        result = score_track(ts, rows, chosen)
+        result.details["fusion"] = fusion
+        return result
+    fitted = {}
+    for k, (layer, s) in enumerate(stores.items()):
+        rows = track_rows(s, ts, fusion, device)
+        report = _offset_progress(on_progress, k * setup.protocol.n_configs())
+        fitted[layer] = (rows, fit_track(ts, rows, setup.protocol, settings, report))
+    best = choose_layer({layer: f.valid_score for layer, (_, f) in fitted.items()})
+    result = score_track(ts, *fitted[best])
+    result.details["fusion"] = fusion
+    if len(fitted) > 1:   # the per-layer curve: scored after the choice, which read valid only
+        curve = {str(layer): {"valid": f.valid_score,
+                              "test": score_track(ts, rows, f).metrics.get(task.primary, float("nan"))}
+                 for layer, (rows, f) in fitted.items()}
+        result.details["layers"] = {"mode": "best", "chosen": best, "curve": curve}
+    return result
+
+
+def _offset_progress(on_progress: Progress | None, offset: int) -> Progress | None:
+    if on_progress is None or not offset:
+        return on_progress
+    return lambda done, step: on_progress(offset + done, step)
+
+
+def _layer_stores(store: Embeddings | Mapping[int, Embeddings], task: Task,
+                  layers: str | int) -> dict[int, Embeddings]:
+    """The stores a task is probed on: one store, or the layers of a layered store (all of them, or
+    the one ``layers`` names)."""
+    if isinstance(store, Embeddings):
+        return {store.layer if isinstance(store.layer, int) else -1: store}
+    stores = dict(store)
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        if layers not in stores:
+            raise TaskDataError(f"task {task.name}: layer {layers} is not stored (layers: "
+                                f"{', '.join(map(str, stores))})")
+        return {layers: stores[layers]}
+    if not stores:
+        raise TaskDataError(f"task {task.name}: no embeddings store given")
+    return stores
+
+
+# --------------------------------------------------------------------------- frame-level tasks
+FrameRows = dict[str, list[tuple[np.ndarray, np.ndarray]]]   # split -> per track (frames, times)
+
+
+def _frame_stack(task: FrameTask, tracks: list[dict], frames: list[tuple[np.ndarray, np.ndarray]],
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = np.concatenate([f for f, _ in frames])
+    y = np.concatenate([task.frame_targets(t, times) for t, (_, times) in zip(tracks, frames, strict=True)])
+    return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+
+
+def fit_frame(store: Embeddings, ts: TrackSet, protocol: Protocol, settings: TrainSettings,
+              on_progress: Progress | None = None) -> tuple[FrameRows, Fitted]:
+    """Per-frame probe chosen on the choose split's frame loss (vectorised; no mir_eval while fitting)."""
+    task = ts.task
+    assert isinstance(task, FrameTask)
     if not store.has_frames:
         raise TaskDataError(f"task {task.name}: {store.url} has no per-frame embeddings "
                             "(extract with frames enabled)")
     device = torch.device(settings.device)
-    splits = {s: _tracks_for(store, task, s) for s in ("train", "valid", "test")}
-    for s, idx in splits.items():
-        if not idx:
-            raise TaskDataError(f"task {task.name}: no annotated tracks in split '{s}'")
-    task.fit([])
     store.load_frames()
-    frames = {s: [store.frames(i) for i in idx] for s, idx in splits.items()}
-    tracks = {s: [store.tracks[i] for i in idx] for s, idx in splits.items()}
-
-    def stack(s: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.concatenate([f for f, _ in frames[s]])
-        y = np.concatenate([task.frame_targets(t, times) for t, (_, times) in zip(tracks[s], frames[s], strict=True)])
-        return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
-
-    x_tr, y_tr = stack("train")
-    val_x, val_y = stack("valid")
+    frames = {s: [store.frames(i) for i in idx] for s, idx in ts.index.items()}
+    x_tr, y_tr = _frame_stack(task, ts.tracks[ts.splits.fit], frames[ts.splits.fit], device)
+    val_x, val_y = _frame_stack(task, ts.tracks[ts.splits.choose], frames[ts.splits.choose], device)
 
     def val_score(outputs: torch.Tensor) -> np.ndarray:
         return -task.losses(outputs.float(), val_y).cpu().numpy()
 
-    if protocol == "linear":
-        chosen = fit_linear_task(task, x_tr, y_tr, val_x, val_score, device)
-    else:
-        config = replace(QUICK, hidden=int(task.spec.options.get("hidden", 0)), batch_size=256)
-        data = TrainData(x_tr, y_tr, val_x, val_score, task.n_outputs, task.output_grad)
-        chosen = fit_grid([(0, config)], data, settings, on_progress)
+    chosen = _fit(task, x_tr, y_tr, val_x, val_score, protocol, settings, on_progress, frame=True)
+    chosen.details["frames"] = {ts.splits.fit: int(len(x_tr)), ts.splits.choose: int(len(val_x))}
+    return frames, chosen
+
+
+def score_frame(ts: TrackSet, frames: FrameRows, chosen: Fitted, device: torch.device) -> TaskResult:
+    """Tune the decoding on the choose split with mir_eval (the beat threshold), then score each scored
+    split once; per-track scores are kept for bootstrap intervals."""
+    task = ts.task
+    assert isinstance(task, FrameTask)
 
     def activations(s: str) -> list[np.ndarray]:
         return [chosen.outputs(torch.as_tensor(f, device=device)).float().cpu().numpy() for f, _ in frames[s]]
 
-    times = {s: [t for _, t in frames[s]] for s in splits}
+    times = {s: [t for _, t in frames[s]] for s in frames}
     decode: dict[str, Any] = {}
     if task.spec.type == "beats":   # the peak-picking threshold is tuned on valid
-        val_act = activations("valid")
+        val_act = activations(ts.splits.choose)
         grid = [round(t, 2) for t in np.arange(0.1, 0.91, 0.1)]
-        scores = [task.score_tracks(val_act, times["valid"], tracks["valid"], threshold=t)[task.primary]
-                  for t in grid]
+        scores = [task.score_tracks(val_act, times[ts.splits.choose], ts.tracks[ts.splits.choose],
+                                    threshold=t)[task.primary] for t in grid]
         decode["threshold"] = grid[int(np.argmax(scores))]
-    metrics = task.score_tracks(activations("test"), times["test"], tracks["test"], **decode)
-    details = dict(chosen.details, decode=decode, tracks={s: len(v) for s, v in splits.items()},
-                   frames={"train": int(len(x_tr)), "valid": int(len(val_x))})
-    return TaskResult(metrics, details)
+    metrics: dict[str, float] = {}
+    units: dict[str, UnitScores] = {}
+    for k, split in enumerate(ts.splits.score):
+        act = activations(split)
+        values = task.score_tracks(act, times[split], ts.tracks[split], **decode)
+        metrics.update({(f"{split}_" if k else "") + m: v for m, v in values.items()})
+        per = np.array([_one_track(task, a, t, tr, decode)
+                        for a, t, tr in zip(act, times[split], ts.tracks[split], strict=True)])
+        units[split] = UnitScores(ts.ids(split), _mean_of(per))
+    details = dict(chosen.details, decode=decode, tracks={s: len(v) for s, v in ts.index.items()})
+    return TaskResult(metrics, details, units)
+
+
+def _one_track(task: FrameTask, act: np.ndarray, times: np.ndarray, track: dict, decode: dict[str, Any]) -> float:
+    try:
+        return float(task.score_tracks([act], [times], [track], **decode)[task.primary])
+    except TaskDataError:   # e.g. a track without a majmin-scorable chord: left out, as in the mean
+        return float("nan")
+
+
+def _nanmean(values: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(values)) if len(values) else float("nan")
+
+
+def evaluate_frame_task(store: Embeddings | Mapping[int, Embeddings], task: FrameTask,
+                        protocol: str | Protocol | Setup | Sequence[tuple[int, ProbeConfig]],
+                        settings: TrainSettings, on_progress: Progress | None = None, *,
+                        splits: Splits = SPLITS, layers: str | int = "best") -> TaskResult:
+    """Per-frame probe chosen on the validation frame loss: the ``linear`` solver (strength chosen on the
+    validation loss) or, for grid protocols, the quick configuration early-stopped on it. With several
+    layers the layer is chosen on the same validation loss (``weighted`` is not offered for frames: the
+    best layer is used). Decoding (the beat threshold) is then tuned on valid with mir_eval, and the
+    scored splits are scored once."""
+    from mirkit.eval.layers import choose_layer
+    stores = _layer_stores(store, task, layers)
+    setup = as_setup(protocol)
+    ts = track_set(next(iter(stores.values())), task, splits)
+    fitted = {layer: fit_frame(s, ts, setup.protocol, settings, _offset_progress(on_progress, k))
+              for k, (layer, s) in enumerate(stores.items())}
+    best = choose_layer({layer: f.valid_score for layer, (_, f) in fitted.items()})
+    result = score_frame(ts, *fitted[best], torch.device(settings.device))
+    if len(fitted) > 1:
+        curve = {str(layer): {"valid": f.valid_score, "test": None} for layer, (_, f) in fitted.items()}
+        result.details["layers"] = {"mode": "best", "chosen": best, "curve": curve,
+                                    "note": "frame tasks choose the layer on the validation frame loss; "
+                                            "only the chosen layer is decoded and scored"
+                                            + ("; weighted is not offered for frame tasks" if layers == "weighted" else "")}
+    return result
 
 
 def protocol_configs(protocol: str) -> list[tuple[int, ProbeConfig]]:
-    if protocol == "quick":
-        return [(jukemir_grid().index(QUICK), QUICK)]
-    if protocol == "jukemir":
-        return list(enumerate(jukemir_grid()))
-    raise ValueError(f"protocol={protocol!r}: allowed values are {', '.join(PROTOCOLS)}")
+    """The grid configurations of a registered protocol (kept for callers of the former API)."""
+    from mirkit.eval.protocols import get_protocol
+    return get_protocol(protocol).configs()
 
 
-def evaluate_task(store: Embeddings, task: Task, protocol: str, settings: TrainSettings,
-                  on_progress: Progress | None = None) -> TaskResult:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r}: allowed values are {', '.join(PROTOCOLS)}")
+def evaluate_task(store: Embeddings | Mapping[int, Embeddings], task: Task,
+                  protocol: str | Protocol | Setup | Sequence[tuple[int, ProbeConfig]] = "linear",
+                  settings: TrainSettings | None = None, on_progress: Progress | None = None, *,
+                  fusion: str = DEFAULT_FUSION, splits: Splits = SPLITS, layers: str | int = "best") -> TaskResult:
+    """Probe one task: fit on ``splits.fit``, choose on ``splits.choose`` (never on a scored split's labels),
+    score ``splits.score`` once. ``store``: an embeddings store or ``{layer: store}`` (every layer of a
+    layered store, ``mirkit.eval.layers.open_layers``). ``fusion`` (track-level tasks): ``mean`` or ``late``."""
+    settings = settings or TrainSettings()
     torch.manual_seed(settings.seed)
     if isinstance(task, FrameTask):
-        return evaluate_frame_task(store, task, protocol, settings, on_progress)
-    return evaluate_track_task(store, task, protocol, settings, on_progress)
+        return evaluate_frame_task(store, task, protocol, settings, on_progress, splits=splits, layers=layers)
+    return evaluate_track_task(store, task, protocol, settings, on_progress, fusion=fusion, splits=splits,
+                               layers=layers)
+
+
+def combine_seeds(results: Sequence[TaskResult], primary: str) -> TaskResult:
+    """Results of one task over several seeds: every metric averaged, ``<primary>_sd`` the standard
+    deviation of the primary metric over seeds, and each split's units scored by the mean over seeds."""
+    if len(results) == 1:
+        return results[0]
+    keys = [k for k in results[0].metrics if all(k in r.metrics for r in results)]
+    metrics = {k: float(np.mean([r.metrics[k] for r in results])) for k in keys}
+    values = [r.metrics.get(primary, float("nan")) for r in results]
+    metrics[primary], metrics[f"{primary}_sd"] = seed_summary(values)
+    units = {}
+    for split, first in results[0].units.items():
+        parts = [r.units[split] for r in results]
+        if any(list(p.ids) != list(first.ids) for p in parts):
+            continue
+        units[split] = UnitScores(first.ids, _mean_over(parts),
+                                  first.groups, first.unit)
+    details = dict(results[0].details, seeds={"n": len(results), primary: values})
+    return TaskResult(metrics, details, units)
