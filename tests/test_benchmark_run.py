@@ -14,7 +14,6 @@ from cli_runner import invoke
 
 from mirkit.data.features import PRESETS
 from mirkit.eval.benchmark_check import check_copy
-from mirkit.eval.benchmark_intervals import bootstrap, paired_difference
 from mirkit.eval.benchmark_run import STANDARD, parse_models
 from mirkit.eval.benchmarks import load_metadata
 from mirkit.params import resolve
@@ -93,38 +92,6 @@ def make_model(out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     return make_model(tmp_path_factory.mktemp("model") / "run")
-
-
-# ----------------------------------------------------------------------------- intervals
-def test_bootstrap_interval_of_an_accuracy_matches_the_binomial_spread():
-    rng = np.random.default_rng(1)
-    correct = rng.random(400) < 0.7
-    ids = [str(i) for i in range(400)]
-    ci = bootstrap(ids, lambda idx: float(correct[idx].mean()), n_boot=2000, seed=0)
-    p = correct.mean()
-    half = 1.96 * np.sqrt(p * (1 - p) / 400)
-    assert ci.low < p < ci.high
-    assert abs((ci.high - ci.low) / 2 - half) < 0.2 * half
-    assert bootstrap(ids, lambda idx: float(correct[idx].mean()), n_boot=2000, seed=0) == ci   # fixed seed
-
-
-def test_paired_difference_uses_shared_units_and_sees_a_clear_gap():
-    rng = np.random.default_rng(2)
-    hard = rng.random(300) < 0.3                      # both models fail the same hard tracks
-    better = ~hard
-    worse = ~hard & (rng.random(300) < 0.85)
-    ids = [f"t{i}" for i in range(300)]
-    d = paired_difference((ids, lambda i: float(better[i].mean())), (ids, lambda i: float(worse[i].mean())))
-    assert d.units == 300 and d.low > 0 and d.clear
-    assert abs(d.mean - (better.mean() - worse.mean())) < 0.01
-    # the same model against itself: a zero-width interval at 0, not clear
-    same = paired_difference((ids, lambda i: float(better[i].mean())), (ids, lambda i: float(better[i].mean())))
-    assert same.low == same.high == 0 and not same.clear
-    # only shared ids count, matched by id whatever their order
-    rev = ids[::-1]
-    d2 = paired_difference((ids[:100], lambda i: float(better[i].mean())),
-                           (rev, lambda i: float(better[::-1][i].mean())))
-    assert d2.units == 100 and d2.low == d2.high == 0
 
 
 def test_parse_models():

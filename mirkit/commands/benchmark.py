@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
             rows.append((r["rank"], r["name"], r["layer"], f"{r['test']:.4f}" if r["test"] is not None else "-",
                          f"[{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None else "-",
                          "leader" if vs is None else
-                         f"{vs['mean']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]"
+                         f"{vs['difference']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]"
                          + (" clear" if vs["clear"] else "")))
         rows += [("-", f["name"], "-", "failed", f["error"][:60], "") for f in board["failed"]]
         ui.out_console.print(ui.table(f"{board['title']}: {board['metric']} ({p.protocol}) -> {paths['md']}",

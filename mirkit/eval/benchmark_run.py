@@ -11,15 +11,17 @@ Steps (each reuses the stage that owns it):
    ``<cache>/<benchmark>/<model>-<key>/layer_<n>.zarr`` where ``key`` hashes the model's config and
    weights digest: a rerun, or a run with another list of models, resumes or reuses them; a store
    whose audio changed (another content hash for a track) is rebuilt;
-4. probe each layer with the benchmark's standard task (:data:`STANDARD`), choose the layer on the
-   VALIDATION score only, and score test once per layer (the per-layer curve);
+4. probe each layer with the benchmark's standard task (:data:`STANDARD`) through the probe stage's
+   layered evaluation: the layer is chosen on the VALIDATION score only, test is scored per layer
+   after the choice (the per-layer curve);
 5. bootstrap the chosen layer's test score (tracks, or songs for GiantSteps) and the paired difference
-   of each model to the leader (:mod:`mirkit.eval.benchmark_intervals`), and write the leaderboard
+   of each model to the leader (:mod:`mirkit.eval.bootstrap`), and write the leaderboard
    (:mod:`mirkit.eval.leaderboard`).
 
 The protocol defaults to ``jukemir`` (the 216-configuration grid chosen on valid, the protocol of
 JukeMIR, Castellon et al. 2021, which MARBLE and Myna report); ``linear`` is the seconds-scale
-alternative. Probes see chunk embeddings with late fusion (``mirkit probe``'s current behaviour).
+alternative. Fusion is JukeMIR's and MARBLE's ``mean``: a clip's chunk embeddings are averaged before
+the probe.
 """
 
 from __future__ import annotations
@@ -221,26 +223,34 @@ def extract_model(p: BenchmarkParams, spec: ModelSpec, tracks: list[Any], manife
 
 def probe_layers(p: BenchmarkParams, outs: dict[int, str], task_name: str, spec: dict[str, Any],
                  on_progress: Progress | None = None, label: str = "") -> tuple[list[LayerScore], LayerScore, Any]:
-    """Probe every layer's store; the layer is chosen on the validation score only."""
+    """Probe every layer's store through the probe stage's layered evaluation (``layers: best``: the
+    layer is chosen on the validation score only), with JukeMIR's mean fusion (the clip's chunk
+    embeddings averaged before the probe, :data:`mirkit.eval.protocols.DEFAULT_FUSION`). Returns
+    the per-layer curve, the chosen layer and its test units (for intervals)."""
     from mirkit.device import pick
     from mirkit.eval.embeddings import Embeddings
     from mirkit.eval.probe import TrainSettings, evaluate_task
+    from mirkit.eval.protocols import DEFAULT_FUSION
     from mirkit.eval.tasks import make_task, parse_tasks
     device = pick(p.device)
     settings = TrainSettings(seed=p.seed, device=str(device), stack=0 if device.type == "cuda" else 6)
     [task_spec] = parse_tasks({task_name: spec}).values()
-    scores: list[LayerScore] = []
-    units: dict[int, Any] = {}
-    for k, (layer, url) in enumerate(outs.items(), start=1):
-        task = make_task(task_spec)
-        result = evaluate_task(Embeddings(url), task, p.protocol, settings)
-        scores.append(LayerScore(layer, float(result.metrics[f"valid_{task.primary}"]),
-                                 float(result.metrics[task.primary]), result.metrics))
-        units[layer] = result.test
-        if on_progress:
-            on_progress(f"probe {label}", k, len(outs), f"layer {layer_name(layer)}")
-    chosen = max(scores, key=lambda s: s.valid)   # ties: the earlier in extract's layer order
-    return scores, chosen, units[chosen.layer]
+    task = make_task(task_spec)
+    stores = {layer: Embeddings(url) for layer, url in outs.items()}
+    result = evaluate_task(stores, task, p.protocol, settings, fusion=DEFAULT_FUSION, layers="best")
+    if on_progress:
+        on_progress(f"probe {label}", 1, 1, f"{len(stores)} layer(s)")
+    valid = float(result.metrics[f"valid_{task.primary}"])
+    test = float(result.metrics[task.primary])
+    layers_info = result.details.get("layers")
+    if layers_info:
+        chosen_layer = int(layers_info["chosen"])
+        curve = [LayerScore(int(k), float(v["valid"]), float(v["test"]), {}) for k, v in layers_info["curve"].items()]
+    else:
+        [chosen_layer] = stores
+        curve = [LayerScore(chosen_layer, valid, test, {})]
+    chosen = LayerScore(chosen_layer, valid, test, {k: float(v) for k, v in result.metrics.items()})
+    return curve, chosen, result.units["test"]
 
 
 def run_benchmark(p: BenchmarkParams, on_progress: Progress | None = None) -> BenchmarkResult:

@@ -2,7 +2,7 @@
 
 Models are ranked by their test score at the layer chosen on validation. Each score carries a
 95 % percentile-bootstrap interval over test tracks (songs for GiantSteps), and every model but the
-leader a paired interval of its difference to the leader (:mod:`mirkit.eval.benchmark_intervals`);
+leader a paired interval of its difference to the leader (:mod:`mirkit.eval.bootstrap`);
 "clear" means that interval excludes zero. A partial copy of the dataset is stated at the top of
 every output: its scores are not comparable with published ones.
 """
@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mirkit.eval.benchmark_intervals import bootstrap, paired_difference
 from mirkit.eval.benchmark_run import BenchmarkResult, layer_name
+from mirkit.eval.bootstrap import interval, paired_difference
 
 TITLES = {"gtzan": "GTZAN (fault-filtered split)", "giantsteps": "GiantSteps key",
           "mtt": "MagnaTagATune (top-50 tags)", "emomusic": "EmoMusic"}
@@ -35,11 +35,11 @@ def build(result: BenchmarkResult) -> dict[str, Any]:
     rows = []
     for rank, m in enumerate(ok, start=1):
         assert m.chosen is not None
-        ci = bootstrap(m.test_units.ids, m.test_units.primary, p.n_boot, p.seed)
+        ci = interval(m.test_units, p.n_boot, seed=p.seed)
         row: dict[str, Any] = {
             "rank": rank, "name": m.spec.name, "path": m.spec.path, "random_init": m.spec.random_init,
             "layer": layer_name(m.chosen.layer), "valid": _num(m.chosen.valid), "test": _num(m.chosen.test),
-            "low": _num(ci.low), "high": _num(ci.high), "units": ci.units,
+            "low": _num(ci.low), "high": _num(ci.high), "units": ci.n_units,
             "metrics": {k: _num(v) for k, v in m.chosen.metrics.items()},
             "per_layer": [{"layer": layer_name(s.layer), "valid": _num(s.valid), "test": _num(s.test)}
                           for s in m.layers],
@@ -47,10 +47,9 @@ def build(result: BenchmarkResult) -> dict[str, Any]:
             "weights": m.extract.get("model", {}).get("weights_sha1", "random init" if m.spec.random_init else ""),
         }
         if leader is not None and m is not leader:
-            d = paired_difference((m.test_units.ids, m.test_units.primary),
-                                  (leader.test_units.ids, leader.test_units.primary), p.n_boot, p.seed)
-            row["vs_leader"] = {"leader": leader.spec.name, "mean": _num(d.mean), "low": _num(d.low),
-                                "high": _num(d.high), "units": d.units, "clear": d.clear}
+            d = paired_difference(m.test_units, leader.test_units, p.n_boot, seed=p.seed)
+            row["vs_leader"] = {"leader": leader.spec.name, "difference": _num(d.estimate), "low": _num(d.low),
+                                "high": _num(d.high), "units": d.n_units, "clear": d.clear_of_zero}
         rows.append(row)
     failed = [{"name": m.spec.name, "path": m.spec.path, "error": m.error or "no result"}
               for m in result.models if m not in ok]
@@ -80,7 +79,7 @@ def markdown(board: dict[str, Any], command: str = "") -> str:
             versus = "leader"
         else:
             verdict = "behind (clear)" if vs["clear"] else "not separable"
-            versus = f"{_fmt(vs['mean'])} [{_fmt(vs['low'])}, {_fmt(vs['high'])}] {verdict}"
+            versus = f"{_fmt(vs['difference'])} [{_fmt(vs['low'])}, {_fmt(vs['high'])}] {verdict}"
         name = r["name"] + (" (random init)" if r["random_init"] else "")
         lines.append(f"| {r['rank']} | {name} | {r['layer']} | {score} | [{_fmt(r['low'])}, {_fmt(r['high'])}] | "
                      f"{_fmt(r['valid'])} | {versus} |")
