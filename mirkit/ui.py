@@ -24,11 +24,50 @@ console = Console(stderr=True)   # logs and tables go to stderr; stdout stays cl
 out_console = Console()
 
 
+class _Progress(Progress):
+    """A rich progress bar that, when stderr is not a terminal (a log file, a CI job, ``dvc repro`` piped), also
+    prints a plain line per task at every tenth of the way and at least once a minute, so a long run into a log
+    file shows where it is instead of printing nothing until the end."""
+
+    PLAIN_EVERY_S = 60.0
+
+    def __init__(self, *columns: Any, **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self._plain = not self.console.is_terminal
+        self._last: dict[Any, tuple[int, float]] = {}
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:
+        super().update(task_id, **kwargs)
+        if self._plain:
+            self._plain_line(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        if self._plain:
+            self._plain_line(task_id)
+
+    def _plain_line(self, task_id: Any) -> None:
+        import time
+        task = self._tasks[task_id]
+        if not task.total:
+            return
+        tenth = int(10 * min(task.completed, task.total) / task.total)
+        now = time.monotonic()
+        last_tenth, last_time = self._last.get(task_id, (-1, now))
+        if tenth > last_tenth or now - last_time >= self.PLAIN_EVERY_S:
+            self._last[task_id] = (tenth, now)
+            info = str(task.fields.get("info", "") or "")
+            elapsed = task.elapsed or 0.0
+            self.console.print(f"{task.description}: {task.completed:g}/{task.total:g} "
+                               f"({100 * task.completed / task.total:.0f} %, {elapsed:.0f} s){' ' + info if info else ''}",
+                               markup=False, highlight=False, soft_wrap=True)
+
+
 def progress(transient: bool = False) -> Progress:
-    """The progress bar every long stage uses (disabled automatically when not a terminal)."""
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=transient)
+    """The progress bar every long stage uses; when not a terminal it prints plain progress lines instead."""
+    return _Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                     MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                     TimeRemainingColumn(), console=console, transient=transient)
 
 
 def table(title: str, columns: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> Table:

@@ -1,4 +1,5 @@
-"""``mirkit import``: bring models from elsewhere into mirkit model folders (``myna``, ``legacy``)."""
+"""``mirkit import``: bring models from elsewhere into mirkit model folders (``myna``, ``musicfm``, ``mert``,
+``legacy``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,85 @@ def myna(
         ("output", f"{t['frame_rate']:.3g} frames/s"),
         ("next", f"mirkit extract --model {folder} --out data/embeddings/myna-{variant}.zarr"),
     ]))
+
+
+def _summary(title: str, source: str, config: dict, folder: Path, name: str) -> None:
+    from mirkit.models.timing import timing_of_config
+    t = timing_of_config(config)
+    prov = config.get("provenance") or {}
+    console.print(table(title, None, [
+        ("source", source),
+        ("licence", str(prov.get("licence", "-"))),
+        ("sha256", str(prov.get("source_sha256", "-"))),
+        ("architecture", f"{config['architecture']} ({config.get('preset') or 'custom size'}), "
+                         f"{config['n_params'] / 1e6:.2f} M parameters, {config['depth']} layers x {config['dim']}"),
+        ("input", f"{config['feature_set']}, {config['window_frames']} frames = {t['window_seconds']:.2f} s per chunk"),
+        ("output", f"{t['frame_rate']:.3g} frames/s"),
+        ("next", f"mirkit extract --model {folder} --layer all --out data/embeddings/{name}.zarr"),
+    ]))
+
+
+@app.command("musicfm")
+def musicfm(
+    path: Path = typer.Argument(..., help="pretrained_msd.pt or pretrained_fma.pt from huggingface.co/minzwon/MusicFM"),
+    stats: Path = typer.Option(..., "--stats", help="the matching msd_stats.json / fma_stats.json (mel mean and std)"),
+    out: Path | None = typer.Option(None, "--out", help="model folder to write (default: the models home, "
+                                       "$MIRKIT_HOME/models/musicfm, loadable by name)"),
+    heads: int | None = typer.Option(None, "--heads", help="attention heads, only for files without a rotary "
+                                     "table (the released models: 16)"),
+) -> None:
+    """Convert a MusicFM checkpoint (minzwon/musicfm, MIT) and its stats file into a mirkit model folder.
+
+    The model reads mirkit's mel24k features (24 kHz, hop 240, 128 HTK mels in dB), normalised with the
+    stats file, and gives 25 frames/s from 12 Conformer layers (layer all = 0..12 and -1). The .pt is read
+    with torch.load(weights_only=True) only; unknown keys or shapes are refused by name. The file's sha256
+    and licence go into the model card and every embeddings store extracted from it.
+
+    Example: mirkit import musicfm pretrained_msd.pt --stats msd_stats.json --out models/musicfm-msd
+    """
+    from mirkit.errors import MirkitError
+    from mirkit.importers.musicfm import import_musicfm
+    from mirkit.train.checkpoint import models_home
+    folder = out or models_home() / "musicfm"
+    try:
+        config = import_musicfm(path, stats, folder, heads)
+    except MirkitError as exc:
+        _fail(exc)
+    _summary(f"import musicfm -> {folder}", f"{path} + {stats}", config, folder, "musicfm")
+
+
+@app.command("mert")
+def mert(
+    path: Path = typer.Argument(..., help="a MERT-v1 download from huggingface.co/m-a-p: the folder holding "
+                                "config.json + pytorch_model.bin (or model.safetensors), or the weights file"),
+    config: Path | None = typer.Option(None, "--config", help="the model's config.json (default: beside the weights)"),
+    out: Path | None = typer.Option(None, "--out", help="model folder to write (default: the models home, "
+                                       "$MIRKIT_HOME/models/<mert-v1-95m|mert-v1-330m>)"),
+) -> None:
+    """Convert MERT-v1-95M or -330M (m-a-p/MERT; weights CC-BY-NC-4.0, non-commercial) into a mirkit model folder.
+
+    No transformers and no remote code: config.json is read as JSON, the weights with safetensors or
+    torch.load(weights_only=True) (the fairseq .pt files are refused). The model reads the 24 kHz waveform
+    (mirkit's wave24k frames of 320 samples, normalised per chunk as MERT's processor does) and gives 75
+    frames/s from every layer (layer all = 0..12 or 0..24, and -1). The weights' sha256 and licence go into
+    the model card and every embeddings store extracted from it.
+
+    Example: mirkit import mert MERT-v1-95M/ --out models/mert-v1-95m
+    """
+    from mirkit.errors import MirkitError
+    from mirkit.importers.mert import import_mert
+    from mirkit.train.checkpoint import models_home
+    folder = out
+    try:
+        if folder is None:
+            from mirkit.importers.mert import find_files, read_config
+            args = read_config(find_files(path, config)[1])
+            folder = models_home() / ("mert-v1-330m" if args["dim"] == 1024 else "mert-v1-95m")
+        cfg = import_mert(path, folder, config)
+    except MirkitError as exc:
+        _fail(exc)
+    assert folder is not None
+    _summary(f"import mert -> {folder}", str(path), cfg, folder, folder.name)
 
 
 @app.command("legacy")

@@ -5,6 +5,7 @@
 | mel16k      | myna         | 16 kHz, n_fft 2048, hop 512, 128 Slaney mels, mel POWER (Myna feeds raw power; its patch LayerNorm scales) |
 | mel16k-db   | contrastive  | 16 kHz, n_fft 1024, hop 512, 128 mels, dB with top_db 100 (Deezer multi-view SSL front end) |
 | cqt22k      | mt2          | 22.05 kHz CQT (nnAudio CQT1992v2; STONE: VQT gamma 0), fmin 27.5 Hz, 99 bins, 12 bins/octave, hop 512, dB top_db 80 then /80+1 (STONE) |
+| wave24k     | (MERT import)| 24 kHz waveform cut into frames of 320 samples (75 Hz, one "bin" per sample): no transform, for encoders with their own waveform front end (MERT) |
 | mel24k      | muse-lq      | 24 kHz, n_fft 2048, hop 240 (100 Hz), 128 HTK mels without filter normalisation (torchaudio's defaults), dB without top_db (MusicFM ``MelSTFT``) |
 
 Frames are returned as ``(n_frames, n_bins)`` (time-major, the store's layout).
@@ -35,7 +36,8 @@ MEL_FILTERS = ("slaney", "htk")
 class FeatureSpec:
     """Exact parameters of one feature set (stored with the data as its ``spec``)."""
 
-    kind: str = param("mel", choices=("mel", "cqt"))
+    kind: str = param("mel", choices=("mel", "cqt", "wave"),
+                      help="wave = the waveform itself, hop_length samples per frame (bins = hop_length)")
     sample_rate: int = param(16000, ge=4000, le=192000)
     hop_length: int = param(512, ge=16, le=65536, help="samples between frames")
     n_fft: int = param(2048, ge=16, le=65536, help="mel only")
@@ -54,6 +56,8 @@ class FeatureSpec:
     def check(self) -> None:
         from mirkit import limits
         nyquist = self.sample_rate / 2
+        if self.kind == "wave":
+            return
         if self.kind == "mel":
             if self.fmax is not None and not self.fmin < self.fmax <= nyquist:
                 raise ParamsError(f"fmax={self.fmax}: must be in (fmin, {nyquist:g}] for sample_rate {self.sample_rate}")
@@ -73,6 +77,8 @@ class FeatureSpec:
         (next power of two of Q * sample_rate / fmin, Q = 1 / (2^(1/bins_per_octave) - 1))."""
         if self.kind == "mel":
             return self.n_fft
+        if self.kind == "wave":
+            return self.hop_length
         q = 1.0 / (2 ** (1.0 / self.bins_per_octave) - 1)
         return 2 ** math.ceil(math.log2(math.ceil(q * self.sample_rate / self.fmin)))
 
@@ -87,17 +93,23 @@ class FeatureSpec:
         """Memory of the front end's fixed kernels (mel filterbank + window, or the CQT kernels)."""
         if self.kind == "mel":
             return 4 * (self.n_mels + 1) * (self.n_fft // 2 + 1)
+        if self.kind == "wave":
+            return 0
         return 8 * self.n_bins * self.kernel_samples
 
     def work_bytes(self, n_samples: int) -> int:
         """Rough peak memory of computing the features of ``n_samples`` (the complex STFT / CQT
         response, the power and the scaled output, float32)."""
         frames = self.n_frames(n_samples)
+        if self.kind == "wave":
+            return 4 * n_samples * 3
         inner = self.n_fft // 2 + 1 if self.kind == "mel" else self.n_bins
         return 8 * frames * inner * 2 + 4 * frames * self.bins * 3 + 4 * n_samples * 2
 
     @property
     def bins(self) -> int:
+        if self.kind == "wave":
+            return self.hop_length
         return self.n_mels if self.kind == "mel" else self.n_bins
 
     @property
@@ -105,7 +117,10 @@ class FeatureSpec:
         return self.sample_rate / self.hop_length
 
     def n_frames(self, n_samples: int) -> int:
-        """Frames for a signal of ``n_samples`` (centred frames: 1 + n // hop)."""
+        """Frames for a signal of ``n_samples`` (centred frames: 1 + n // hop; waveform frames: n // hop,
+        the last incomplete frame dropped)."""
+        if self.kind == "wave":
+            return n_samples // self.hop_length
         return 1 + n_samples // self.hop_length
 
     def to_dict(self) -> dict:
@@ -129,6 +144,7 @@ PRESETS: dict[str, FeatureSpec] = {
                           scale="db-stone", top_db=80.0, dtype="float16"),
     "mel24k": FeatureSpec(kind="mel", sample_rate=24000, n_fft=2048, hop_length=240, n_mels=128, mel_filters="htk",
                           scale="db", dtype="float16"),
+    "wave24k": FeatureSpec(kind="wave", sample_rate=24000, hop_length=320, scale="power", dtype="float32"),
 }
 
 
@@ -159,9 +175,10 @@ class FrontEnd(nn.Module):
         super().__init__()
         self.spec = spec
         spec.check()   # bounded before any kernel is allocated
+        self.transform: nn.Module | None = None
         if spec.kind == "mel":
             self.transform = MelFFT(spec)
-        else:
+        elif spec.kind == "cqt":
             # STONE uses nnAudio's VQT with gamma=0 (the multi-rate 2010 algorithm); the single-rate
             # 1992 kernel gives the same CQT (correlation > 0.9999, peaks within 1 %) about 6x faster on CPU.
             from nnAudio.features.cqt import CQT1992v2
@@ -189,6 +206,9 @@ class FrontEnd(nn.Module):
     @torch.no_grad()
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         self.check_input(wave.shape[-1])
+        if self.transform is None:                              # waveform frames: (batch, frames, hop)
+            n = self.spec.n_frames(wave.shape[-1])
+            return wave.float()[..., : n * self.spec.hop_length].reshape(*wave.shape[:-1], n, self.spec.hop_length)
         x = self.transform(wave.float())                       # (batch, bins, frames)
         n = self.spec.n_frames(wave.shape[-1])
         x = x[..., :n].clamp_min(0)

@@ -268,6 +268,9 @@ def load_frozen(model_dir: str | Path, device: str | torch.device = "auto", rand
     prov = config.get("provenance") or {}
     info = {"path": str(model_dir), "architecture": config["architecture"], "preset": config.get("preset") or "",
             "recipe": prov.get("recipe", ""), "random_init": bool(random_init), "step": config.get("step")}
+    for key in ("source", "licence", "source_sha256"):   # imported weights: where from, under which terms
+        if prov.get(key):
+            info[key] = prov[key]
     if random_init:
         info["seed"] = int(seed)
     else:

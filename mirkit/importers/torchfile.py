@@ -59,3 +59,34 @@ def find_state_dict(obj: Any, looks_right: Any, where: str) -> dict[str, torch.T
             return tensors
     keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(f"{where}: no state dict in the expected naming found (top-level keys: {keys})")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (what the model card and every embeddings store record for imported weights)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_exact(encoder: torch.nn.Module, tensors: dict[str, tuple[str, torch.Tensor]], where: str, what: str) -> None:
+    """Load ``{mirkit name: (file key, tensor)}`` into ``encoder`` strictly: every weight present, every
+    shape right, or a :class:`CheckpointError` naming the first offenders by their key in the file."""
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{where}: missing weight(s) for a {what} model: {', '.join(missing[:8])}"
+                              + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    for name, (key, value) in sorted(tensors.items()):
+        if tuple(value.shape) != tuple(own[name].shape):
+            raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}; the {what} model read from "
+                                  f"the other weights needs {tuple(own[name].shape)}")
+    encoder.load_state_dict({n: v.to(own[n].dtype) for n, (_, v) in tensors.items()}, strict=True)
+
+
+def refuse_unknown(unknown: list[str], where: str, what: str) -> None:
+    if unknown:
+        raise CheckpointError(f"{where}: unknown key(s) for a {what} checkpoint: {', '.join(sorted(unknown)[:8])}"
+                              + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))

@@ -26,6 +26,8 @@ ARCHITECTURES: dict[str, str] = {
     "simple-vit": "mirkit.models.vit:SimpleViT",
     "vit1d": "mirkit.models.vit1d:ViT1D",
     "muse": "mirkit.models.muse:MuseEncoder",
+    "musicfm": "mirkit.models.musicfm:MusicFM",   # imported weights only (mirkit import musicfm)
+    "mert": "mirkit.models.mert:MERT",            # imported weights only (mirkit import mert)
 }
 
 
@@ -88,8 +90,18 @@ _MUSE = {
                          "CPU-sized Conformer + SummaryMixing, 2 x 64", cpu_sized=True),
 }
 
+# --- published encoders, for imported weights (mirkit.importers); no recipe trains them -------------
+_IMPORTED = {
+    "musicfm": Size("musicfm", dict(dim=1024, depth=12, heads=16, units=4096, conv_dim=512),
+                    "MusicFM 25 Hz (minzwon/musicfm): conv subsampling + 12 x 1024 rotary Conformer"),
+    "mert-v1-95m": Size("mert", dict(dim=768, depth=12, heads=12, units=3072, pre_norm=False),
+                        "MERT-v1-95M (m-a-p/MERT): HuBERT-style, 12 x 768, post-LN"),
+    "mert-v1-330m": Size("mert", dict(dim=1024, depth=24, heads=16, units=4096, pre_norm=True),
+                         "MERT-v1-330M (m-a-p/MERT): HuBERT-style, 24 x 1024, pre-LN"),
+}
+
 #: every named size, by name
-SIZES: dict[str, Size] = {**_MYNA, **_VIT1D, **_MUSE}
+SIZES: dict[str, Size] = {**_MYNA, **_VIT1D, **_MUSE, **_IMPORTED}
 
 
 def sizes_of(architecture: str) -> dict[str, Size]:

@@ -26,6 +26,8 @@ def frame_length(features: dict[str, Any]) -> int:
     if features.get("kind") == "cqt":
         q = 1.0 / (2 ** (1.0 / float(features["bins_per_octave"])) - 1)
         return int(math.ceil(q * float(features["sample_rate"]) / float(features["fmin"])))
+    if features.get("kind") == "wave":
+        return int(features["hop_length"])
     return int(features["n_fft"])
 
 
