@@ -109,7 +109,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 COMMANDS = ("synth", "mels", "tokens", "pretrain", "models", "extract", "probe",
-            "benchmark_manifest", "inspect", "verify", "import_models")
+            "benchmark_manifest", "benchmark", "inspect", "verify", "import_models")
 
 def reflow(text: str) -> str:
     """Join the hard-wrapped lines of each help paragraph (rich would keep the ragged breaks);

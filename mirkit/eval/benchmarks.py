@@ -69,11 +69,13 @@ class AudioIndex:
         self.root = Path(root)
         self.by_stem: dict[str, Path] = {}
         self.by_suffix: dict[str, Path] = {}
+        self.files: list[Path] = []     # every audio file found, in a fixed order
         for dirpath, _, files in sorted(os.walk(self.root)):
             for f in sorted(files):
                 p = Path(dirpath) / f
                 if p.suffix.lower() not in AUDIO_EXTENSIONS:
                     continue
+                self.files.append(p)
                 self.by_stem.setdefault(p.stem.lower(), p)
                 parts = p.relative_to(self.root).parts
                 for k in range(1, len(parts) + 1):
@@ -102,7 +104,7 @@ def _giantsteps(uid, e, index):
 
 
 def _mtt(uid, e, index):
-    return index.suffix(e["extra"]["mp3_path"]), {"tags": ";".join(e["y"])}
+    return index.suffix(e["extra"]["mp3_path"]), {"tags": ";".join(e["y"] or [])}
 
 
 def _emomusic(uid, e, index):
@@ -122,16 +124,25 @@ class ManifestBuild:
     total: int
 
 
+def match_entries(name: str, index: AudioIndex,
+                  meta: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict, Path | None, dict]]:
+    """``(uid, entry, audio file or None, label columns)`` of every metadata entry, in uid order
+    (entries without a split, MTT's unused clips, included: callers filter on ``entry["split"]``)."""
+    meta = load_metadata(name) if meta is None else meta
+    out = []
+    for uid, entry in sorted(meta.items()):
+        path, labels = ROW_BUILDERS[name](uid, entry, index)
+        out.append((uid, entry, path, labels))
+    return out
+
+
 def build_manifest(name: str, audio_dir: str | Path) -> ManifestBuild:
     """Rows (absolute ``path``, ``track_id``, ``split``, clip bounds, labels) for the files found."""
-    meta = load_metadata(name)
-    index = AudioIndex(audio_dir)
     rows, missing, total = [], [], 0
-    for uid, entry in sorted(meta.items()):
+    for uid, entry, path, labels in match_entries(name, AudioIndex(audio_dir)):
         if entry.get("split") is None:
             continue
         total += 1
-        path, labels = ROW_BUILDERS[name](uid, entry, index)
         if path is None:
             missing.append(uid)
             continue
