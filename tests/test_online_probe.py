@@ -76,7 +76,8 @@ def test_step_zero_online_probe_equals_the_probe_stage_on_the_same_random_init(t
     for name, spec in parse_tasks(TASKS).items():
         task = make_task(spec)
         metrics = evaluate_task(store, task, PROTOCOL, TrainSettings(seed=0, device="cpu")).metrics
-        assert metrics[f"valid_{task.primary}"] == pytest.approx(online[f"probe/{name}/{task.primary}"], abs=1e-12)
+        # the same probe's valid score: the stage's choosing pass vs the online probe's scoring pass (float32 sums)
+        assert metrics[f"valid_{task.primary}"] == pytest.approx(online[f"probe/{name}/{task.primary}"], rel=1e-6)
 
 
 def test_resume_with_online_probes_is_exact_and_the_test_split_is_never_read(tmp_path, tiny_corpus, monkeypatch):
@@ -98,7 +99,7 @@ def test_resume_with_online_probes_is_exact_and_the_test_split_is_never_read(tmp
 
     test_ids = {"good004.wav", "good005.wav", "not-in-the-store.wav"}   # the manifest's test clips
     assert appended and not {t["track_id"].split("#")[0] for t in appended} & test_ids
-    assert {t["track_id"].split("#")[0] for t in appended if t["split"] == "test"} == {"good002.wav", "good003.wav"}
+    assert {t["split"] for t in appended} == {"train", "valid"}   # no copy of valid under another name
 
     resumed = params(tmp_path / "resumed", tiny_corpus, manifest)
     interrupted_then_resumed(resumed, stop_after=2, train=train)

@@ -8,10 +8,8 @@ from the pretraining feature store), into an in-memory embeddings store; then ea
 on the ``train`` split and scored on ``valid``. The ``test`` split is never read: its clips are not
 embedded, so no online number can leak test labels into training choices.
 
-Because the probe stage always ends with one scoring pass on a ``test`` split, the in-memory store
-carries the valid clips a second time under that name. The logged number is the stage's own
-``valid_<metric>`` where it reports one (track-level tasks), else the chosen probe's metric on that
-valid copy (frame-level tasks); nothing is selected on it.
+The probe is called with the splits it scores (``Splits(fit="train", choose="valid", score=("valid",))``):
+the logged number is the chosen probe's metric on ``valid``; nothing is selected on it.
 
 The probes reach the training loop as a callback (:class:`OnlineProbe`, a
 :class:`mirkit.train.callbacks.Callback`) that ``mirkit pretrain`` builds when
@@ -109,8 +107,8 @@ class OnlineProbes:
         return step == 0 or step % self.p.every == 0 or step == self.total_steps
 
     def embed(self, encoder: Encoder, config: dict[str, Any]):
-        """The labelled clips embedded by a frozen copy of ``encoder`` (as ``mirkit extract``), in
-        an in-memory store whose ``test`` split is a copy of ``valid``."""
+        """The labelled clips (``train`` and ``valid``) embedded by a frozen copy of ``encoder`` (as
+        ``mirkit extract``), in an in-memory store."""
         from mirkit.eval.embeddings import Embeddings, EmbeddingsWriter
         from mirkit.eval.encoder import FrozenEncoder
         frozen = FrozenEncoder(copy.deepcopy(encoder), config, self.device)
@@ -121,18 +119,16 @@ class OnlineProbes:
         embedded = dict(frozen.embed_tracks(items, layer, pooling, self.frames))   # one per item
         out = [embedded[i] for i in range(len(self.rows))]
         with EmbeddingsWriter(url, dim, frames=self.frames, flush_every=1 << 30, layer=layer, pooling=pooling) as w:
-            for split_as, keep in (("train", "train"), ("valid", "valid"), ("test", "valid")):
-                for row, offset, emb in zip(self.rows, self.offsets, out, strict=True):
-                    if row["split"] == keep:
-                        # embed_tracks(frames=True) sets frame_times
-                        times = cast(np.ndarray, emb.frame_times) + offset if self.frames else None
-                        w.append({**row, "track_id": f"{row['track_id']}#{split_as}", "split": split_as},
-                                 emb.chunks, emb.frames, times)
+            for row, offset, emb in zip(self.rows, self.offsets, out, strict=True):
+                # embed_tracks(frames=True) sets frame_times
+                times = cast(np.ndarray, emb.frame_times) + offset if self.frames else None
+                w.append(row, emb.chunks, emb.frames, times)
         return Embeddings(url)
 
     def __call__(self, encoder: Encoder, config: dict[str, Any]) -> dict[str, float]:
         """``{probe/<task>/<metric>: valid score}`` of the encoder as it is now."""
-        from mirkit.eval.probe import TrainSettings, evaluate_task
+        from mirkit.eval.probe import Splits, TrainSettings, evaluate_task
+        VALID_ONLY = Splits(fit="train", choose="valid", score=("valid",))
         from mirkit.eval.tasks import make_task
         store = self.embed(encoder, config)
         settings = TrainSettings(seed=self.p.seed, device=str(self.device) if self.device.type != "mps" else "cpu")
@@ -142,12 +138,8 @@ class OnlineProbes:
             with torch.random.fork_rng(devices=devices):
                 for name, spec in self.specs.items():
                     task = make_task(spec)
-                    result = evaluate_task(store, task, self.p.protocol, settings)
-                    # the stage's own validation number when it reports one (track tasks), else the
-                    # chosen probe's score on the valid copy named "test"
-                    metrics = result.metrics
-                    values[f"probe/{name}/{task.primary}"] = float(metrics.get(f"valid_{task.primary}",
-                                                                               metrics[task.primary]))
+                    result = evaluate_task(store, task, self.p.protocol, settings, splits=VALID_ONLY)
+                    values[f"probe/{name}/{task.primary}"] = float(result.metrics[task.primary])
         finally:
             _forget(store.url)
         return values
