@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("extract", total=None, info="")
             report = run(p, lambda done, total, tid: bar.update(task, completed=done, total=total,
                                                                 info=tid[-40:]))
+        if report.damage:
+            console.print(f"[yellow]note:[/yellow] the store was damaged and is rebuilt: {report.damage}")
         if report.feature_note:
             console.print(f"[yellow]note:[/yellow] {report.feature_note}")
         weights = "random init" if p.random_init else "pretrained"

@@ -26,6 +26,14 @@ Readers verify what they open (:meth:`FrameSet._verify_index`): the index agains
 shapes, start offsets, and that every chunk holding committed rows exists (a deleted chunk would
 otherwise read as the fill value, zeros). :func:`scan_set` decodes everything (``mirkit verify``).
 
+Checksums (docs/reliability.md): every chunk of every array is written through
+:data:`CHECKSUM_CODECS`, Zarr v3's ``crc32c`` codec after ``zstd`` (the codec of the Zarr v3 spec;
+shard indexes carry their own crc32c). A flipped byte fails the checksum when the chunk is decoded,
+which happens on every read, so readers and ``mirkit verify`` report it naming the set, the array and
+the tracks the chunk holds. Float frames are also checked finite on every read (a NaN never leaves
+the store). Sets written before checksums open with a warning (:func:`checksummed`): ``mirkit
+verify`` says so, and rebuilding them (delete the set, re-run the stage) adds them.
+
 Scale-out (docs/architecture.md, "Scale-out"): a folder holding the shard stores ``shard-<i>-of-<n>.zarr`` (and no
 set of its own) reads as one store: :func:`open_set` returns a :class:`ShardedSet` that concatenates
 the shards in shard order. :func:`shard_of` decides which shard a track belongs to.
@@ -51,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from mirkit.errors import InputError
 
@@ -59,8 +68,12 @@ _INDEX_STR = ("track_id", "source", "fingerprint")
 _INDEX_INT = ("start", "n_frames")
 
 warnings.filterwarnings("ignore", message=".*(not part of the Zarr format 3|vlen-utf8|StringDType|VariableLengthUTF8).*")
+warnings.filterwarnings("ignore", message=r".*\.mirkit-writer\.lock is not recognized.*")   # our lock file
 # a chunk equal to the fill value must still be written: readers treat a missing chunk as damage
 zarr.config.set({"array.write_empty_chunks": True})
+
+#: the compressors of every mirkit array: zstd (Zarr's default) then a crc32c checksum of the stored bytes
+CHECKSUM_CODECS = (ZstdCodec(level=0), Crc32cCodec())
 
 LOCK_FILE = ".mirkit-writer.lock"
 #: seconds a single store call waits for another writer before giving up
@@ -73,6 +86,33 @@ class StoreError(InputError):
 
 class StoreBusy(StoreError):
     """Another process is writing the store."""
+
+
+def checksummed(arr: zarr.Array) -> bool:
+    """Whether the chunks of ``arr`` carry a crc32c checksum (arrays written before mirkit stored
+    checksums do not; inside a shard the per-chunk codecs are what counts)."""
+    return any(isinstance(c, Crc32cCodec) for c in arr.compressors)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_unchecked(where: str, arrays: Iterable[tuple[str, zarr.Array]]) -> list[str]:
+    """Names of the arrays without checksums; warns once per ``where`` when there are any."""
+    bare = [k for k, a in arrays if not checksummed(a)]
+    if bare and where not in _WARNED:
+        _WARNED.add(where)
+        warnings.warn(f"{where}: written without chunk checksums ({', '.join(bare)}): a flipped byte cannot be "
+                      f"detected; rebuild it (delete it and re-run the stage) to add them", stacklevel=3)
+    return bare
+
+
+def decode_problem(exc: Exception) -> str:
+    """A short reason for a chunk that failed to decode."""
+    text = f"{exc.__class__.__name__}: {exc}"
+    if "checksum" in str(exc).lower():
+        return f"checksum mismatch, the stored bytes changed ({text})"
+    return text
 
 
 # -- the writer lock -------------------------------------------------------------------------------
@@ -283,6 +323,7 @@ class FrameSet(_TrackIndex):
                              f"(an interrupted creation or a deleted folder); delete the set and re-run")
         self._frames = g["frames"]
         self._verify_shapes(n, total)
+        self.checksums = not warn_unchecked(where, ((k, g[k]) for k in ("frames",) + _INDEX_STR + _INDEX_INT))
         if n:
             cols = {k: _read(g[k], 0, n, f"{where}: damaged index: '{k}'", self.url) for k in _INDEX_STR + _INDEX_INT}
             self.tracks = [TrackRecord(str(cols["track_id"][i]), str(cols["source"][i]), str(cols["fingerprint"][i]),
@@ -377,7 +418,21 @@ class FrameSet(_TrackIndex):
 
     def _rows(self, lo: int, hi: int, track_id: str | None = None) -> np.ndarray:
         what = f"frames of track {track_id!r}" if track_id is not None else f"frames {lo}..{hi}"
-        return _read(self._frames, lo, hi, f"{self.url}/{self.name}: {what}", self.url)
+        where = f"{self.url}/{self.name}: {what}"
+        rows = _read(self._frames, lo, hi, where, self.url)
+        if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():   # never hand out a NaN
+            if track_id is None:
+                what = f"frames {lo}..{hi} ({', '.join(repr(t) for t in self.tracks_in(lo, hi)[:3])})"
+                where = f"{self.url}/{self.name}: {what}"
+            raise StoreError(f"{where}: {int((~np.isfinite(rows)).sum())} NaN/inf value(s) in the store (damaged); "
+                             f"run `mirkit verify {self.url}`")
+        return rows
+
+    def tracks_in(self, lo: int, hi: int) -> list[str]:
+        """Ids of the tracks holding any of the frames ``[lo, hi)``."""
+        starts = np.fromiter((t.start for t in self.tracks), np.int64, len(self.tracks))
+        first = max(int(np.searchsorted(starts, lo, side="right")) - 1, 0)
+        return [t.track_id for t in self.tracks[first:] if t.start < hi and t.start + t.n_frames > lo]
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, items: Sequence[tuple[str, str, str, np.ndarray]]) -> None:
@@ -473,11 +528,11 @@ def _create_or_open(url: str, name: str, spec: dict[str, Any], n_bins: int, fram
         status = "replaced"
     g = root.create_group(name)
     g.create_array("frames", shape=(0, n_bins), dtype=dtype, chunks=(chunk_frames, n_bins),
-                   shards=(chunk_frames * shard_chunks, n_bins), fill_value=0)
+                   shards=(chunk_frames * shard_chunks, n_bins), fill_value=0, compressors=CHECKSUM_CODECS)
     for key in _INDEX_STR:
-        g.create_array(key, shape=(0,), dtype=str, chunks=(4096,))
+        g.create_array(key, shape=(0,), dtype=str, chunks=(4096,), compressors=CHECKSUM_CODECS)
     for key in _INDEX_INT:
-        g.create_array(key, shape=(0,), dtype="int64", chunks=(4096,), fill_value=0)
+        g.create_array(key, shape=(0,), dtype="int64", chunks=(4096,), fill_value=0, compressors=CHECKSUM_CODECS)
     g.attrs.update({**(attrs or {}), "format": FORMAT, "spec": json.loads(_canonical(spec)), "n_bins": int(n_bins),
                     "frame_rate": float(frame_rate), "dtype": dtype, "n_tracks": 0, "total_frames": 0})
     return FrameSet(url, name, mode="a"), status
@@ -543,8 +598,7 @@ def _read(arr: zarr.Array, lo: int, hi: int, what: str, url: str) -> np.ndarray:
             return np.asarray(arr[lo:hi])
         except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for a damaged chunk
             if attempt == READ_TRIES - 1:
-                raise StoreError(f"{what} unreadable ({exc.__class__.__name__}: {exc}); "
-                                 f"run `mirkit verify {url}`") from None
+                raise StoreError(f"{what} unreadable ({decode_problem(exc)}); run `mirkit verify {url}`") from None
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 def _count(value: Any, key: str, where: str, positive: bool = False) -> int:
@@ -590,22 +644,43 @@ def missing_chunks(arr: zarr.Array, rows: int) -> list[str]:
 
 
 def scan_set(fs: FrameSet, block: int = 65536) -> list[str]:
-    """Full check of an opened set: decode every committed frame; float sets must be finite, token
-    sets within ``[0, codebook_size)``. Returns the problems found (empty when sound)."""
+    """Full check of an opened set: decode every committed frame (each chunk's checksum verified);
+    float sets must be finite, token sets within ``[0, codebook_size)``; the index arrays decoded
+    too. Returns the problems found (empty when sound), each naming the array and the tracks."""
     problems: list[str] = []
     limit = fs.attrs.get("codebook_size")
+    g = fs._group
+    for key in _INDEX_STR + _INDEX_INT:
+        try:
+            np.asarray(g[key][: len(fs)])
+        except Exception as exc:  # noqa: BLE001 - every decoding failure is a finding
+            problems.append(f"index array '{key}' unreadable ({decode_problem(exc)})")
+    per = fs._frames.chunks[0]
+    block = max(per, block - block % per)
     for lo in range(0, fs.total_frames, block):
         hi = min(lo + block, fs.total_frames)
         try:
             x = np.asarray(fs._frames[lo:hi])
-        except Exception as exc:  # noqa: BLE001 - every decoding failure is a finding
-            problems.append(f"frames {lo}..{hi} unreadable ({exc.__class__.__name__}: {exc})")
+        except Exception:  # noqa: BLE001 - narrowed down chunk by chunk below
+            for a in range(lo, hi, per):
+                b = min(a + per, hi)
+                try:
+                    np.asarray(fs._frames[a:b])
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(f"'frames' rows {a}..{b} of track(s) {_names(fs.tracks_in(a, b))} unreadable "
+                                    f"({decode_problem(exc)})")
             continue
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            problems.append(f"frames {lo}..{hi}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+            rows = lo + np.nonzero(~np.isfinite(x).all(axis=1))[0]
+            bad = sorted({t for r in rows[:1000] for t in fs.tracks_in(int(r), int(r) + 1)})
+            problems.append(f"'frames' of track(s) {_names(bad)}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
         elif np.issubdtype(x.dtype, np.integer) and x.size and (x.min() < 0 or (limit and x.max() >= limit)):
-            problems.append(f"frames {lo}..{hi}: codes outside [0, {limit})")
+            problems.append(f"'frames' {lo}..{hi}: codes outside [0, {limit})")
     return problems
+
+
+def _names(ids: Sequence[str]) -> str:
+    return ", ".join(repr(t) for t in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
 
 
 # -- shards ----------------------------------------------------------------------------------------

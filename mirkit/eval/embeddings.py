@@ -12,6 +12,11 @@ Layout (a Zarr v3 group at a local path or an fsspec URL such as ``s3://`` or ``
     attrs: tracks (manifest rows: track_id, split, label columns), dim, layer, pooling, model,
            frame_rate, timing (output frame rate, receptive field: mirkit.models.timing), committed = {"tracks", "chunks", "frames"}
 
+Checksums: every array is written through :data:`mirkit.data.store.CHECKSUM_CODECS` (zstd + crc32c),
+so a flipped byte fails its chunk's checksum on read; readers name the array and the track, and
+never return NaN/inf (each read is checked finite). Stores written before checksums open with a
+warning; ``mirkit verify`` says so and re-running ``extract`` into a new store adds them.
+
 Kill safety: tracks are buffered and flushed in groups; a flush writes the array rows FIRST and
 only then rewrites ``attrs["committed"]`` and ``attrs["tracks"]`` in one attrs update. Rows past the
 committed counts are garbage from an interrupted flush: re-opening the writer truncates the arrays
@@ -86,12 +91,14 @@ class EmbeddingsWriter:
     ``frame_rate``); on resume they must match what the store already holds.
     """
 
-    def __init__(self, url: str, dim: int, *, frames: bool = False, flush_every: int = 64,
+    def __init__(self, url: str, dim: int, *, frames: bool = False, flush_every: int = 64, fresh: bool = False,
                  **meta: Any) -> None:
+        """``fresh``: start over in place (arrays and attrs replaced; the folder itself, with the
+        writer lock file a caller may hold in it, stays)."""
         self.url, self.dim, self.with_frames, self.flush_every = str(url), int(dim), frames, flush_every
         self.group = _open(self.url, "a")
         attrs = dict(self.group.attrs)
-        if "committed" in attrs:
+        if "committed" in attrs and not fresh:
             self._resume(attrs, meta)
         else:
             self._create(meta)
@@ -99,19 +106,24 @@ class EmbeddingsWriter:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _create(self, meta: dict[str, Any]) -> None:
+        """A fresh store in place: the commit point first (nothing committed), then every array
+        replaced, then the new attrs as a whole (nothing of an older store's attrs survives)."""
+        from mirkit.data.store import CHECKSUM_CODECS
         g = self.group
+        if "committed" in g.attrs:
+            g.attrs.update({"committed": {"tracks": 0, "chunks": 0, "frames": 0}, "tracks": []})
         for name in list(g.array_keys()):
             del g[name]
-        g.create_array("chunks", shape=(0, self.dim), chunks=(ROW_CHUNK, self.dim), dtype="float32")
-        g.create_array("chunk_track", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="int32")
+        arrays = [("chunks", 2, "float32"), ("chunk_track", 1, "int32")]
         if self.with_frames:
-            g.create_array("frames", shape=(0, self.dim), chunks=(ROW_CHUNK, self.dim), dtype="float32")
-            g.create_array("frame_track", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="int32")
-            g.create_array("frame_time", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype="float32")
+            arrays += [("frames", 2, "float32"), ("frame_track", 1, "int32"), ("frame_time", 1, "float32")]
+        for name, ndim, dtype in arrays:
+            shape, chunks = ((0, self.dim), (ROW_CHUNK, self.dim)) if ndim == 2 else ((0,), (ROW_CHUNK * 16,))
+            g.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=CHECKSUM_CODECS)
         self.tracks: list[dict] = []
         self.n_chunks = self.n_frames = 0
-        g.attrs.update({**meta, "dim": self.dim, "tracks": [],
-                        "committed": {"tracks": 0, "chunks": 0, "frames": 0}})
+        g.attrs.put({**meta, "dim": self.dim, "tracks": [],
+                     "committed": {"tracks": 0, "chunks": 0, "frames": 0}})
 
     def _resume(self, attrs: dict[str, Any], meta: dict[str, Any]) -> None:
         if attrs.get("dim") != self.dim:
@@ -215,20 +227,43 @@ def _count(value: Any) -> int:
 
 
 def scan(emb: Embeddings, block: int = 65536) -> list[str]:
-    """Full check of an opened store: decode every committed row; values must be finite."""
-    problems = []
-    arrays = [("chunks", emb._n_chunks)] + ([("frames", emb._n_frames), ("frame_time", emb._n_frames)]
-                                            if emb.has_frames else [])
-    for key, n in arrays:
-        for lo in range(0, n, block):
-            hi = min(lo + block, n)
-            try:
-                x = np.asarray(emb.group[key][lo:hi])
-            except Exception as exc:
-                problems.append(f"{key} rows {lo}..{hi} unreadable ({exc.__class__.__name__}: {exc})")
-                continue
-            if not np.isfinite(x).all():
-                problems.append(f"{key} rows {lo}..{hi}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+    """Full check of an opened store: decode every committed row (each chunk's checksum verified);
+    values must be finite. Each problem names the array and the track(s) hit."""
+    arrays = [("chunks", emb._n_chunks, emb._chunk_track)]
+    if emb.has_frames:
+        arrays += [("frames", emb._n_frames, emb._frame_track), ("frame_time", emb._n_frames, emb._frame_track)]
+    return [problem for key, n, owner in arrays for problem in scan_array(emb, key, n, owner, block)]
+
+
+def scan_array(emb: Embeddings, key: str, n: int, track_of_row: np.ndarray, block: int = 65536) -> list[str]:
+    """Problems of the first ``n`` rows of one array, chunk by chunk where a block fails."""
+    from mirkit.data.store import decode_problem
+
+    def tracks(rows: np.ndarray) -> str:
+        ids = [str(emb.tracks[t].get("track_id")) for t in np.unique(track_of_row[rows])]
+        return ", ".join(repr(t) for t in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+
+    arr, problems = emb.group[key], []
+    per = arr.chunks[0]
+    block = max(per, block - block % per)
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        try:
+            x = np.asarray(arr[lo:hi])
+        except Exception:  # noqa: BLE001 - narrowed down chunk by chunk
+            for a in range(lo, hi, per):
+                b = min(a + per, hi)
+                try:
+                    np.asarray(arr[a:b])
+                except Exception as exc:  # noqa: BLE001 - every decoding failure is a finding
+                    problems.append(f"'{key}' rows {a}..{b} of track(s) {tracks(np.arange(a, b))} unreadable "
+                                    f"({decode_problem(exc)})")
+            continue
+        bad = ~np.isfinite(x)
+        if bad.any():
+            rows = lo + np.nonzero(bad.reshape(len(x), -1).any(axis=1))[0]
+            problems.append(f"'{key}' of track(s) {tracks(rows)}: "
+                            f"{int(bad.sum())} NaN/inf value(s)")
     return problems
 
 
@@ -276,6 +311,8 @@ class Embeddings:
         if self.has_frames:
             self._frame_track = self._index("frames", "frame_track", n_frames, "frame_time")
             self._frame_off = _offsets(self._frame_track, len(self.tracks))
+        from mirkit.data.store import warn_unchecked
+        self.checksums = not warn_unchecked(self.url, ((k, self.group[k]) for k in self.group.array_keys()))
         self._chunks_cache: np.ndarray | None = None
         self._frames_cache: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -310,20 +347,27 @@ class Embeddings:
         """Positions of the tracks whose manifest ``split`` is ``name``."""
         return [i for i, t in enumerate(self.tracks) if t.get("split") == name]
 
-    def _rows(self, key: str, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo:hi`` of array ``key``; a chunk that does not decode (truncated, overwritten) is an
-        :class:`EmbeddingsError` naming the array and the rows, never a codec traceback."""
+    def _get(self, key: str, a: int, b: int, what: str) -> np.ndarray:
+        """Rows ``[a, b)`` of an array, decoded (checksums verified) and finite, else an
+        :class:`EmbeddingsError` naming the array and ``what`` (the track)."""
+        from mirkit.data.store import decode_problem
         try:
-            return np.asarray(self.group[key][lo:hi])
+            x = np.asarray(self.group[key][a:b])
         except Exception as exc:  # noqa: BLE001 - zarr and its codecs raise many types for a damaged chunk
-            raise EmbeddingsError(f"{self.url}: damaged: '{key}' rows {lo}..{hi} unreadable "
-                                  f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); run "
-                                  f"`mirkit verify {self.url}`, re-run `mirkit extract` into a new store") from None
+            raise EmbeddingsError(f"{self.url}: '{key}' of {what} unreadable ({decode_problem(exc)}); "
+                                  f"run `mirkit verify {self.url}` and re-run `mirkit extract`") from None
+        if not np.isfinite(x).all():
+            raise EmbeddingsError(f"{self.url}: '{key}' of {what}: {int((~np.isfinite(x)).sum())} NaN/inf value(s) "
+                                  f"in the store (damaged); re-run `mirkit extract`")
+        return x
+
+    def _track_name(self, i: int) -> str:
+        return f"track {self.tracks[i].get('track_id')!r}"
 
     def chunks(self, i: int) -> np.ndarray:
         """``(n_chunks, dim)`` embeddings of track ``i``."""
         a, b = self._chunk_off[i], self._chunk_off[i + 1]
-        return self._rows("chunks", a, b)
+        return self._get("chunks", a, b, self._track_name(i))
 
     def frames(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(n_frames, dim)`` per-frame embeddings of track ``i`` and their times (seconds)."""
@@ -332,20 +376,29 @@ class Embeddings:
         a, b = self._frame_off[i], self._frame_off[i + 1]
         if self._frames_cache is not None:
             return self._frames_cache[0][a:b], self._frames_cache[1][a:b]
-        return self._rows("frames", a, b), self._rows("frame_time", a, b)
+        return self._get("frames", a, b, self._track_name(i)), self._get("frame_time", a, b, self._track_name(i))
+
+    def _rows_of(self, key: str, n: int, track_of_row: np.ndarray) -> np.ndarray:
+        """All ``n`` committed rows of an array; a failure is narrowed to the track(s) it hits."""
+        try:
+            return self._get(key, 0, n, "all tracks")
+        except EmbeddingsError:
+            for problem in scan_array(self, key, n, track_of_row):
+                raise EmbeddingsError(f"{self.url}: {problem}; re-run `mirkit extract`") from None
+            raise
 
     def load_frames(self) -> None:
         """Read all per-frame embeddings into memory once (two reads instead of two per track);
         later :meth:`frames` calls slice them."""
         if self.has_frames and self._frames_cache is None:
-            self._frames_cache = (self._rows("frames", 0, self._n_frames),
-                                  self._rows("frame_time", 0, self._n_frames))
+            self._frames_cache = (self._rows_of("frames", self._n_frames, self._frame_track),
+                                  self._rows_of("frame_time", self._n_frames, self._frame_track))
 
     def chunk_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """All chunks of the given tracks at once: ``(rows, dim)`` and the row -> position in
         ``indices`` map (what late fusion averages over). Reads the chunk array once."""
         if self._chunks_cache is None:
-            self._chunks_cache = self._rows("chunks", 0, self._n_chunks)
+            self._chunks_cache = self._rows_of("chunks", self._n_chunks, self._chunk_track)
         idx = np.asarray(list(indices), dtype=np.int64)
         pos = np.full(len(self.tracks), -1, np.int64)
         pos[idx] = np.arange(len(idx))

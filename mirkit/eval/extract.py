@@ -55,7 +55,8 @@ class ExtractParams:
 # ------------------------------------------------------------------------------------ the stage
 @dataclass
 class ExtractReport:
-    status: str = "created"          # created | resumed | replaced (store of another model/setting)
+    status: str = "created"          # created | resumed | replaced (store of another model/setting) | repaired
+    damage: str = ""                  # why a store could not be resumed and was rebuilt (status repaired)
     n_tracks: int = 0
     skipped: int = 0                  # already in the store
     embedded: int = 0
@@ -149,29 +150,49 @@ def compute_features(frozen: FrozenEncoder, path: str | Path, offset: float, dur
 
 
 def open_writer(out: str, frames: bool, dim: int, meta: dict[str, Any], manifest_ids: set[str]):
-    """The embeddings writer; a store written with other settings (or holding tracks no longer in
-    the manifest) is replaced rather than mixed. Returns ``(writer, status)``."""
+    """The embeddings writer (call it holding the store's writer lock). A store written with other
+    settings (or holding tracks no longer in the manifest) is replaced rather than mixed; a store
+    that fails its full check (:func:`store_damage`: index, checksums, NaN) is rebuilt, never resumed.
+    Returns ``(writer, status, damage)``, status one of created / resumed / replaced / repaired."""
     import zarr
 
-    from mirkit.eval.embeddings import EmbeddingsError, EmbeddingsWriter
-    status = "created"
+    from mirkit.eval.embeddings import EmbeddingsWriter
+    status, damage = "created", ""
     try:
         existing = dict(zarr.open_group(store=str(out), mode="r").attrs)
-    except Exception:   # no store yet
+    except Exception:   # no store yet (or no readable root: rebuilt below)  # noqa: BLE001
         existing = {}
     if "committed" in existing:
         status = "resumed"
-        stale = {str(t["track_id"]) for t in existing.get("tracks", [])} - manifest_ids
+        tracks = existing.get("tracks")
+        stale = {str(t.get("track_id")) for t in tracks if isinstance(t, dict)} - manifest_ids \
+            if isinstance(tracks, list) else set()
         if stale:
             status = "replaced"
     if status == "resumed":
-        try:
-            return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status
-        except EmbeddingsError:   # written with other settings: replaced, never mixed
-            status = "replaced"
-    if status == "replaced":
-        zarr.open_group(store=str(out), mode="w")
-    return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status
+        damage = store_damage(out)
+        if damage:
+            status = "repaired"
+        else:
+            try:
+                return EmbeddingsWriter(out, dim, frames=frames, flush_every=16, **meta), status, damage
+            except ValueError:
+                status = "replaced"
+    writer = EmbeddingsWriter(out, dim, frames=frames, flush_every=16, fresh=status != "created", **meta)
+    return writer, status, damage
+
+
+def store_damage(out: str) -> str:
+    """Why the embeddings store ``out`` cannot be resumed ("" when it is sound): its index, every
+    committed row decoded with its checksum, values finite. Costs a read of the store, far less
+    than embedding it again."""
+    from mirkit.eval.embeddings import Embeddings, scan
+    from mirkit.errors import InputError
+    try:
+        problems = scan(Embeddings(out))
+    except InputError as exc:
+        return str(exc)
+    return "; ".join(problems[:3])
 
 
 def _shown_path(path: Path, manifest_dir: Path) -> str:
@@ -205,7 +226,20 @@ def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, out
                  manifest_dir: Path, on_progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
     """Embed ``tracks`` into one embeddings store per layer (``outs``: layer -> store), all layers
     from the same forward passes; ``p`` gives pooling, frames, batching and the feature store.
-    Each store resumes after its last committed track."""
+    Each store resumes after its last committed track.
+
+    Each store is written under its writer lock (:func:`mirkit.data.store.writer_lock`, as ``mels``
+    holds its feature store) for the whole run: a second ``extract`` into the same store refuses at
+    once with a ``StoreBusy`` naming the holder, instead of replacing or mixing into the first's work."""
+    from mirkit.data.store import writer_lock
+    with contextlib.ExitStack() as locks:
+        for out in outs.values():
+            locks.enter_context(writer_lock(str(out)))
+        return _write_stores(frozen, tracks, p, outs, manifest_dir, on_progress)
+
+
+def _write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, outs: dict[int, str],
+                  manifest_dir: Path, on_progress: Callable[[int, int, str], None] | None = None) -> ExtractReport:
     from mirkit.data.audio import AudioError
     try:
         layers, pooling = frozen.resolve_layers(list(outs), p.pooling)
@@ -216,17 +250,19 @@ def write_stores(frozen: FrozenEncoder, tracks: list[Any], p: ExtractParams, out
         raise ParamsError(f"extract.pooling={pooling}: chunk embeddings have {dim} dims but frame embeddings "
                           f"{frame_dim}; store them separately (frames=false)")
     frame_rate = frozen.frame_rate / fpc
-    writers, status = {}, "created"
+    writers, status, damage = {}, "created", []
     ids = {t.track_id for t in tracks}
     for layer in layers:
         meta = {"layer": layer, "pooling": pooling, "model": frozen.model_info,
                 "frame_rate": frame_rate if p.frames else None, "window_frames": frozen.window,
                 "window_seconds": frozen.window / frozen.frame_rate, "min_tail": p.min_tail,
                 "feature_set": frozen.feature_set, "timing": frozen.timing}
-        writers[layer], st = open_writer(str(outs[layer]), p.frames, dim, meta, ids)
+        writers[layer], st, why = open_writer(str(outs[layer]), p.frames, dim, meta, ids)
         status = st if status == "created" else status
+        if why:
+            damage.append(why)
     source = FeatureSource(frozen, p.features)
-    report = ExtractReport(status=status, n_tracks=len(tracks), dim=dim, frame_rate=frame_rate if p.frames else None,
+    report = ExtractReport(status=status, damage="; ".join(damage), n_tracks=len(tracks), dim=dim, frame_rate=frame_rate if p.frames else None,
                            feature_note=source.note or source.shared_ids_note([t.track_id for t in tracks], p.manifest),
                            recomputed=source.why)
     done_in = {layer: w.done for layer, w in writers.items()}
