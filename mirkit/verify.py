@@ -79,6 +79,10 @@ def _frames(url: str) -> Iterable[Finding]:
         yield Finding(name, "index vs arrays, chunk files", True,
                       f"{len(fs)} tracks, {fs.total_frames} frames of {fs.n_bins} bins")
         parts = fs.shards if isinstance(fs, store.ShardedSet) else [fs]
+        bare = [p.url for p in parts if not p.checksums]
+        yield Finding(name, "chunk checksums (crc32c)", True,
+                      f"none in {', '.join(bare[:2])}: written before checksums, a flipped byte cannot be detected; "
+                      f"rebuild the set to add them" if bare else "on every array")
         problems = [f"{p.url}: {msg}" if len(parts) > 1 else msg for p in parts for msg in store.scan_set(p)]
         yield Finding(name, "every chunk decoded, values valid", not problems, "; ".join(problems[:3]) or
                       ("finite" if not fs.attrs.get("codebook_size") else "codes in range"))
@@ -86,7 +90,12 @@ def _frames(url: str) -> Iterable[Finding]:
 
 # -- embeddings -----------------------------------------------------------------------------------
 def _embeddings(url: str) -> Iterable[Finding]:
+    from mirkit.data import store
     from mirkit.eval.embeddings import Embeddings, scan
+    holder = store.lock_holder(url)
+    if holder:
+        yield Finding("store", "writer lock", True, f"held or left by pid {holder.get('pid')} on "
+                                                    f"{holder.get('host')} since {holder.get('since')}")
     try:
         emb = Embeddings(url)
     except InputError as exc:
@@ -94,6 +103,9 @@ def _embeddings(url: str) -> Iterable[Finding]:
         return
     yield Finding("embeddings", "index vs arrays, chunk files", True,
                   f"{len(emb)} tracks, {emb._n_chunks} chunks, {emb._n_frames} frames, dim {emb.dim}")
+    yield Finding("embeddings", "chunk checksums (crc32c)", True,
+                  "on every array" if emb.checksums else "none: written before checksums, a flipped byte cannot be "
+                                                         "detected; re-run `mirkit extract` into a new store")
     problems = scan(emb)
     yield Finding("embeddings", "every chunk decoded, values finite", not problems, "; ".join(problems[:3]) or "finite")
 

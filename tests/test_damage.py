@@ -133,3 +133,90 @@ def test_verify_embeddings_and_nonfinite_values(tmp_path):
 def test_verify_names_what_is_not_an_artifact(tmp_path):
     r = invoke("verify", str(tmp_path / "nothing"))
     assert r.exit_code == 2 and "nothing here" in r.text
+
+
+# -- checksums (issue 18 item 3) -------------------------------------------------------------------
+def flip(path: Path, at: int = 5) -> None:
+    """Flip one bit of one byte: the hostile case a checksum exists for (zstd still decodes most)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32"])   # a feature set and a token set
+def test_a_flipped_byte_in_a_frame_chunk_is_named_by_array_and_track(tmp_path, dtype):
+    url = tmp_path / "s.zarr"
+    fs, _ = create_or_open(str(url), "mel", {"a": 1}, 4, 10.0, dtype=dtype, chunk_frames=8, shard_chunks=2)
+    fs.append([(f"t{i}", f"t{i}.wav", "fp", np.full((10 + i, 4), i + 1, dtype)) for i in range(6)])
+    flip(url / "mel" / "frames" / "c" / "0" / "0")        # first chunk: frames 0..8 of t0
+    fs = open_set(str(url), "mel")
+    with pytest.raises(StoreError, match=r"frames of track 't0' unreadable \(checksum mismatch"):
+        fs.read(0)
+    np.testing.assert_array_equal(fs.read(2), np.full((12, 4), 3, dtype))   # other chunks still read
+    r = invoke("verify", str(url))
+    assert r.exit_code == 2 and "checksum mismatch" in r.text and "'frames' rows 0..8 of track(s) 't0'" in r.text, r.text
+
+
+def test_a_flipped_byte_in_an_index_array_is_named(tmp_path):
+    url = make(tmp_path)
+    flip(url / "mel" / "track_id" / "c" / "0", at=3)
+    with pytest.raises(StoreError, match=r"damaged index: 'track_id' unreadable \(checksum mismatch"):
+        open_set(str(url), "mel")
+    assert invoke("verify", str(url)).exit_code == 2
+
+
+def test_a_flipped_byte_in_embeddings_is_named_by_array_and_track(tmp_path):
+    from mirkit.eval.embeddings import Embeddings, EmbeddingsError, EmbeddingsWriter
+    url = str(tmp_path / "e.zarr")
+    with EmbeddingsWriter(url, 3, frames=True) as w:
+        for i in range(3):
+            w.append({"track_id": f"t{i}"}, np.ones((2, 3)) * i, np.ones((4, 3)) * i, np.arange(4.0))
+    flip(Path(url) / "frames" / "c" / "0" / "0")
+    emb = Embeddings(url)
+    np.testing.assert_array_equal(emb.chunks(1), np.ones((2, 3)))
+    with pytest.raises(EmbeddingsError, match=r"'frames' of track 't0' unreadable \(checksum mismatch"):
+        emb.frames(0)
+    with pytest.raises(EmbeddingsError, match=r"'frames' rows 0..12 of track\(s\) 't0', 't1', 't2' unreadable"):
+        emb.load_frames()
+    r = invoke("verify", url)
+    assert r.exit_code == 2 and "checksum mismatch" in r.text and "'t0'" in r.text, r.text
+
+
+def test_readers_never_return_nan(tmp_path):
+    """A NaN written with a valid checksum (a buggy writer, a hand edit) is still refused on read."""
+    import zarr
+
+    from mirkit.eval.embeddings import Embeddings, EmbeddingsError, EmbeddingsWriter
+    url = make(tmp_path)
+    zarr.open_group(str(url), mode="a")["mel"]["frames"][12] = np.nan      # row 2 of track t1
+    fs = open_set(str(url), "mel")
+    with pytest.raises(StoreError, match=r"frames of track 't1': 4 NaN/inf value\(s\)"):
+        fs.read(1)
+    with pytest.raises(StoreError, match=r"frames 0..75 \('t0', 't1', 't2'\): 4 NaN"):
+        fs.load_into_memory()
+    assert "'frames' of track(s) 't1': 4 NaN/inf" in invoke("verify", str(url)).text
+    emb_url = str(tmp_path / "e.zarr")
+    with EmbeddingsWriter(emb_url, 3) as w:
+        for i in range(3):
+            w.append({"track_id": f"t{i}"}, np.ones((2, 3)) * i)
+    zarr.open_group(emb_url, mode="a")["chunks"][5] = np.nan
+    emb = Embeddings(emb_url)
+    with pytest.raises(EmbeddingsError, match=r"'chunks' of track 't2': 3 NaN"):
+        emb.chunks(2)
+    with pytest.raises(EmbeddingsError, match=r"'chunks' of track\(s\) 't2': 3 NaN"):
+        emb.chunk_rows([0, 1])
+
+
+def test_a_store_written_without_checksums_reads_with_a_warning(tmp_path, monkeypatch):
+    """Stores of earlier versions (zstd only) stay readable; the warning and `verify` say to rebuild."""
+    from zarr.codecs import ZstdCodec
+
+    from mirkit.data import store
+    monkeypatch.setattr(store, "CHECKSUM_CODECS", (ZstdCodec(level=0),))
+    with pytest.warns(UserWarning, match="without chunk checksums.*rebuild"):   # once per store
+        url = make(tmp_path)
+    monkeypatch.undo()
+    fs = open_set(str(url), "mel")
+    assert not fs.checksums and fs.read(0).shape == (10, 4)
+    r = invoke("verify", str(url))
+    assert r.exit_code == 0 and "written before checksums" in r.text, r.text
