@@ -144,3 +144,30 @@ def test_two_mels_runs_started_together_leave_a_sound_store(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mirkit", "verify", url], check=False, env=ENV,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_second_extract_into_a_busy_embeddings_store_refuses_and_names_the_holder(tmp_path):
+    """Before: a --random-init run replaced the store another extract was writing; the first kept
+    appending; both exited 0 with 48 of 120 tracks from the other model. Now `extract` holds the
+    store's writer lock for its whole run, as `mels` does."""
+    from cli_runner import invoke
+    from test_extract import make_checkpoint, write_dataset
+
+    from mirkit.eval.embeddings import Embeddings
+    write_dataset(tmp_path / "data", [("a", 3.0, 220.0), ("b", 3.0, 330.0)])
+    make_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "emb.zarr"
+    args = ["extract", "--model", str(tmp_path / "ckpt"), "--set", f"manifest={tmp_path}/data/manifest.csv",
+            "--out", str(out), "--set", f"features={tmp_path}/none.zarr", "--set", "device=cpu"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), "60"], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = invoke(*args, "--set", "random_init=true")
+        assert r.exit_code == 2 and f"pid {holder.pid}" in r.text and "another mirkit process" in r.text, r.text
+        assert not (out / "zarr.json").exists()            # nothing written behind the holder's back
+    finally:
+        holder.kill()
+        holder.wait()
+    r = invoke(*args)                                       # the dead holder's lock is taken over
+    assert r.exit_code == 0, r.text
+    assert len(Embeddings(str(out))) == 2 and not (out / LOCK_FILE).exists()

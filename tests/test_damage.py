@@ -220,3 +220,53 @@ def test_a_store_written_without_checksums_reads_with_a_warning(tmp_path, monkey
     assert not fs.checksums and fs.read(0).shape == (10, 4)
     r = invoke("verify", str(url))
     assert r.exit_code == 0 and "written before checksums" in r.text, r.text
+
+
+# -- extract on damaged stores (issue 18 items 2 and 3) ---------------------------------------------
+@pytest.fixture(scope="module")
+def extract_ws(tmp_path_factory) -> Path:
+    """3 clips, their mel16k features and an untrained myna-tiny checkpoint."""
+    from test_extract import build_features, make_checkpoint, write_dataset
+    tmp = tmp_path_factory.mktemp("extract_damage")
+    write_dataset(tmp / "data", [("a", 4.0, 220.0), ("b", 3.5, 330.0), ("c", 5.0, 440.0)])
+    build_features(tmp / "data" / "manifest.csv", tmp / "features.zarr")
+    make_checkpoint(tmp / "ckpt")
+    return tmp
+
+
+def test_extract_rebuilds_a_damaged_embeddings_store_instead_of_resuming_it(extract_ws, tmp_path):
+    """Before: a resume into a damaged store said "3 already there" and left it damaged."""
+    from test_extract import all_rows, params
+
+    from mirkit.eval.extract import run
+    p = params(extract_ws, out=tmp_path / "emb.zarr")
+    assert run(p).embedded == 3
+    clean = all_rows(p.out)
+    flip(Path(p.out) / "chunks" / "c" / "0" / "0")
+    report = run(p)
+    assert report.status == "repaired" and "checksum mismatch" in report.damage and "'chunks'" in report.damage
+    assert report.embedded == 3 and report.skipped == 0
+    for key, value in all_rows(p.out).items():
+        np.testing.assert_array_equal(value, clean[key], err_msg=key)
+    assert invoke("verify", p.out).exit_code == 0
+    again = run(p)                                   # sound now: a plain resume
+    assert again.status == "resumed" and again.skipped == 3 and not again.damage
+
+
+def test_extract_recomputes_a_nan_feature_chunk_from_audio(extract_ws, tmp_path):
+    """Before: a NaN feature chunk made extract drop the track with a wrong reason."""
+    import zarr
+    from test_extract import all_rows, params
+
+    from mirkit.eval.extract import run
+    features = tmp_path / "features.zarr"
+    shutil.copytree(extract_ws / "features.zarr", features)
+    fs = open_set(str(features), "mel16k")
+    zarr.open_group(str(features), mode="a")["mel16k"]["frames"][fs.tracks[1].start + 3] = np.nan
+    report = run(params(extract_ws, features=features, out=tmp_path / "emb.zarr"))
+    assert report.embedded == 3 and not report.failures
+    assert report.recomputed == {"damaged in the feature store": 1} and report.from_store == 2
+    reference = run(params(extract_ws, features="", out=tmp_path / "audio.zarr"))   # everything from audio
+    assert reference.computed == 3
+    for key, value in all_rows(str(tmp_path / "audio.zarr")).items():
+        np.testing.assert_array_equal(all_rows(str(tmp_path / "emb.zarr"))[key], value, err_msg=key)
