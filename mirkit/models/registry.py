@@ -158,6 +158,25 @@ def resolve_args(architecture: str, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the most blocks an encoder may stack (papers use 4 to 24); building is linear in it, even on ``meta``
+MAX_DEPTH = 1024
+#: the longest list argument (hidden sizes of a SummaryMixing MLP: one layer each)
+MAX_LIST_ARG = 64
+
+
+def check_bounds(args: dict[str, Any]) -> str:
+    """The first argument out of bounds ("" when all fit), for the arguments that set how many modules
+    are built (``depth``, list lengths). Checked before an encoder is built, so a config with
+    ``depth=1000000`` fails at once instead of building layer after layer; sizes (widths) are then
+    estimated on the ``meta`` device (:func:`mirkit.limits.check_module`)."""
+    for key, value in args.items():
+        if key == "depth" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEPTH):
+            return f"args.depth={value!r}: must be an integer in 1..{MAX_DEPTH} (blocks)"
+        if isinstance(value, list) and len(value) > MAX_LIST_ARG:
+            return f"args.{key}: a list of {len(value)} values, at most {MAX_LIST_ARG}"
+    return ""
+
+
 def build(architecture: str, args: dict[str, Any]) -> Encoder:
     """A freshly initialised encoder of ``architecture`` with ``args`` (see :func:`resolve_args`)."""
     return architecture_class(architecture)(**resolve_args(architecture, args))

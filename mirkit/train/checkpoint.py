@@ -25,6 +25,14 @@ folder follows ``LATEST`` to its model folder. Same seed, same bytes: no process
 unordered metadata is written. Weights are read with safetensors, the optimizer state with
 ``torch.load(weights_only=True)``: nothing is ever unpickled.
 
+**Integrity** (docs/reliability.md): ``model.safetensors`` (and ``heads.safetensors``) carry, in one
+metadata entry ``mirkit``, a crc32c of every tensor's bytes and, for a model folder, the exact
+config it was written with. Loading checks both: a flipped byte is refused naming the tensor, and a
+``config.json`` edited after the weights were written (``window_frames``, ``features.hop_length``,
+...) is refused naming the edited keys, since every embedding would silently change. The config's
+sizes are bounded (:func:`mirkit.models.registry.check_bounds`) before any layer is built. Folders
+written before this binding load with a warning (re-save them to bind them).
+
 Folders written by mirkit 0.1 (``format: mirkit.train.checkpoint/1``: whole-model weights + recipe in
 ``config.json``) are refused with the command that converts them: ``mirkit import legacy``.
 """
@@ -35,11 +43,12 @@ import json
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import mirkit
@@ -54,8 +63,10 @@ MODEL_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README
 LATEST, MODEL_DIR, TRAINING_DIR = "LATEST", "model", "training"
 HEADS_FILE, STATE_FILE = "heads.safetensors", "state.pt"
 LEGACY_STATE_FILE = "train_state.pt"
-#: the one safetensors metadata entry (a single key keeps the header's bytes fixed)
+#: safetensors metadata: ``format`` (what other tools expect) and ``mirkit`` (checksums, bound config);
+#: the header is rewritten with its metadata keys sorted, so the bytes depend only on the content
 _META = {"format": "pt"}
+BINDING_KEY = "mirkit"
 
 
 
@@ -126,6 +137,9 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     for key, value in args.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise CheckpointError(f"{where}: args.{key}={value} is not finite")
+    problem = registry.check_bounds(args)   # before anything is built, even on the meta device
+    if problem:
+        raise CheckpointError(f"{where}: {problem}")
     try:
         limits.check_module(f"{where}: the {config['architecture']} encoder of args",
                             lambda: registry.build(config["architecture"], args))
@@ -208,9 +222,126 @@ def _interrupted_swap(path: Path) -> Path | None:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """The validated config of a model folder (or of a run folder's current step)."""
-    cfg = model_dir(path) / CONFIG_FILE
-    return validate_config(read_json(cfg), str(cfg))
+    """The validated config of a model folder (or of a run folder's current step), checked against
+    the config its weights were written with (:func:`check_binding`)."""
+    folder = model_dir(path)
+    config = validate_config(read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
+    check_binding(folder, config)
+    return config
+
+
+# ------------------------------------------------------------------------------------ integrity
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def tensor_crc(t: torch.Tensor) -> str:
+    """crc32c (hex) of a tensor's bytes as safetensors stores them (little-endian, C order)."""
+    import google_crc32c
+    raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{google_crc32c.value(raw.tobytes()):08x}"
+
+
+def _binding(path: Path) -> dict[str, Any] | None:
+    """The ``mirkit`` metadata entry of a safetensors file (None when it has none: an older file)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated weights ({exc})") from None
+    if BINDING_KEY not in meta:
+        return None
+    try:
+        value = json.loads(meta[BINDING_KEY])
+        if not isinstance(value, dict) or not isinstance(value.get("crc32c"), dict):
+            raise ValueError("not an object with crc32c")
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: damaged '{BINDING_KEY}' metadata ({exc})") from None
+    return value
+
+
+_UNBOUND_WARNED: set[str] = set()
+
+
+def _warn_unbound(path: Path) -> None:
+    if str(path) not in _UNBOUND_WARNED:
+        _UNBOUND_WARNED.add(str(path))
+        warnings.warn(f"{path}: written without checksums or a bound config.json (an older mirkit): a flipped byte "
+                      f"or an edited config.json cannot be detected; re-save it to bind them", stacklevel=3)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def check_binding(folder: Path, config: dict[str, Any]) -> bool:
+    """Refuse a ``config.json`` that differs from the config ``model.safetensors`` was written with,
+    naming the edited keys. Returns whether the folder is bound (False, with a warning, for folders
+    written before the binding). Reads only the weights' header."""
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        return False
+    bound = _binding(path)
+    if bound is None:
+        _warn_unbound(path)
+        return False
+    written = bound.get("config")
+    if not isinstance(written, dict):
+        raise CheckpointError(f"{path}: damaged '{BINDING_KEY}' metadata (no config)")
+    if canonical_json(written) != canonical_json(config):
+        old, new = _flat(written), _flat(json.loads(canonical_json(config)))
+        edits = [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+                 for k in sorted(old.keys() | new.keys()) if old.get(k, ...) != new.get(k, ...)]
+        raise CheckpointError(f"{folder / CONFIG_FILE}: edited after the weights were written ({'; '.join(edits[:4])}"
+                              f"{f'; and {len(edits) - 4} more' if len(edits) > 4 else ''}); every embedding would "
+                              f"change. Restore it, or load the encoder in Python and save it again")
+    return True
+
+
+def _check_crcs(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    bound = _binding(path)
+    if bound is None:
+        _warn_unbound(path)
+        return
+    crcs = bound["crc32c"]
+    if set(crcs) != set(tensors):
+        raise CheckpointError(f"{path}: damaged: tensors {sorted(set(crcs) ^ set(tensors))[:4]} differ from the "
+                              f"checksum list")
+    bad = [k for k in sorted(tensors) if tensor_crc(tensors[k]) != crcs[k]]
+    if bad:
+        raise CheckpointError(f"{path}: checksum mismatch in tensor(s) {', '.join(bad[:4])} (the stored bytes "
+                              f"changed); the weights are damaged: restore or re-download them")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, config: dict[str, Any] | None = None) -> None:
+    """Write a safetensors file whose metadata carries each tensor's crc32c (and ``config``, bound),
+    with the header's metadata keys sorted so the bytes depend only on the content."""
+    tensors = _tensors(tensors)
+    binding: dict[str, Any] = {"crc32c": {k: tensor_crc(v) for k, v in sorted(tensors.items())}}
+    if config is not None:
+        binding["config"] = json.loads(canonical_json(config))
+    save_file(tensors, str(path), metadata={**_META, BINDING_KEY: canonical_json(binding)})
+    _sort_metadata(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header in place with ``__metadata__`` keys sorted (safetensors writes
+    them in hash order). Same keys and values, so the header keeps its length and offsets."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        meta = {"__metadata__": header.pop("__metadata__")}
+        text = json.dumps({**meta, **header}, separators=(",", ":")).encode()
+        if len(text) > n:
+            raise AssertionError(f"{path}: re-serialised safetensors header grew ({len(text)} > {n} bytes)")
+        f.seek(8)
+        f.write(text.ljust(n, b" "))
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -237,6 +368,7 @@ def check_fit(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], wh
 def load_encoder_weights(folder: str | Path, encoder: Encoder) -> None:
     path = Path(folder) / MODEL_FILE
     tensors = _read_safetensors(path)
+    _check_crcs(path, tensors)
     check_fit(encoder.state_dict(), tensors, str(path))
     encoder.load_state_dict(tensors, strict=True)
 
@@ -288,7 +420,7 @@ def write_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, A
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = complete_config(config, encoder)
-    save_file(_tensors(encoder.state_dict()), str(folder / MODEL_FILE), metadata=_META)
+    save_tensors(encoder.state_dict(), folder / MODEL_FILE, config)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_FILE).write_text(render(config, card_extra or {}))
     return config
@@ -333,7 +465,7 @@ def save(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any],
     training = staging / TRAINING_DIR
     training.mkdir()
     heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    save_file(_tensors(heads), str(training / HEADS_FILE), metadata=_META)
+    save_tensors(heads, training / HEADS_FILE)
     if train_state is not None:
         torch.save({**train_state, "step": int(config["step"])}, training / STATE_FILE)
     _fsync_tree(staging)
@@ -400,7 +532,10 @@ def load_weights(out_dir: str | Path, model: torch.nn.Module) -> int:
     step_dir = _current_step_dir(out_dir)
     folder = step_dir / MODEL_DIR
     config = validate_config(read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
-    tensors = {f"encoder.{k}": v for k, v in _read_safetensors(folder / MODEL_FILE).items()}
+    check_binding(folder, config)
+    weights = _read_safetensors(folder / MODEL_FILE)
+    _check_crcs(folder / MODEL_FILE, weights)
+    tensors = {f"encoder.{k}": v for k, v in weights.items()}
     tensors.update(read_heads(out_dir))
     check_fit(model.state_dict(), tensors, str(step_dir))
     model.load_state_dict(tensors, strict=True)
@@ -408,8 +543,11 @@ def load_weights(out_dir: str | Path, model: torch.nn.Module) -> int:
 
 
 def read_heads(out_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The non-encoder weights and buffers of a run folder's current checkpoint."""
-    return _read_safetensors(_current_step_dir(out_dir) / TRAINING_DIR / HEADS_FILE)
+    """The non-encoder weights and buffers of a run folder's current checkpoint (checksums verified)."""
+    path = _current_step_dir(out_dir) / TRAINING_DIR / HEADS_FILE
+    tensors = _read_safetensors(path)
+    _check_crcs(path, tensors)
+    return tensors
 
 
 def load_train_state(out_dir: str | Path) -> dict[str, Any]:
