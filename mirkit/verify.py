@@ -116,21 +116,22 @@ ModelCheck = Callable[[Path], Iterable[Finding]]
 
 def _model_config(path: Path) -> Iterable[Finding]:
     """config.json (of the model folder, or of a run folder's current step): readable, of this format,
-    architecture and arguments known, feature spec and window within bounds, memory estimated."""
+    architecture and arguments known, feature spec and window within bounds, depth bounded and memory
+    estimated before building, and equal to the config the weights were written with (the binding)."""
     from mirkit.train import checkpoint
     try:
         folder = checkpoint.model_dir(path)
         config = checkpoint.load_config(folder)
     except MirkitError as exc:
-        yield Finding("config.json", "parameters within bounds", False, str(exc))
+        yield Finding("config.json", "in bounds, bound to weights", False, str(exc))
         return
     yield Finding(str(folder.relative_to(path) / checkpoint.CONFIG_FILE) if folder != path else "config.json",
-                  "parameters within bounds", True,
+                  "in bounds, bound to weights", True,
                   f"{config['architecture']} ({config.get('preset') or 'custom'}), step {config.get('step')}")
 
 
 def _model_weights(path: Path) -> Iterable[Finding]:
-    """model.safetensors: fits the architecture in config.json, values finite."""
+    """model.safetensors: every tensor's crc32c, fits the architecture in config.json, values finite."""
     import torch
 
     from mirkit.train import checkpoint
@@ -141,8 +142,10 @@ def _model_weights(path: Path) -> Iterable[Finding]:
         return
     state = encoder.state_dict()
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    yield Finding(checkpoint.MODEL_FILE, "fits config.json, values finite", not bad,
-                  f"NaN/inf in {', '.join(bad[:3])}" if bad else f"{sum(v.numel() for v in state.values())} values")
+    bound = checkpoint.check_binding(folder, checkpoint.load_config(folder))
+    yield Finding(checkpoint.MODEL_FILE, "checksums, fit, finite", not bad,
+                  f"NaN/inf in {', '.join(bad[:3])}" if bad else f"{sum(v.numel() for v in state.values())} values" +
+                  ("" if bound else "; written without checksums or a bound config.json: re-save it to bind them"))
 
 
 def _model_training(path: Path) -> Iterable[Finding]:

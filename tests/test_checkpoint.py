@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 from cli_runner import invoke as run_cli
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import mirkit
 from mirkit.data.features import PRESETS as FEATURES
@@ -486,3 +486,68 @@ def test_verify_reports_what_is_wrong(tmp_path):
     assert res.exit_code == 2 and "NaN/inf in norm.weight" in res.text
     with pytest.raises(CheckpointError, match="create_encoder"):
         mirkit.load_encoder("myna-22m")
+
+
+# -- integrity: checksums, bound config, sizes bounded before building (issue 18 items 3-4) -----------
+@pytest.mark.parametrize("name, change, edited", [
+    ("window", lambda c: c.update(window_frames=48), "window_frames: 96 -> 48"),
+    ("scale", lambda c: c["features"].update(scale="log1p"), "features.scale: 'power' -> 'log1p'"),
+    ("hop", lambda c: c["features"].update(hop_length=256), "features.hop_length: 512 -> 256"),
+    ("fmin", lambda c: c["features"].update(fmin=30.0), "features.fmin: 0.0 -> 30.0"),
+])
+def test_an_in_bounds_edit_of_config_json_is_refused_by_name(tmp_path, name, change, edited):
+    """Before: these edits changed every embedding and `verify` said sound."""
+    from mirkit.errors import InputError
+    folder = _encoder_folder(tmp_path / "model", "myna", "myna-tiny")
+    bad = _tamper(folder, tmp_path, name, change)
+    for load in (lambda: mirkit.load_encoder(bad, device="cpu"), lambda: checkpoint.load_encoder(bad, weights=False)):
+        with pytest.raises(InputError, match="edited after the weights were written") as err:
+            load()
+        assert edited in str(err.value) and "config.json" in str(err.value)
+    from mirkit.verify import verify
+    assert any(not f.ok and edited in f.detail and f.part == "config.json" for f in verify(str(bad))[1])
+    assert run_cli("verify", str(bad)).exit_code == 2
+    shutil.copy(folder / "config.json", bad / "config.json")          # restored: loads again
+    mirkit.load_encoder(bad, device="cpu")
+
+
+def test_a_flipped_byte_in_the_weights_is_refused_naming_the_tensor(tmp_path):
+    folder = _encoder_folder(tmp_path / "model", "contrastive", "vit1d-micro")
+    path = folder / "model.safetensors"
+    names = sorted(load_file(str(path)))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01                                  # a finite value changes: the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: checksum mismatch in tensor\(s\) \S+") as err:
+        mirkit.load_encoder(folder, device="cpu")
+    assert len([k for k in names if f"tensor(s) {k} " in str(err.value)]) == 1, err.value
+    tensor = str(err.value).split("tensor(s) ")[1].split(" ")[0]
+    r = run_cli("verify", str(folder))
+    assert r.exit_code == 2 and "checksum mismatch" in r.text and tensor in r.text, r.text
+
+
+def test_depth_of_a_million_fails_before_any_layer_is_built(tmp_path):
+    """Before: `verify` and `extract` built the model layer by layer (even on `meta`) until killed.
+    In a subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    folder = _encoder_folder(tmp_path / "model", "myna", "myna-tiny")
+    bad = _tamper(folder, tmp_path, "deep", lambda c: c["args"].update(depth=1_000_000))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "1000"}
+    sf.write(tmp_path / "a.wav", np.sin(np.arange(32000) / 10.0).astype(np.float32) * 0.3, 16000)
+    (tmp_path / "m.csv").write_text("path\na.wav\n")
+    for args in (["verify", str(bad)], ["extract", "--model", str(bad), "--out", str(tmp_path / "e.zarr"),
+                                        "--set", f"manifest={tmp_path}/m.csv"]):
+        r = subprocess.run([sys.executable, "-m", "mirkit", *args], env=env, capture_output=True, text=True, timeout=120)
+        text = " ".join((r.stdout + r.stderr).split())
+        assert r.returncode == 2 and "args.depth=1000000: must be an integer in 1..1024" in text, text
+        assert "Traceback" not in text
+
+
+def test_a_folder_written_before_the_binding_loads_with_a_warning(tmp_path):
+    """Model folders of earlier versions (plain safetensors metadata) still load; the warning says why
+    re-saving them is worth it, and `verify` says they are unbound."""
+    folder = _encoder_folder(tmp_path / "model", "contrastive", "vit1d-micro")
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="without checksums or a bound config.json.*re-save"):
+        enc = mirkit.load_encoder(folder, device="cpu")
+    assert enc.config["architecture"] == "vit1d"
