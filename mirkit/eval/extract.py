@@ -186,8 +186,8 @@ def store_damage(out: str) -> str:
     """Why the embeddings store ``out`` cannot be resumed ("" when it is sound): its index, every
     committed row decoded with its checksum, values finite. Costs a read of the store, far less
     than embedding it again."""
-    from mirkit.eval.embeddings import Embeddings, scan
     from mirkit.errors import InputError
+    from mirkit.eval.embeddings import Embeddings, scan
     try:
         problems = scan(Embeddings(out))
     except InputError as exc:
