@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.registry import register
 
 MERT_95M = dict(dim=768, depth=12, heads=12, units=3072, pre_norm=False)
 MERT_330M = dict(dim=1024, depth=24, heads=16, units=4096, pre_norm=True)
@@ -166,6 +167,7 @@ class TransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(Layer(dim, heads, units, eps, pre_norm) for _ in range(depth))
 
 
+@register("mert")
 class MERT(Encoder):
     """MERT-v1 (HuBERT-style) encoder on ``(batch, hop, frames)`` waveform frames. Defaults: MERT-v1-95M."""
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mirkit.models.base import Encoder, EncoderOutput
 from mirkit.models.branchformer import BranchformerBlock
 from mirkit.models.conformer import ConformerBlock
+from mirkit.models.registry import register
 from mirkit.models.rotary import RotarySelfAttention
 from mirkit.models.summary_mixing import SummaryMixing
 
@@ -87,6 +88,7 @@ def make_block(block: str, kind: str, dim: int, heads: int, units: int, kernel_s
     return ConformerBlock(dim, mixer, units, kernel_size, dropout)
 
 
+@register("muse")
 class MuseEncoder(Encoder):
     """Conv subsampling + ``depth`` Branchformer/Conformer blocks + final LayerNorm (MuSE-LQ §3.1).
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.registry import register
 
 
 class Res2d(nn.Module):
@@ -161,6 +162,7 @@ class Conformer(nn.Module):
         self.layer_norm = nn.LayerNorm(dim, eps=eps)
 
 
+@register("musicfm")
 class MusicFM(Encoder):
     """MusicFM 25 Hz encoder on ``mel24k`` dB mels. Defaults: the published 12 x 1024 model."""
 

@@ -3,6 +3,7 @@
 * An **architecture** is an :class:`~mirkit.models.base.Encoder` class under a stable name
   (``simple-vit``, ``vit1d``, ``muse``). A model folder stores this name and the resolved constructor
   arguments, so loading an encoder needs only :mod:`mirkit.models` (no recipe, no objective).
+  Each class is registered where it is defined, with ``@register("vit1d")``.
 * A **size** is a named set of constructor arguments of one architecture (``myna-22m``,
   ``vit1d-tiny``, ``brn-sum-164m``, ...). Recipes refer to sizes by name and add what depends on
   their input (bins, crop length, class tokens, normalisation statistics).
@@ -16,20 +17,46 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mirkit.errors import InputError
 from mirkit.models.base import Encoder
 
-#: architecture name -> "module:Class" (imported on first use)
-ARCHITECTURES: dict[str, str] = {
-    "simple-vit": "mirkit.models.vit:SimpleViT",
-    "vit1d": "mirkit.models.vit1d:ViT1D",
-    "muse": "mirkit.models.muse:MuseEncoder",
-    "musicfm": "mirkit.models.musicfm:MusicFM",   # imported weights only (mirkit import musicfm)
-    "mert": "mirkit.models.mert:MERT",            # imported weights only (mirkit import mert)
-}
+#: architecture name -> encoder class, filled by :func:`register` next to each class
+ARCHITECTURES: dict[str, type[Encoder]] = {}
+#: the modules whose classes carry ``@register(...)``, imported on the first lookup. A new encoder
+#: family is one module with a decorated class plus its name here. (musicfm and mert: imported
+#: weights only, ``mirkit import musicfm`` / ``mirkit import mert``.)
+ENCODER_MODULES: tuple[str, ...] = ("mirkit.models.vit", "mirkit.models.vit1d", "mirkit.models.muse",
+                                    "mirkit.models.musicfm", "mirkit.models.mert")
+
+E = TypeVar("E", bound=type[Encoder])
+
+
+def register(name: str) -> Callable[[E], E]:
+    """Class decorator: register an :class:`Encoder` subclass as architecture ``name`` (the name a
+    model folder's config.json stores). Declared next to the class, so a type checker follows it."""
+    def add(cls: E) -> E:
+        if ARCHITECTURES.get(name, cls) is not cls:
+            raise ValueError(f"architecture '{name}' is already registered by {ARCHITECTURES[name].__qualname__}")
+        ARCHITECTURES[name] = cls
+        return cls
+    return add
+
+
+_loaded = False
+
+
+def architectures() -> dict[str, type[Encoder]]:
+    """Every registered architecture (imports :data:`ENCODER_MODULES` once)."""
+    global _loaded
+    if not _loaded:
+        for module in ENCODER_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+    return ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -101,7 +128,7 @@ _IMPORTED = {
                          "MERT-v1-330M (m-a-p/MERT): HuBERT-style, 24 x 1024, pre-LN"),
 }
 
-#: every named size, by name
+#: THE table of model sizes, every architecture, by name (recipes and ``create_encoder`` read it)
 SIZES: dict[str, Size] = {**_MYNA, **_VIT1D, **_MUSE, **_IMPORTED}
 
 
@@ -112,18 +139,17 @@ def sizes_of(architecture: str) -> dict[str, Size]:
 
 def architecture_class(name: str) -> type[Encoder]:
     """The encoder class registered as ``name`` (raises ``InputError`` naming the choices)."""
-    if name not in ARCHITECTURES:
-        raise InputError(f"unknown encoder architecture '{name}' (available: {', '.join(ARCHITECTURES)})")
-    module, cls = ARCHITECTURES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    known = architectures()
+    if name not in known:
+        raise InputError(f"unknown encoder architecture '{name}' (available: {', '.join(known)})")
+    return known[name]
 
 
 def architecture_name(encoder: Encoder | type[Encoder]) -> str:
     """The registry name of an encoder (instance or class)."""
     cls = encoder if isinstance(encoder, type) else type(encoder)
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    for name, where in ARCHITECTURES.items():
-        if where == target:
+    for name, known in architectures().items():
+        if known is cls:
             return name
     raise KeyError(f"{cls.__qualname__} is not a registered encoder architecture")
 
@@ -186,10 +212,10 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
     """A freshly initialised encoder from a named size or an architecture name plus arguments."""
     if name in SIZES:
         return build(*size_args(name, **overrides))
-    if name in ARCHITECTURES:
+    if name in architectures():
         return build(name, overrides)
     raise InputError(f"unknown encoder '{name}' (sizes: {', '.join(SIZES)}; architectures: {', '.join(ARCHITECTURES)})")
 
 
-__all__ = ["ARCHITECTURES", "SIZES", "Size", "architecture_class", "architecture_name", "build", "create_encoder",
+__all__ = ["ARCHITECTURES", "SIZES", "Size", "architecture_class", "architectures", "register", "architecture_name", "build", "create_encoder",
            "resolve_args", "size_args", "sizes_of"]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirkit.models.base import Encoder, EncoderOutput, pool
+from mirkit.models.registry import register
 
 #: (freq, time) size of each patch kind; Myna-Base uses 16x16, Myna-Vertical 128x2.
 PATCH_SIZES: dict[str, tuple[int, int]] = {"square": (16, 16), "vertical": (128, 2)}
@@ -137,6 +138,7 @@ class Block(nn.Module):
         return x + self.ff(x), weights
 
 
+@register("simple-vit")
 class SimpleViT(Encoder):
     """Myna's SimpleViT encoder on ``(batch, bins, frames)`` mel crops.
 

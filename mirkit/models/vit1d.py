@@ -39,10 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirkit.models.base import Encoder, EncoderOutput
-from mirkit.models.registry import sizes_of
-
-#: backbone sizes (width, depth, heads) from the registry; the recipes add in_bins, max_len and n_cls
-PRESETS: dict[str, dict[str, int]] = {name: dict(size.args) for name, size in sizes_of("vit1d").items()}
+from mirkit.models.registry import register, size_args
 
 
 class SelfAttention(nn.Module):
@@ -86,6 +83,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), weights
 
 
+@register("vit1d")
 class ViT1D(Encoder):
     """ViT-1D encoder over ``(batch, bins, frames)`` spectrogram crops.
 
@@ -194,7 +192,8 @@ class ViT1D(Encoder):
 
 
 def build_vit1d(preset: str, **overrides) -> ViT1D:
-    """A ViT-1D from a named size in :data:`PRESETS` plus constructor overrides (bins, length, ...)."""
-    if preset not in PRESETS:
-        raise KeyError(f"unknown ViT-1D preset '{preset}' (available: {', '.join(PRESETS)})")
-    return ViT1D(**{**PRESETS[preset], **overrides})
+    """A ViT-1D from a named size of :data:`mirkit.models.registry.SIZES` plus constructor overrides."""
+    architecture, args = size_args(preset, **overrides)
+    if architecture != "vit1d":
+        raise KeyError(f"'{preset}' is a {architecture} size, not a ViT-1D one")
+    return ViT1D(**args)

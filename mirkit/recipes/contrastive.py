@@ -29,11 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES
-from mirkit.models.vit1d import PRESETS as VIT1D_SIZES
+from mirkit.models.registry import sizes_of
 from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import CropSource, Example, Preset, PretrainModel, Recipe, Sources
+
+#: backbone sizes (width, depth, heads) from the one size table; the recipe adds bins, length, class tokens
+VIT1D_SIZES = {name: dict(size.args) for name, size in sizes_of("vit1d").items()}
 
 MEL_BINS = 128
 SEGMENT_FRAMES = 126  # 4 s at 16 kHz, hop 512

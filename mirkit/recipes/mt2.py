@@ -38,13 +38,16 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES
-from mirkit.models.vit1d import PRESETS as VIT1D_SIZES
+from mirkit.models.registry import sizes_of
 from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
 from mirkit.objectives.cpsd import cpsd_terms
 from mirkit.params import ParamsError, param
 from mirkit.recipes.base import Example, Preset, PretrainModel, Recipe, Sources
 from mirkit.recipes.contrastive import DEFAULT_PROJ_DIMS, ProjectionHead, check_proj_dims, pick_two_segments, take_view
+
+#: backbone sizes (width, depth, heads) from the one size table; the recipe adds bins, length, class tokens
+VIT1D_SIZES = {name: dict(size.args) for name, size in sizes_of("vit1d").items()}
 
 CROP_BINS = 84
 SEGMENT_FRAMES = 172   # 4 s at 22.05 kHz, hop 512
