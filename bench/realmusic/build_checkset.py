@@ -161,8 +161,9 @@ def build(out: Path, seconds: float, min_seconds: float, sample_rate: int, seed:
         tonic, mode, notes = got
         dest = out / rel
         if not dest.exists():
-            wave = render(midi_bytes([(o, d, p + shift) for o, d, p in notes], bpm, program), sf2,
-                          sample_rate, seconds)
+            end = (seconds + 1.0) * bpm / 60.0   # quarters: render only what the clip keeps
+            kept = [(o, min(d, end - o), p + shift) for o, d, p in notes if o < end]
+            wave = render(midi_bytes(kept, bpm, program), sf2, sample_rate, seconds)
             if len(wave) < min_seconds * sample_rate:
                 skipped.append((path.name, f"rendering shorter than {min_seconds} s"))
                 continue

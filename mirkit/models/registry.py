@@ -29,7 +29,8 @@ ARCHITECTURES: dict[str, type[Encoder]] = {}
 #: the modules whose classes carry ``@register(...)``, imported on the first lookup. A new encoder
 #: family is one module with a decorated class plus its name here. (musicfm and mert: imported
 #: weights only, ``mirkit import musicfm`` / ``mirkit import mert``.)
-ENCODER_MODULES: tuple[str, ...] = ("mirkit.models.vit", "mirkit.models.vit1d", "mirkit.models.muse",
+ENCODER_MODULES: tuple[str, ...] = ("mirkit.models.vit", "mirkit.models.vit1d", "mirkit.models.chroma_key",
+                                    "mirkit.models.muse",
                                     "mirkit.models.musicfm", "mirkit.models.mert")
 
 E = TypeVar("E", bound=type[Encoder])

@@ -16,7 +16,15 @@ MT2's code is not public; where its abstract is silent this module follows STONE
   pitch-shifted down by ``d`` semitones (see :mod:`mirkit.objectives.cpsd` for the matching sign).
 * Token 1 -> ``Linear(width, 12)`` -> softmax -> CPSD over the circle of fifths (``c`` = 7).
 * Token 2 -> projection head (as in ``contrastive``) -> NT-Xent between segments 1 and 2.
-* Total = CPSD + ``ntxent_weight`` * NT-Xent (equal weighting: the notes' simplest assumption).
+* Total = ``cpsd_weight`` * CPSD + ``ntxent_weight`` * NT-Xent (equal weighting, 1 and 1: the
+  notes' simplest assumption; MT2's weights are not published).
+* ``key_frontend``: ``linear`` (default) reads the key profile from class token 1 through
+  ``Linear(width, 12)``, as MT2's abstract describes. ``chroma`` adds STONE's ChromaNet idea beside
+  the ViT-1D (:mod:`mirkit.models.chroma_key`): a frequency-convolution + octave-pooling front end
+  whose 12 logits rotate with the crop by construction; they are added to the (zero-initialised)
+  key head's logits, and its pooled pitch-class features are added to the key token's input. This
+  is our setting, not the paper's: on real music the linear key token stays on the CPSD plateau
+  (docs/recipes.md, "MT2").
 * ``objectives``: "both" (MT2), or "cpsd" / "ntxent" for the paper's single-class-token ablations;
   a single-objective model has ONE class token (k = 1) that the chosen objective trains, as the
   paper's "single-class-token ViT-1D models".
@@ -38,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from mirkit.limits import MAX_FRAMES
+from mirkit.models.chroma_key import ChromaKeyViT1D
 from mirkit.models.registry import sizes_of
 from mirkit.models.vit1d import ViT1D
 from mirkit.objectives.contrastive import nt_xent
@@ -83,34 +92,46 @@ class MT2Model(PretrainModel):
     encoder: ViT1D
 
     def __init__(self, encoder: ViT1D, objectives: str, proj_dims: list[int], c: int,
-                 ntxent_weight: float, temperature: float):
+                 ntxent_weight: float, temperature: float, cpsd_weight: float = 1.0):
         super().__init__()
         self.encoder, self.objectives = encoder, objectives
         self.c, self.ntxent_weight, self.temperature = c, ntxent_weight, temperature
+        self.cpsd_weight = cpsd_weight
         self.key_head = nn.Linear(encoder.dim, N_PITCH_CLASSES) if objectives != "ntxent" else None
+        if self.key_head is not None and isinstance(encoder, ChromaKeyViT1D):
+            # the equivariant front end alone decides the profile at step 0 (STONE's ChromaNet output)
+            nn.init.zeros_(self.key_head.weight)
+            nn.init.zeros_(self.key_head.bias)
         self.head = ProjectionHead(encoder.dim, proj_dims) if objectives != "cpsd" else None
         #: which class token each objective reads
         self.key_token = 0
         self.contrastive_token = 1 if objectives == "both" else 0
 
-    def key_profiles(self, cls_tokens: Tensor) -> Tensor:
-        """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens."""
+    def key_profiles(self, cls_tokens: Tensor, x: Tensor | None = None) -> Tensor:
+        """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens (plus, with a
+        chroma front end, its equivariant logits of the input ``x``)."""
         if self.key_head is None:
             raise RuntimeError(f"objectives={self.objectives!r}: this model has no key head")
-        return torch.softmax(self.key_head(cls_tokens[:, self.key_token]).float(), dim=-1)
+        logits = self.key_head(cls_tokens[:, self.key_token]).float()
+        if isinstance(self.encoder, ChromaKeyViT1D):
+            if x is None:
+                raise ValueError("a chroma key front end needs the input")
+            logits = logits + self.encoder.key_logits(x).float()
+        return torch.softmax(logits, dim=-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = batch["view1"].shape[0]
         use_cpsd = self.key_head is not None
         views = [batch["view1"], batch["view2"]] + ([batch["view3"]] if use_cpsd else [])
-        cls = self.encoder.encode(torch.cat(views), layers=(-1,)).cls_tokens(-1)
+        x = torch.cat(views)
+        cls = self.encoder.encode(x, layers=(-1,)).cls_tokens(-1)
         out: dict[str, Tensor] = {}
         loss = cls.new_zeros((), dtype=torch.float32)
         if use_cpsd:
-            y1, y2, y3 = self.key_profiles(cls).split(b)
+            y1, y2, y3 = self.key_profiles(cls, x).split(b)
             terms = cpsd_terms(y1, y2, y3, batch["shift"], self.c)
             cpsd = cast(Tensor, sum(terms.values()))   # a sum of three tensors
-            loss = loss + cpsd
+            loss = loss + self.cpsd_weight * cpsd
             out.update({"cpsd": cpsd.detach(), **{k: v.detach() for k, v in terms.items()}})
         if self.head is not None:
             p = self.head(cls[: 2 * b, self.contrastive_token])
@@ -129,7 +150,12 @@ class MT2Params:
     objectives: str = param("both", choices=("both", "cpsd", "ntxent"),
                             help="both = MT2; cpsd / ntxent = single-class-token ablations")
     c: int = param(7, choices=(1, 5, 7, 11), help="CPSD frequency: 7 = circle of fifths, 1 = semitones")
-    ntxent_weight: float = param(1.0, ge=0, help="lambda in CPSD + lambda * NT-Xent")
+    ntxent_weight: float = param(1.0, ge=0, help="lambda in cpsd_weight * CPSD + lambda * NT-Xent")
+    cpsd_weight: float = param(1.0, ge=0, help="weight of CPSD in the total loss")
+    key_frontend: str = param("linear", choices=("linear", "chroma"),
+                              help="linear = MT2's key head on class token 1; chroma = add STONE's "
+                                   "frequency-conv + octave-pool front end (mirkit.models.chroma_key)")
+    chroma_channels: int = param(16, ge=1, help="channels of the chroma key front end")
     temperature: float = param(0.1, gt=0, help="NT-Xent temperature")
     silence_db: float = param(-7.5, le=0, help="segments this many dB (power) below the track are silent")
     proj_dims: list[int] | None = param(None, help="projection head widths (default: per preset)")
@@ -138,6 +164,11 @@ class MT2Params:
 
     def check(self) -> None:
         check_proj_dims(self.proj_dims)
+        if self.key_frontend == "chroma" and self.objectives == "ntxent":
+            raise ParamsError("key_frontend=chroma: objectives=ntxent has no key token to feed")
+        if self.key_frontend == "chroma" and self.crop_bins % N_PITCH_CLASSES:
+            raise ParamsError(f"crop_bins={self.crop_bins}: key_frontend=chroma octave-pools, so it needs a "
+                              f"multiple of {N_PITCH_CLASSES} bins")
 
 
 class MT2Recipe(Recipe):
@@ -180,12 +211,14 @@ class MT2Recipe(Recipe):
     def build_encoder(self) -> ViT1D:
         model = {**self.preset().model, "in_bins": self.params.crop_bins,
                  "max_len": self.params.segment_frames, "n_cls": self.n_cls, "frame_norm": self.params.frame_norm}
+        if self.params.key_frontend == "chroma":
+            return ChromaKeyViT1D(**model, chroma_channels=self.params.chroma_channels)
         return ViT1D(**model)
 
     def build_model(self) -> MT2Model:
         p = self.params
         return MT2Model(self.build_encoder(), p.objectives, p.proj_dims or DEFAULT_PROJ_DIMS[p.preset],
-                        p.c, p.ntxent_weight, p.temperature)
+                        p.c, p.ntxent_weight, p.temperature, p.cpsd_weight)
 
 
 RECIPE = MT2Recipe
