@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-slow lint lock bench clean gpu-check
+.PHONY: install demo test test-fast test-slow lint lock bench clean gpu-check checkset bench-realmusic
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,18 @@ lint: install
 # streaming loader idle share, extract); <= 10 min; on a machine without CUDA it says so and exits 0
 gpu-check: install
 	PATH="$(BIN):$$PATH" timeout 600 $(BIN)/python bench/gpu_check.py
+
+# real-music check set (Bach chorales from music21's corpus, rendered with fluidsynth; cached in
+# $$MIRKIT_CACHE or ~/.cache/mirkit, never in git) and the pretrained-vs-random bench on it (docs/training.md)
+checkset: install
+	@command -v fluidsynth >/dev/null && test -f /usr/share/sounds/sf2/FluidR3_GM.sf2 || \
+		{ echo "needs: apt-get install -y fluidsynth fluid-soundfont-gm"; exit 2; }
+	$(BIN)/python -c "import music21" 2>/dev/null || $(BIN)/python -m pip install -q -r bench/realmusic/requirements.txt
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/realmusic/build_checkset.py
+
+RECIPES ?= mt2 myna contrastive muse-lq
+bench-realmusic: checkset
+	for r in $(RECIPES); do PYTHONPATH=$(CURDIR) $(BIN)/python bench/realmusic/bench_realmusic.py --cpu15 $$r || exit 1; done
 
 lock:
 	PY=$(PY) .ci/lock

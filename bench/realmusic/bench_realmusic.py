@@ -132,10 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkset", type=Path, default=default_out() / "manifest.csv")
     ap.add_argument("--work", type=Path, default=default_out().parent / "bench-realmusic")
-    ap.add_argument("--recipe", required=True, choices=tuple(FEATURE_SET))
-    ap.add_argument("--name", required=True, help="run name (folder under <work>/runs)")
+    ap.add_argument("--cpu15", metavar="RECIPE", default=None,
+                    help="run RECIPE's `<recipe>-cpu15` setting from cpu15.yaml (preset, steps, lr, overrides)")
+    ap.add_argument("--recipe", choices=tuple(FEATURE_SET))
+    ap.add_argument("--name", help="run name (folder under <work>/runs)")
     ap.add_argument("--preset", default=None)
-    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--steps", type=int)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--feature-set", default=None, help="feature set (default: the recipe's)")
@@ -144,6 +146,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-every", type=int, default=None, help="online probes every N steps (curves)")
     ap.add_argument("--set", action="append", default=[], help="extra pretrain KEY=VALUE overrides")
     a = ap.parse_args(argv)
+    if a.cpu15:
+        import yaml
+
+        table = yaml.safe_load((Path(__file__).parent / "cpu15.yaml").read_text())
+        if a.cpu15 not in table:
+            sys.exit(f"cpu15.yaml: no setting for recipe {a.cpu15!r} (has: {', '.join(table)})")
+        cfg = table[a.cpu15]
+        a.recipe, a.name = a.cpu15, a.name or f"{a.cpu15}-cpu15"
+        a.preset, a.steps, a.lr = cfg.get("preset"), cfg["steps"], cfg.get("lr")
+        a.batch_size, a.pooling = cfg.get("batch_size"), a.pooling or cfg.get("pooling")
+        a.probe_every = a.probe_every or cfg.get("probe_every")
+        a.set = [f"recipe_params.{a.recipe}.{k}={v}" for k, v in (cfg.get("recipe_params") or {}).items()] + a.set
+    if not (a.recipe and a.name and a.steps):
+        ap.error("give --cpu15 RECIPE, or --recipe, --name and --steps")
     if not a.checkset.exists():
         sys.exit(f"{a.checkset}: no check set; run `make checkset` (bench/realmusic/build_checkset.py) first")
     mirkit = [sys.executable, "-c", "from mirkit.cli import main; main()"]
