@@ -183,10 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         (tokens / ".done").write_text("")
     sets = [f"features={store}", f"tokens={tokens}", f"manifest={a.checkset}", f"steps={a.steps}",
             f"out={rd}/model", f"log={rd}/live", f"summary={rd}/summary.json", "threads=1", "device=cpu",
-            f"online_probe.manifest={a.checkset}", f"online_probe.tasks:={yaml_inline(TASKS)}"]
+            f"online_probe.manifest={a.checkset}"]
     sets += [f"lr={a.lr}"] * (a.lr is not None) + [f"batch_size={a.batch_size}"] * (a.batch_size is not None)
     sets += [f"online_probe.every={a.probe_every}"] * (a.probe_every is not None)
-    pre = mirkit + ["pretrain", "--recipe", a.recipe] + (["--preset", a.preset] if a.preset else [])
+    import yaml
+
+    params = yaml.safe_load(Path("params.yaml").read_text())   # the checkout's params, with the check set's tasks
+    params["pretrain"]["online_probe"]["tasks"] = TASKS
+    (rd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pre = mirkit + ["pretrain", "--params", str(rd / "params.yaml"), "--recipe", a.recipe] + (["--preset", a.preset] if a.preset else [])
     cpu = run(pre + [x for s in sets + a.set for x in ("--set", s)], log)
     pool = ["--set", f"pooling={a.pooling}"] if a.pooling else []
     for kind, flag in (("pretrained", "--pretrained"), ("random", "--random-init")):

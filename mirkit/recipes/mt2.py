@@ -21,10 +21,10 @@ MT2's code is not public; where its abstract is silent this module follows STONE
 * ``key_frontend``: ``linear`` (default) reads the key profile from class token 1 through
   ``Linear(width, 12)``, as MT2's abstract describes. ``chroma`` adds STONE's ChromaNet idea beside
   the ViT-1D (:mod:`mirkit.models.chroma_key`): a frequency-convolution + octave-pooling front end
-  whose 12 logits rotate with the crop by construction; they are added to the (zero-initialised)
-  key head's logits, and its pooled pitch-class features are added to the key token's input. This
-  is our setting, not the paper's: on real music the linear key token stays on the CPSD plateau
-  (docs/recipes.md, "MT2").
+  whose 12 logits rotate with the crop by construction are the key profile (as ChromaNet's; no
+  linear head: one on the class token can hold a constant profile, the CPSD plateau), and its
+  pooled pitch-class features are added to the key token's input. This is our setting, not the
+  paper's: on real music the linear key token stays on the CPSD plateau (docs/recipes.md, "MT2").
 * ``objectives``: "both" (MT2), or "cpsd" / "ntxent" for the paper's single-class-token ablations;
   a single-objective model has ONE class token (k = 1) that the chosen objective trains, as the
   paper's "single-class-token ViT-1D models".
@@ -97,31 +97,30 @@ class MT2Model(PretrainModel):
         self.encoder, self.objectives = encoder, objectives
         self.c, self.ntxent_weight, self.temperature = c, ntxent_weight, temperature
         self.cpsd_weight = cpsd_weight
-        self.key_head = nn.Linear(encoder.dim, N_PITCH_CLASSES) if objectives != "ntxent" else None
-        if self.key_head is not None and isinstance(encoder, ChromaKeyViT1D):
-            # the equivariant front end alone decides the profile at step 0 (STONE's ChromaNet output)
-            nn.init.zeros_(self.key_head.weight)
-            nn.init.zeros_(self.key_head.bias)
+        # with a chroma front end the profile is its equivariant logits alone (STONE's ChromaNet output):
+        # a linear head on the class token can hold a constant profile, the CPSD plateau on real music
+        self.chroma = isinstance(encoder, ChromaKeyViT1D) and objectives != "ntxent"
+        self.key_head = (nn.Linear(encoder.dim, N_PITCH_CLASSES)
+                         if objectives != "ntxent" and not self.chroma else None)
         self.head = ProjectionHead(encoder.dim, proj_dims) if objectives != "cpsd" else None
         #: which class token each objective reads
         self.key_token = 0
         self.contrastive_token = 1 if objectives == "both" else 0
 
     def key_profiles(self, cls_tokens: Tensor, x: Tensor | None = None) -> Tensor:
-        """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens (plus, with a
-        chroma front end, its equivariant logits of the input ``x``)."""
-        if self.key_head is None:
-            raise RuntimeError(f"objectives={self.objectives!r}: this model has no key head")
-        logits = self.key_head(cls_tokens[:, self.key_token]).float()
-        if isinstance(self.encoder, ChromaKeyViT1D):
+        """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens, or, with a
+        chroma front end, from its equivariant logits of the input ``x``."""
+        if self.chroma and isinstance(self.encoder, ChromaKeyViT1D):
             if x is None:
                 raise ValueError("a chroma key front end needs the input")
-            logits = logits + self.encoder.key_logits(x).float()
-        return torch.softmax(logits, dim=-1)
+            return torch.softmax(self.encoder.key_logits(x).float(), dim=-1)
+        if self.key_head is None:
+            raise RuntimeError(f"objectives={self.objectives!r}: this model has no key head")
+        return torch.softmax(self.key_head(cls_tokens[:, self.key_token]).float(), dim=-1)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = batch["view1"].shape[0]
-        use_cpsd = self.key_head is not None
+        use_cpsd = self.objectives != "ntxent"
         views = [batch["view1"], batch["view2"]] + ([batch["view3"]] if use_cpsd else [])
         x = torch.cat(views)
         cls = self.encoder.encode(x, layers=(-1,)).cls_tokens(-1)
