@@ -18,9 +18,9 @@ CPU budget: every stage runs as a child process with ``threads=1``; the pretrain
 (user + sys of that process, ``resource.getrusage(RUSAGE_CHILDREN)``) is what the budget counts.
 Wall time on a shared machine is not a budget.
 
-    python bench/realmusic/bench_realmusic.py --recipe mt2 --steps 300 --name mt2-base
-    python bench/realmusic/bench_realmusic.py --recipe mt2 --steps 300 --name mt2-seg15 \\
-        --set recipe_params.mt2.segment_frames=646 --pooling cls
+    python bench/realmusic/bench_realmusic.py --cpu15 mt2          # the entry of cpu15.yaml
+    python bench/realmusic/bench_realmusic.py --recipe mt2 --steps 500 --lr 2e-3 --name mt2-linear-s500 \\
+        --pooling cls --probe-every 250                                # any other setting
 
 Results go to ``<work>/runs/<name>/result.json`` and one line per run to ``<work>/results.tsv``.
 """
