@@ -172,7 +172,7 @@ def test_damaged_embeddings_chunk_in_probe_is_an_input_error(tmp_path, damage):
         "runs": {"a": str(url)}, "tasks": {"genre": {"type": "multiclass", "label": "genre"}},
         "out": str(tmp_path / "probe.json"), "plot": str(tmp_path / "probe.png"), "device": "cpu"}}))
     res = invoke("probe", "--params", str(params))
-    one_red_line(res, 2, f"{url}: damaged: 'chunks' rows", "unreadable")
+    one_red_line(res, 2, f"{url}: 'chunks' rows", "unreadable")
 
 
 def _state(kind: str, good: dict) -> object:

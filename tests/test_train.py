@@ -122,7 +122,7 @@ def test_bad_checkpoints_fail_with_clear_messages(tmp_path, tiny_corpus):
     other["args"]["dim"] = 192
     (bad / "config.json").write_text(json.dumps(other))
     (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
-    with pytest.raises(checkpoint.CheckpointError, match="do not fit the model"):
+    with pytest.raises(checkpoint.CheckpointError, match="edited after the weights were written"):
         checkpoint.load_encoder(bad)
     (bad / "config.json").write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="unreadable JSON"):
