@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from memory_source import MemorySource
-from test_mt2 import _tonal_tracks, constant_profile_plateau, recipe_for, stack
+from test_mt2 import _tonal_tracks, constant_profile_plateau, held_out_cpsd, recipe_for
 
 from mirkit.models.chroma_key import ChromaFrontEnd, ChromaKeyViT1D
 from mirkit.models.registry import architecture_name, build
 from mirkit.params import ParamsError
-from mirkit.recipes.base import Sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,24 +47,10 @@ def test_front_end_logits_rotate_with_a_semitone_crop_shift():
 def test_chroma_key_token_leaves_the_plateau_on_leaky_input():
     """Tonal tracks with 10 % adjacent-bin leakage: the linear key head stays on the constant-profile
     plateau there (docs/training.md, "MT2": 2.92 after 300 steps); the chroma front end falls far below."""
-    torch.manual_seed(0)
-    recipe = recipe_for(objectives="cpsd", key_frontend="chroma")
-    train = Sources(MemorySource(leaky(_tonal_tracks(84, 48, seed=0, floor=1e-4), 0.1)))
-    valid = Sources(MemorySource(leaky(_tonal_tracks(18, 48, seed=1, floor=1e-4), 0.1)))
-    recipe.prepare(train)
-    model = recipe.build_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
-    rng = np.random.default_rng(0)
-    for _ in range(150):
-        batch = stack([recipe.sample(train, int(t), rng) for t in rng.integers(0, 84, size=8)])
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    held_out = stack([recipe.sample(valid, t % 18, np.random.default_rng(1000 + t)) for t in range(64)])
-    with torch.no_grad():
-        assert float(model.eval()(held_out)["cpsd"]) < 0.4 * constant_profile_plateau()
+    cpsd = held_out_cpsd(recipe_for(objectives="cpsd", key_frontend="chroma"),
+                         leaky(_tonal_tracks(84, 48, seed=0, floor=1e-4), 0.1),
+                         leaky(_tonal_tracks(18, 48, seed=1, floor=1e-4), 0.1), steps=150)
+    assert cpsd < 0.4 * constant_profile_plateau()
 
 
 def test_chroma_encoder_is_registered_and_rebuilds_from_its_arguments():

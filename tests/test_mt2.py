@@ -231,26 +231,32 @@ def test_constant_profile_plateau_matches_a_fitted_constant_profile():
     assert loss.item() == pytest.approx(plateau, abs=0.02)
 
 
-def _cpsd_after_training(frame_norm: bool, floor: float, steps: int = 300) -> float:
-    """Held-out CPSD of a vit1d-micro CPSD-only model after ``steps`` AdamW steps on tonal tracks."""
+def held_out_cpsd(recipe, train_tracks: list[np.ndarray], valid_tracks: list[np.ndarray], steps: int) -> float:
+    """Held-out CPSD of ``recipe``'s model after ``steps`` AdamW steps (batch 8) on ``train_tracks``."""
     torch.manual_seed(0)
-    recipe = recipe_for(objectives="cpsd", frame_norm=frame_norm)
-    train = Sources(MemorySource(_tonal_tracks(84, 48, seed=0, floor=floor)))
-    valid = Sources(MemorySource(_tonal_tracks(18, 48, seed=1, floor=floor)))
+    train, valid = Sources(MemorySource(train_tracks)), Sources(MemorySource(valid_tracks))
     recipe.prepare(train)
     model = recipe.build_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
     rng = np.random.default_rng(0)
     for _ in range(steps):
-        batch = stack([recipe.sample(train, int(t), rng) for t in rng.integers(0, 84, size=8)])
+        batch = stack([recipe.sample(train, int(t), rng) for t in rng.integers(0, len(train_tracks), size=8)])
         loss = model(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    held_out = stack([recipe.sample(valid, t % 18, np.random.default_rng(1000 + t)) for t in range(64)])
+    n = len(valid_tracks)
+    held_out = stack([recipe.sample(valid, t % n, np.random.default_rng(1000 + t)) for t in range(64)])
     with torch.no_grad():
         return float(model.eval()(held_out)["cpsd"])
+
+
+def _cpsd_after_training(frame_norm: bool, floor: float, steps: int = 300) -> float:
+    """Held-out CPSD of a vit1d-micro CPSD-only model after ``steps`` AdamW steps on tonal tracks."""
+    torch.manual_seed(0)
+    return held_out_cpsd(recipe_for(objectives="cpsd", frame_norm=frame_norm),
+                         _tonal_tracks(84, 48, seed=0, floor=floor), _tonal_tracks(18, 48, seed=1, floor=floor), steps)
 
 
 def test_frame_norm_lets_cpsd_leave_the_constant_profile_plateau():
