@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mirkit.errors import InputError
@@ -160,3 +161,13 @@ def layer_list(depth: int, layers: int | Sequence[int] | str) -> list[int]:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention over ``(batch, heads, time, head_dim)``: SDPA (flash / memory-efficient
+    kernels on CUDA) unless the softmax maps are wanted, then the same maths explicitly (scores in fp32),
+    returning the maps for inspection."""
+    if not need_weights:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v), None
+    weights = ((q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
+    return weights.to(v.dtype) @ v, weights

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.base import Encoder, EncoderOutput, attend
 from mirkit.models.registry import register
 
 MERT_95M = dict(dim=768, depth=12, heads=12, units=3072, pre_norm=False)
@@ -120,12 +120,7 @@ class Attention(nn.Module):
             return y.reshape(b, t, self.heads, -1).transpose(1, 2)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        weights = None
-        if need_weights:
-            weights = ((q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
-            y = weights.to(v.dtype) @ v
-        else:
-            y = nn.functional.scaled_dot_product_attention(q, k, v)
+        y, weights = attend(q, k, v, need_weights)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), weights
 
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.base import Encoder, EncoderOutput, attend
 from mirkit.models.registry import register
 
 
@@ -109,12 +109,7 @@ class SelfAttention(nn.Module):
             return y.reshape(b, t, self.heads, -1).transpose(1, 2)
 
         q, k, v = split(self.linear_q(qk_in)), split(self.linear_k(qk_in)), split(self.linear_v(x))
-        weights = None
-        if need_weights:
-            weights = ((q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
-            y = weights.to(v.dtype) @ v
-        else:
-            y = nn.functional.scaled_dot_product_attention(q, k, v)
+        y, weights = attend(q, k, v, need_weights)
         return self.linear_out(y.transpose(1, 2).reshape(b, t, d)), weights
 
 

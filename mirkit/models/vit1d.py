@@ -35,10 +35,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput
+from mirkit.models.base import Encoder, EncoderOutput, attend
 from mirkit.models.registry import register, size_args
 
 
@@ -56,13 +55,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if need_weights:
-            # explicit path: the same maths as SDPA, but the softmax maps are kept for inspection
-            weights = torch.softmax((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5, dim=-1)
-            out = weights.to(v.dtype) @ v
-        else:
-            weights = None
-            out = F.scaled_dot_product_attention(q, k, v)
+        out, weights = attend(q, k, v, need_weights)
         return self.proj(out.transpose(1, 2).reshape(b, n, c)), weights
 
 
