@@ -41,8 +41,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = recipe.build_model()
     with tempfile.TemporaryDirectory() as tmp:
-        config = checkpoint.complete_config(
-            checkpoint.make_config(recipe, FEATURES[recipe.feature_set].to_dict(), 0, {}), model.encoder)
+        config = checkpoint.make_config(recipe, FEATURES[recipe.feature_set].to_dict(), 0, {})
         checkpoint.save_model_folder(f"{tmp}/model", model.encoder, config)
         enc = load_encoder(f"{tmp}/model", device=args.device)
     rate = enc.sample_rate

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import torch
 from mirkit.errors import InputError
 from mirkit.eval.encoder import MIN_TAIL, FrozenEncoder, features_of_wave, load_frozen
 from mirkit.eval.extract import ExtractParams, write_stores
+from mirkit.models.config import ModelConfig
 
 Layers = int | Sequence[int] | str
 
@@ -40,7 +42,7 @@ class MirkitEncoder:
     Attributes: ``architecture``, ``preset`` (named size), ``recipe`` (that trained it, if any),
     ``sample_rate`` (of the model's features), ``window_seconds`` (chunk length), ``layers`` (valid
     ``layer`` values), ``all_layers`` (the order of ``layer="all"``), ``poolings`` (first = default), ``timing`` (output frame rate and receptive
-    field, :mod:`mirkit.models.timing`), ``config`` (the model folder's config.json).
+    field, :mod:`mirkit.models.timing`), ``config`` (the model folder's config.json, a :class:`mirkit.models.config.ModelConfig`).
     """
 
     def __init__(self, frozen: FrozenEncoder):
@@ -48,8 +50,8 @@ class MirkitEncoder:
         self.frozen = frozen
         self.front = FrontEnd(frozen.spec).to(frozen.device)
         enc = frozen.encoder
-        self.config: dict[str, Any] = frozen.config
-        self.architecture: str = frozen.config["architecture"]
+        self.config: ModelConfig = frozen.config
+        self.architecture: str = frozen.config.architecture
         self.preset: str = frozen.model_info.get("preset", "")
         self.recipe: str = frozen.model_info.get("recipe", "")
         self.sample_rate: int = frozen.spec.sample_rate
@@ -148,10 +150,10 @@ class MirkitEncoder:
         from mirkit.train.checkpoint import save_model_folder
         if isinstance(probe, (str, Path)):
             probe = json.loads(Path(probe).read_text())
-        config = {k: v for k, v in self.config.items() if k not in ("architecture", "args", "n_params")}
+        config = self.config
         if probe:
-            config["provenance"] = {**(config.get("provenance") or {}), "probe": probe}
-        save_model_folder(folder, self.frozen.encoder, config)
+            config = replace(config, provenance={**config.provenance, "probe": probe})
+        save_model_folder(folder, self.frozen.encoder, config)   # architecture and sizes: from the encoder
         return Path(folder)
 
     # -- input --------------------------------------------------------------------------------

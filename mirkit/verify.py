@@ -127,7 +127,7 @@ def _model_config(path: Path) -> Iterable[Finding]:
         return
     yield Finding(str(folder.relative_to(path) / checkpoint.CONFIG_FILE) if folder != path else "config.json",
                   "in bounds, bound to weights", True,
-                  f"{config['architecture']} ({config.get('preset') or 'custom'}), step {config.get('step')}")
+                  f"{config.architecture} ({config.preset or 'custom'}), step {config.step}")
 
 
 def _model_weights(path: Path) -> Iterable[Finding]:
@@ -157,7 +157,7 @@ def _model_training(path: Path) -> Iterable[Finding]:
     if not (path / checkpoint.LATEST).is_file():
         return
     try:
-        step = checkpoint.load_config(path).get("step")
+        step = checkpoint.load_config(path).step
         heads = checkpoint.read_heads(path)
     except MirkitError as exc:
         yield Finding("training", "heads readable", False, str(exc))
@@ -191,7 +191,7 @@ def _state_fits(path: Path, state: dict) -> str:
     from mirkit.params import resolve
     from mirkit.train import checkpoint
     from mirkit.train.loop import param_groups
-    prov = checkpoint.load_config(path).get("provenance") or {}
+    prov = checkpoint.load_config(path).provenance
     name = prov.get("recipe") if isinstance(prov, dict) else None
     if not isinstance(name, str) or name not in recipes.available():
         return f"not checked against a model (config.json names no known recipe: {name!r})"

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mirkit.errors import InputError
 from mirkit.ui import console, table
+
+if TYPE_CHECKING:
+    from mirkit.models.config import ModelConfig
 
 app = typer.Typer(help="Convert checkpoints from other code (or older mirkit) into mirkit model folders.",
                   no_args_is_help=True)
@@ -41,25 +45,25 @@ def myna(
     t = timing_of_config(config)
     console.print(table(f"import myna -> {folder}", None, [
         ("source", f"{path} (Myna-{variant})"),
-        ("architecture", f"{config['architecture']} ({config.get('preset') or 'custom size'}), "
-                         f"{config['n_params'] / 1e6:.2f} M parameters"),
-        ("input", f"{config['feature_set']}, {config['window_frames']} frames = {t['window_seconds']:.2f} s per chunk"),
+        ("architecture", f"{config.architecture} ({config.preset or 'custom size'}), "
+                         f"{config.n_params / 1e6:.2f} M parameters"),
+        ("input", f"{config.feature_set}, {config.window_frames} frames = {t['window_seconds']:.2f} s per chunk"),
         ("output", f"{t['frame_rate']:.3g} frames/s"),
         ("next", f"mirkit extract --model {folder} --out data/embeddings/myna-{variant}.zarr"),
     ]))
 
 
-def _summary(title: str, source: str, config: dict, folder: Path, name: str) -> None:
+def _summary(title: str, source: str, config: ModelConfig, folder: Path, name: str) -> None:
     from mirkit.models.timing import timing_of_config
     t = timing_of_config(config)
-    prov = config.get("provenance") or {}
+    prov = config.provenance
     console.print(table(title, None, [
         ("source", source),
         ("licence", str(prov.get("licence", "-"))),
         ("sha256", str(prov.get("source_sha256", "-"))),
-        ("architecture", f"{config['architecture']} ({config.get('preset') or 'custom size'}), "
-                         f"{config['n_params'] / 1e6:.2f} M parameters, {config['depth']} layers x {config['dim']}"),
-        ("input", f"{config['feature_set']}, {config['window_frames']} frames = {t['window_seconds']:.2f} s per chunk"),
+        ("architecture", f"{config.architecture} ({config.preset or 'custom size'}), "
+                         f"{config.n_params / 1e6:.2f} M parameters, {config.depth} layers x {config.dim}"),
+        ("input", f"{config.feature_set}, {config.window_frames} frames = {t['window_seconds']:.2f} s per chunk"),
         ("output", f"{t['frame_rate']:.3g} frames/s"),
         ("next", f"mirkit extract --model {folder} --layer all --out data/embeddings/{name}.zarr"),
     ]))

@@ -56,7 +56,7 @@ def model_cmd(
     if audio is None:   # unreachable after the check above; narrows the type
         raise InputError("give either an AUDIO file or --manifest M --track ID")
     feats = features_of_file(frozen, audio, offset, duration)
-    title = f"{frozen.model_info.get('recipe') or frozen.config['architecture']} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
+    title = f"{frozen.model_info.get('recipe') or frozen.config.architecture} {frozen.model_info['preset']}{' (random init)' if random_init else ''} on {Path(name).name}"
     analysis, paths = inspect_model(frozen, feats, out, title, start)
     if analysis.message:
         console.print(f"[yellow]note:[/yellow] {analysis.message}")

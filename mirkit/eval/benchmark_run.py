@@ -146,7 +146,7 @@ def cache_key(frozen: Any, random_init: bool, seed: int) -> str:
     seed, and the extract settings used here (default pooling, no frames, the default tail rule)."""
     from mirkit.eval.extract import MIN_TAIL
     info = {k: v for k, v in frozen.model_info.items() if k != "path"}
-    blob = json.dumps({"config": frozen.config, "model": info, "random_init": random_init,
+    blob = json.dumps({"config": frozen.config.to_dict(), "model": info, "random_init": random_init,
                        "seed": seed if random_init else None, "pooling": None, "frames": False,
                        "min_tail": MIN_TAIL}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -43,6 +43,7 @@ import torch
 from mirkit.device import pick
 from mirkit.errors import InputError
 from mirkit.models.base import Encoder, layer_list
+from mirkit.models.config import ModelConfig
 
 #: default share of a window the tail must fill to count as a chunk
 MIN_TAIL = 0.5
@@ -124,7 +125,7 @@ class FrozenEncoder:
     output frame rate and receptive field (:mod:`mirkit.models.timing`).
     """
 
-    def __init__(self, encoder: Encoder, config: dict[str, Any], device: torch.device,
+    def __init__(self, encoder: Encoder, config: ModelConfig, device: torch.device,
                  model_info: dict[str, Any] | None = None):
         from mirkit.data.features import spec_from_dict
         from mirkit.models.timing import timing
@@ -132,15 +133,15 @@ class FrozenEncoder:
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
         self.config, self.device = config, device
-        self.feature_set: str = config["feature_set"]
-        self.spec = spec_from_dict(config["features"])
-        self.window: int = int(config["window_frames"])
+        self.feature_set: str = config.feature_set
+        self.spec = spec_from_dict(config.features)
+        self.window: int = int(config.window_frames)
         from mirkit.limits import MAX_FRAMES
         if not 0 < self.window <= MAX_FRAMES:   # bounded before a window of it is allocated
             from mirkit.params import ParamsError
-            raise ParamsError(f"config.json: window_frames={config['window_frames']!r}: must be in 1..{MAX_FRAMES}")
+            raise ParamsError(f"config.json: window_frames={config.window_frames!r}: must be in 1..{MAX_FRAMES}")
         self.frame_rate: float = self.spec.frame_rate
-        self.timing = timing(encoder, config["features"], self.window)
+        self.timing = timing(encoder, config.features, self.window)
         self.model_info = model_info or {}
 
     # -- checks ---------------------------------------------------------------------------
@@ -246,9 +247,9 @@ def load_frozen(model_dir: str | Path, device: str | torch.device = "auto", rand
     from mirkit.train import checkpoint
     encoder, config, folder = checkpoint.load_encoder(model_dir, weights=not random_init, seed=seed)
     dev = device if isinstance(device, torch.device) else pick(device)
-    prov = config.get("provenance") or {}
-    info = {"path": str(model_dir), "architecture": config["architecture"], "preset": config.get("preset") or "",
-            "recipe": prov.get("recipe", ""), "random_init": bool(random_init), "step": config.get("step")}
+    prov = config.provenance
+    info = {"path": str(model_dir), "architecture": config.architecture, "preset": config.preset or "",
+            "recipe": prov.get("recipe", ""), "random_init": bool(random_init), "step": config.step}
     for key in ("source", "licence", "source_sha256"):   # imported weights: where from, under which terms
         if prov.get(key):
             info[key] = prov[key]

@@ -84,7 +84,7 @@ class FeatureSource:
         from mirkit.data.features import FrontEnd
         self.frozen, self.set, self.note = frozen, None, ""
         self.why: dict[str, int] = {}     # reason features were computed from audio -> tracks
-        want = json.dumps(frozen.config["features"], sort_keys=True, default=str)
+        want = json.dumps(frozen.config.features, sort_keys=True, default=str)
         if store_url:
             try:
                 fs = store.open_set(store_url, frozen.feature_set)

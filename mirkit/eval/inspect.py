@@ -260,7 +260,7 @@ def inspect_model(frozen: FrozenEncoder, feats: np.ndarray, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     analysis = analyse(frozen, feats, start_seconds)
-    title = title or f"{frozen.model_info.get('recipe') or frozen.config['architecture']} {frozen.model_info.get('preset', '')}"
+    title = title or f"{frozen.model_info.get('recipe') or frozen.config.architecture} {frozen.model_info.get('preset', '')}"
     paths = [plot_layer(analysis, la, out / f"layer_{la.layer:02d}.png", title) for la in analysis.layers]
     paths.append(plot_novelty(analysis, out / "novelty.png", title))
     summary = {"model": frozen.model_info, "title": title, **analysis.summary()}

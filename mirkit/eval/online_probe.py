@@ -28,7 +28,7 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from mirkit.train.callbacks import Callback, RunInfo
 
 if TYPE_CHECKING:
     from mirkit.models.base import Encoder
+    from mirkit.models.config import ModelConfig
 
 _IDS = itertools.count()
 
@@ -106,7 +107,7 @@ class OnlineProbes:
     def due(self, step: int) -> bool:
         return step == 0 or step % self.p.every == 0 or step == self.total_steps
 
-    def embed(self, encoder: Encoder, config: dict[str, Any]):
+    def embed(self, encoder: Encoder, config: ModelConfig):
         """The labelled clips (``train`` and ``valid``) embedded by a frozen copy of ``encoder`` (as
         ``mirkit extract``), in an in-memory store."""
         from mirkit.eval.embeddings import Embeddings, EmbeddingsWriter
@@ -125,7 +126,7 @@ class OnlineProbes:
                 w.append(row, emb.chunks, emb.frames, times)
         return Embeddings(url)
 
-    def __call__(self, encoder: Encoder, config: dict[str, Any]) -> dict[str, float]:
+    def __call__(self, encoder: Encoder, config: ModelConfig) -> dict[str, float]:
         """``{probe/<task>/<metric>: valid score}`` of the encoder as it is now."""
         from mirkit.eval.probe import Splits, TrainSettings, evaluate_task
         VALID_ONLY = Splits(fit="train", choose="valid", score=("valid",))

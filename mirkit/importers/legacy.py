@@ -14,6 +14,7 @@ place that knows the 0.1 layout), loads the weights strictly and writes
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def import_legacy(src: str | Path, out: str | Path) -> tuple[str, Path]:
     checkpoint.check_fit(model.state_dict(), tensors, str(src / checkpoint.MODEL_FILE))
     model.load_state_dict(tensors, strict=True)
     config = checkpoint.make_config(recipe, old["features"], int(old["step"]), old.get("train", {}))
-    config["provenance"]["converted_from"] = LEGACY_FORMAT
+    config = replace(config, provenance={**config.provenance, "converted_from": LEGACY_FORMAT})
     state_path = src / checkpoint.LEGACY_STATE_FILE
     if state_path.is_file():
         try:
@@ -63,6 +64,5 @@ def import_legacy(src: str | Path, out: str | Path) -> tuple[str, Path]:
             raise CheckpointError(f"{src}: weights (step {old['step']}) and training state (step {state.get('step')}) "
                                   "are from different moments; convert the model only (remove train_state.pt)")
         return "run", checkpoint.save(out, model, config, {k: v for k, v in state.items() if k != "step"})
-    full = checkpoint.complete_config(config, model.encoder)
-    checkpoint.save_model_folder(out, model.encoder, full)
+    checkpoint.save_model_folder(out, model.encoder, config)
     return "model", Path(out)

@@ -24,6 +24,7 @@ import torch
 
 from mirkit.data.features import PRESETS as FEATURES
 from mirkit.importers.torchfile import find_state_dict, load_exact, read_weights_only, refuse_unknown, sha256_file
+from mirkit.models.config import ModelConfig
 from mirkit.models.mert import MERT
 from mirkit.train.checkpoint import CheckpointError, encoder_config, save_model_folder
 
@@ -129,7 +130,7 @@ def convert(state: dict[str, torch.Tensor], args: dict[str, Any], where: str = "
     return encoder.eval()
 
 
-def import_mert(path: str | Path, out: str | Path, config: str | Path | None = None) -> dict[str, Any]:
+def import_mert(path: str | Path, out: str | Path, config: str | Path | None = None) -> ModelConfig:
     """Convert a MERT-v1 download (folder, or weights file + config.json) into the model folder ``out``."""
     weights, cfg = find_files(path, config)
     args = read_config(cfg)

@@ -26,6 +26,7 @@ import torch
 
 from mirkit.data.features import PRESETS as FEATURES
 from mirkit.importers.torchfile import find_state_dict, load_exact, read_weights_only, refuse_unknown, sha256_file
+from mirkit.models.config import ModelConfig
 from mirkit.models.musicfm import MusicFM
 from mirkit.train.checkpoint import CheckpointError, encoder_config, save_model_folder
 
@@ -125,7 +126,7 @@ def convert(state: dict[str, torch.Tensor], mean: float, std: float, heads: int 
     return encoder.eval(), {**args, "mel_mean": mean, "mel_std": std}
 
 
-def import_musicfm(path: str | Path, stats: str | Path, out: str | Path, heads: int | None = None) -> dict[str, Any]:
+def import_musicfm(path: str | Path, stats: str | Path, out: str | Path, heads: int | None = None) -> ModelConfig:
     """Convert a MusicFM checkpoint + its stats file into the model folder ``out``; returns its config."""
     mean, std = read_stats(stats)
     obj = read_weights_only(path)

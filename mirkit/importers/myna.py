@@ -40,6 +40,7 @@ import torch
 
 from mirkit.data.features import PRESETS as FEATURES
 from mirkit.importers.torchfile import find_state_dict, read_weights_only
+from mirkit.models.config import ModelConfig
 from mirkit.models.registry import SIZES
 from mirkit.models.vit import SimpleViT
 from mirkit.train.checkpoint import CheckpointError, encoder_config, save_model_folder
@@ -131,7 +132,7 @@ def convert(state: dict[str, torch.Tensor], variant: str, dim_head: int = 64,
     return encoder.eval(), args
 
 
-def import_myna(path: str | Path, variant: str, out: str | Path, dim_head: int = 64) -> dict[str, Any]:
+def import_myna(path: str | Path, variant: str, out: str | Path, dim_head: int = 64) -> ModelConfig:
     """Convert a Myna checkpoint file into the model folder ``out``; returns its config."""
     obj = read_weights_only(path)
     state = find_state_dict(obj, _looks_like_myna, str(path))

@@ -7,7 +7,10 @@ when given, probe results. Deterministic: the same config gives the same bytes (
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mirkit.models.config import ModelConfig
 
 
 def _fmt(value: Any) -> str:
@@ -16,36 +19,36 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render(config: dict[str, Any], extra: dict[str, Any]) -> str:
+def render(config: ModelConfig, extra: dict[str, Any]) -> str:
     """Markdown card for a model folder config; ``extra`` may hold ``probe`` (metrics by task) and
     ``source`` (where the weights came from, for imported models)."""
     from mirkit.models.timing import timing_of_config
-    prov = config.get("provenance") or {}
-    name = config.get("preset") or config["architecture"]
+    prov = config.provenance
+    name = config.preset or config.architecture
     lines = [f"# {name} (mirkit encoder)", "",
              "Load it with `mirkit.load_encoder(\"<this folder>\")` or `mirkit extract --model <this folder>`.", "",
              "## Architecture", "",
              "| | |", "|---|---|",
-             f"| architecture | `{config['architecture']}` |",
-             f"| named size | {config.get('preset') or '-'} |",
-             f"| parameters | {config.get('n_params', 0):,} ({config.get('n_params', 0) / 1e6:.2f} M) |",
-             f"| width x depth | {config.get('dim')} x {config.get('depth')} |", ""]
-    args = ", ".join(f"{k}={json.dumps(v)}" for k, v in config["args"].items())
+             f"| architecture | `{config.architecture}` |",
+             f"| named size | {config.preset or '-'} |",
+             f"| parameters | {config.n_params:,} ({config.n_params / 1e6:.2f} M) |",
+             f"| width x depth | {config.dim} x {config.depth} |", ""]
+    args = ", ".join(f"{k}={json.dumps(v)}" for k, v in config.args.items())
     lines += [f"Constructor arguments: `{args}`", ""]
-    feats = config["features"]
+    feats = config.features
     t = timing_of_config(config)
     lines += ["## Input and timing", "",
-              f"Feature set `{config['feature_set']}`: {feats.get('kind')} at {feats.get('sample_rate')} Hz, "
+              f"Feature set `{config.feature_set}`: {feats.get('kind')} at {feats.get('sample_rate')} Hz, "
               f"hop {feats.get('hop_length')}, scale {feats.get('scale')}.", "",
               "| | |", "|---|---|",
-              f"| window (chunk) | {config['window_frames']} frames = {t['window_seconds']:.3f} s |",
+              f"| window (chunk) | {config.window_frames} frames = {t['window_seconds']:.3f} s |",
               f"| output frame rate | {t['frame_rate']:.3f} Hz ({t['frames_per_token']:g} input frames per output frame) |",
               f"| one output frame sees (before mixing) | {t['token_seconds']:.3f} s |",
               f"| receptive field (global mixing within a window) | {t['receptive_field_seconds']:.3f} s |", ""]
     lines += ["## Training", ""]
     if prov.get("recipe"):
         train = prov.get("train") or {}
-        lines += [f"- recipe: `{prov['recipe']}`", f"- steps: {config.get('step', 0)}"]
+        lines += [f"- recipe: `{prov['recipe']}`", f"- steps: {config.step}"]
         for key in ("features", "manifest", "batch_size", "lr", "seed"):
             if train.get(key) is not None:
                 lines.append(f"- {key}: {_fmt(train[key])}")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mirkit.models.base import Encoder
+from mirkit.models.config import ModelConfig
 
 
 def frame_length(features: dict[str, Any]) -> int:
@@ -41,9 +42,9 @@ def timing(encoder: Encoder, features: dict[str, Any], window_frames: int) -> di
             "receptive_field_seconds": ((window_frames - 1) * hop + length) / sr}
 
 
-def timing_of_config(config: dict[str, Any]) -> dict[str, float]:
+def timing_of_config(config: ModelConfig) -> dict[str, float]:
     """:func:`timing` of a model folder config (the encoder is built on the meta device: no memory)."""
     from mirkit.models import registry
     with torch.device("meta"):
-        encoder = registry.build(config["architecture"], config["args"])
-    return timing(encoder, config["features"], int(config["window_frames"]))
+        encoder = registry.build(config.architecture, config.args)
+    return timing(encoder, config.features, int(config.window_frames))

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from mirkit.models.config import ModelConfig
 
 
 @dataclass
@@ -42,7 +43,7 @@ class RunInfo:
     features: str                   # the feature store the run trains on
     feature_set: str                # the recipe's feature set in it
     out: str                        # the training run folder (checkpoints)
-    config: Callable[[int], dict[str, Any]]   # the model folder's config.json at a step (as a checkpoint writes it)
+    config: Callable[[int], ModelConfig]   # the model folder's config at a step (as a checkpoint writes it)
 
 
 class Callback:

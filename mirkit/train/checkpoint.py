@@ -40,7 +40,6 @@ Folders written by mirkit 0.1 (``format: mirkit.train.checkpoint/1``: whole-mode
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import warnings
@@ -51,14 +50,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-import mirkit
-from mirkit.errors import InputError
 from mirkit.files import atomic_write_text
 from mirkit.models import registry
-from mirkit.models.base import Encoder, count_parameters
+from mirkit.models.base import Encoder
+from mirkit.models.config import FORMAT as FORMAT  # re-exported: the format of config.json
+from mirkit.models.config import LEGACY_FORMAT, CheckpointError, ModelConfig
 
-FORMAT = "mirkit.encoder/1"
-LEGACY_FORMAT = "mirkit.train.checkpoint/1"
 MODEL_FILE, CONFIG_FILE, CARD_FILE = "model.safetensors", "config.json", "README.md"
 LATEST, MODEL_DIR, TRAINING_DIR = "LATEST", "model", "training"
 HEADS_FILE, STATE_FILE = "heads.safetensors", "state.pt"
@@ -70,91 +67,29 @@ BINDING_KEY = "mirkit"
 
 
 
-class CheckpointError(InputError):
-    """A model folder or checkpoint is missing, truncated, of another format or does not fit its model."""
-
-
 # ------------------------------------------------------------------------------------ configs
-def make_config(recipe: Any, feature_spec: dict[str, Any], step: int, train: dict[str, Any]) -> dict[str, Any]:
-    """The model folder config of a recipe's encoder (``architecture``/``args`` are added by :func:`save`
-    from the encoder itself). ``recipe`` is any object with ``name``, ``params``, ``feature_set``,
-    ``crop_frames`` and ``params_dict()`` (a :class:`mirkit.recipes.base.Recipe`)."""
-    return {"format": FORMAT, "mirkit_version": mirkit.__version__,
-            "preset": getattr(recipe.params, "preset", None), "feature_set": recipe.feature_set,
-            "features": dict(feature_spec), "window_frames": int(recipe.crop_frames), "step": int(step),
-            "provenance": {"recipe": recipe.name, "recipe_params": recipe.params_dict(), "train": train}}
+def make_config(recipe: Any, feature_spec: dict[str, Any], step: int, train: dict[str, Any]) -> ModelConfig:
+    """The model folder config of a recipe's encoder (``architecture``/``args`` are filled by :func:`save`
+    from the encoder itself, :meth:`ModelConfig.bound_to`). ``recipe`` is any object with ``name``,
+    ``params``, ``feature_set``, ``crop_frames`` and ``params_dict()`` (a :class:`mirkit.recipes.base.Recipe`)."""
+    return ModelConfig(feature_set=recipe.feature_set, features=dict(feature_spec),
+                       window_frames=int(recipe.crop_frames), preset=getattr(recipe.params, "preset", None),
+                       step=int(step), provenance={"recipe": recipe.name, "recipe_params": recipe.params_dict(),
+                                                   "train": train})
 
 
 def encoder_config(encoder: Encoder, feature_set: str, features: dict[str, Any], window_frames: int,
-                   step: int = 0, preset: str | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                   step: int = 0, preset: str | None = None, provenance: dict[str, Any] | None = None) -> ModelConfig:
     """A complete model folder config for ``encoder`` (any registered architecture)."""
-    return complete_config({"format": FORMAT, "mirkit_version": mirkit.__version__, "preset": preset,
-                            "feature_set": feature_set, "features": dict(features),
-                            "window_frames": int(window_frames), "step": int(step),
-                            "provenance": provenance or {}}, encoder)
+    return ModelConfig(feature_set=feature_set, features=dict(features), window_frames=int(window_frames),
+                       preset=preset, step=int(step), provenance=provenance or {}).bound_to(encoder)
 
 
-def complete_config(config: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
-    """``config`` with the encoder's architecture name, resolved arguments and sizes, in a fixed key order."""
-    arch = registry.architecture_name(encoder)
-    args = registry.resolve_args(arch, getattr(encoder, "init_args", {}))
-    head = {"format": FORMAT, "mirkit_version": config.get("mirkit_version", mirkit.__version__),
-            "architecture": arch, "args": args, "preset": config.get("preset"),
-            "n_params": count_parameters(encoder), "dim": int(encoder.dim), "depth": int(encoder.depth)}
-    rest = {k: v for k, v in config.items() if k not in head}
-    return json.loads(json.dumps({**head, **rest}, default=str))
-
-
-def validate_config(config: Any, where: str) -> dict[str, Any]:
-    """Check a model folder config: keys, types, bounds (the feature spec with
-    :func:`mirkit.data.features.validate_spec`, the window with :data:`mirkit.limits.MAX_FRAMES`), a known
-    architecture and arguments that fit it, and the encoder's memory (estimated on the meta device,
-    nothing allocated; :func:`mirkit.limits.check_module`). Raises an ``InputError`` naming ``where``."""
-    from mirkit import limits
-    from mirkit.data.features import validate_spec
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{where}: expected a JSON object")
-    fmt = config.get("format")
-    if fmt == LEGACY_FORMAT:
-        folder = Path(where).parent
-        raise CheckpointError(f"{folder}: written by mirkit 0.1 (format {LEGACY_FORMAT}); convert it once with "
-                              f"`mirkit import legacy {folder} --out NEW_DIR`")
-    if fmt != FORMAT:
-        raise CheckpointError(f"{where}: not a mirkit model config (format={fmt!r}, expected {FORMAT!r})")
-    need = {"architecture": str, "args": dict, "feature_set": str, "features": dict, "window_frames": int}
-    for key, kind in need.items():
-        if key not in config:
-            raise CheckpointError(f"{where}: missing key '{key}'")
-        if not isinstance(config[key], kind) or isinstance(config[key], bool):
-            raise CheckpointError(f"{where}: '{key}' must be a {kind.__name__}, got {config[key]!r}")
-    if not 1 <= config["window_frames"] <= limits.MAX_FRAMES:
-        raise CheckpointError(f"{where}: window_frames={config['window_frames']}: must be in 1..{limits.MAX_FRAMES}")
-    spec = validate_spec(config["features"], source=where)
-    try:
-        args = registry.resolve_args(config["architecture"], config["args"])
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{where}: {exc.args[0]}") from None
-    for key, value in args.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise CheckpointError(f"{where}: args.{key}={value} is not finite")
-    problem = registry.check_bounds(args)   # before anything is built, even on the meta device
-    if problem:
-        raise CheckpointError(f"{where}: {problem}")
-    try:
-        limits.check_module(f"{where}: the {config['architecture']} encoder of args",
-                            lambda: registry.build(config["architecture"], args))
-    except (ValueError, TypeError, RuntimeError) as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise CheckpointError(f"{where}: args do not build a {config['architecture']} ({exc})") from None
-    try:   # one window of the stored features through the encoder, on the meta device (shapes only)
-        with torch.device("meta"):
-            registry.build(config["architecture"], args).embed_layers(
-                torch.zeros(1, spec.bins, config["window_frames"]), [-1], None, True)
-    except (ValueError, RuntimeError, IndexError) as exc:
-        raise CheckpointError(f"{where}: a window of {config['window_frames']} frames x {spec.bins} bins does not "
-                              f"fit the {config['architecture']} in args ({exc})") from None
-    return config
+def validate_config(config: Any, where: str) -> ModelConfig:
+    """The validated config of a ``config.json`` object (:meth:`ModelConfig.from_dict`: keys, types, bounds,
+    a known architecture whose arguments fit, memory estimated on the meta device); raises an
+    ``InputError`` naming ``where``."""
+    return ModelConfig.from_dict(config, where)
 
 
 def read_json(path: Path) -> Any:
@@ -221,13 +156,19 @@ def _interrupted_swap(path: Path) -> Path | None:
     return tmp if (tmp / CONFIG_FILE).is_file() else old
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def read_config(folder: Path) -> ModelConfig:
+    """The validated ``config.json`` of the model folder ``folder``, checked against the config its
+    weights were written with (:func:`check_binding`, on the JSON exactly as read)."""
+    raw = read_json(folder / CONFIG_FILE)
+    config = ModelConfig.from_dict(raw, str(folder / CONFIG_FILE))
+    check_binding(folder, raw)
+    return config
+
+
+def load_config(path: str | Path) -> ModelConfig:
     """The validated config of a model folder (or of a run folder's current step), checked against
     the config its weights were written with (:func:`check_binding`)."""
-    folder = model_dir(path)
-    config = validate_config(read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
-    check_binding(folder, config)
-    return config
+    return read_config(model_dir(path))
 
 
 # ------------------------------------------------------------------------------------ integrity
@@ -279,7 +220,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
-def check_binding(folder: Path, config: dict[str, Any]) -> bool:
+def check_binding(folder: Path, config: ModelConfig | dict[str, Any]) -> bool:
     """Refuse a ``config.json`` that differs from the config ``model.safetensors`` was written with,
     naming the edited keys. Returns whether the folder is bound (False, with a warning, for folders
     written before the binding). Reads only the weights' header."""
@@ -291,6 +232,8 @@ def check_binding(folder: Path, config: dict[str, Any]) -> bool:
         _warn_unbound(path)
         return False
     written = bound.get("config")
+    if isinstance(config, ModelConfig):
+        config = config.to_dict()
     if not isinstance(written, dict):
         raise CheckpointError(f"{path}: damaged '{BINDING_KEY}' metadata (no config)")
     if canonical_json(written) != canonical_json(config):
@@ -318,13 +261,13 @@ def _check_crcs(path: Path, tensors: dict[str, torch.Tensor]) -> None:
                               f"changed); the weights are damaged: restore or re-download them")
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, config: dict[str, Any] | None = None) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, config: ModelConfig | None = None) -> None:
     """Write a safetensors file whose metadata carries each tensor's crc32c (and ``config``, bound),
     with the header's metadata keys sorted so the bytes depend only on the content."""
     tensors = _tensors(tensors)
     binding: dict[str, Any] = {"crc32c": {k: tensor_crc(v) for k, v in sorted(tensors.items())}}
     if config is not None:
-        binding["config"] = json.loads(canonical_json(config))
+        binding["config"] = json.loads(canonical_json(config.to_dict()))
     save_file(tensors, str(path), metadata={**_META, BINDING_KEY: canonical_json(binding)})
     _sort_metadata(path)
 
@@ -373,14 +316,14 @@ def load_encoder_weights(folder: str | Path, encoder: Encoder) -> None:
     encoder.load_state_dict(tensors, strict=True)
 
 
-def load_encoder(path: str | Path, weights: bool = True, seed: int = 0) -> tuple[Encoder, dict[str, Any], Path]:
+def load_encoder(path: str | Path, weights: bool = True, seed: int = 0) -> tuple[Encoder, ModelConfig, Path]:
     """The encoder of a model folder (or run folder), in eval mode, with its config and folder.
     ``weights=False`` gives the same architecture freshly initialised with ``seed``."""
     folder = model_dir(path)
     config = load_config(folder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = registry.build(config["architecture"], config["args"])
+        encoder = registry.build(config.architecture, config.args)
     if weights:
         load_encoder_weights(folder, encoder)
     return encoder.eval(), config, folder
@@ -412,22 +355,22 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def write_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, Any],
-                       card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_model_folder(folder: str | Path, encoder: Encoder, config: ModelConfig,
+                       card_extra: dict[str, Any] | None = None) -> ModelConfig:
     """Write ``config.json``, ``model.safetensors`` and ``README.md`` of ``encoder`` into ``folder``
     (files written in place: use :func:`save_model_folder` for an atomic whole-folder write)."""
     from mirkit.models.card import render
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = complete_config(config, encoder)
+    config = config.bound_to(encoder)
     save_tensors(encoder.state_dict(), folder / MODEL_FILE, config)
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CONFIG_FILE).write_text(config.to_json())
     (folder / CARD_FILE).write_text(render(config, card_extra or {}))
     return config
 
 
-def save_model_folder(folder: str | Path, encoder: Encoder, config: dict[str, Any],
-                      card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_model_folder(folder: str | Path, encoder: Encoder, config: ModelConfig,
+                      card_extra: dict[str, Any] | None = None) -> ModelConfig:
     """Write a model folder atomically: into ``.<name>.tmp`` beside it, then renamed into place. An
     existing folder is moved aside to ``.<name>.old`` only once the new one is complete, so a kill
     between the two renames leaves a complete copy that :func:`model_dir` finds."""
@@ -450,14 +393,14 @@ def step_name(step: int) -> str:
     return f"step-{int(step):06d}"
 
 
-def save(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any],
+def save(out_dir: str | Path, model: torch.nn.Module, config: ModelConfig,
          train_state: dict[str, Any] | None = None) -> Path:
     """Commit one training checkpoint of ``model`` (a module with an ``encoder``) into the run folder
-    ``out_dir``: the model folder, the heads and the training state of ``config['step']``, as one unit
+    ``out_dir``: the model folder, the heads and the training state of ``config.step``, as one unit
     (see the module docstring). Returns the new model folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = step_name(config["step"])
+    name = step_name(config.step)
     staging = out / f".tmp-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     encoder: Encoder = model.encoder  # type: ignore[assignment]
@@ -467,7 +410,7 @@ def save(out_dir: str | Path, model: torch.nn.Module, config: dict[str, Any],
     heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_tensors(heads, training / HEADS_FILE)
     if train_state is not None:
-        torch.save({**train_state, "step": int(config["step"])}, training / STATE_FILE)
+        torch.save({**train_state, "step": int(config.step)}, training / STATE_FILE)
     _fsync_tree(staging)
     final = out / name
     if final.exists():                   # the same step written again (e.g. after a kill before LATEST)
@@ -531,15 +474,14 @@ def load_weights(out_dir: str | Path, model: torch.nn.Module) -> int:
     returns its step."""
     step_dir = _current_step_dir(out_dir)
     folder = step_dir / MODEL_DIR
-    config = validate_config(read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
-    check_binding(folder, config)
+    config = read_config(folder)
     weights = _read_safetensors(folder / MODEL_FILE)
     _check_crcs(folder / MODEL_FILE, weights)
     tensors = {f"encoder.{k}": v for k, v in weights.items()}
     tensors.update(read_heads(out_dir))
     check_fit(model.state_dict(), tensors, str(step_dir))
     model.load_state_dict(tensors, strict=True)
-    return int(config.get("step", -1))
+    return config.step
 
 
 def read_heads(out_dir: str | Path) -> dict[str, torch.Tensor]:

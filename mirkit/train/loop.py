@@ -415,13 +415,13 @@ def train(p: PretrainParams, resume: bool = False,
         loss = out["loss"]
         if not torch.isfinite(loss.detach()).all():
             raise TrainingDiverged(f"step {step}: loss is {loss.item()}; stopped. The last good checkpoint "
-                                   f"in {p.out} (step {config['step']}) is kept — lower pretrain.lr or check the data.")
+                                   f"in {p.out} (step {config.step}) is kept — lower pretrain.lr or check the data.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip if p.grad_clip > 0 else float("inf"))
         if not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"step {step}: gradient norm is {grad_norm.item()}; stopped. The last good "
-                                   f"checkpoint in {p.out} (step {config['step']}) is kept.")
+                                   f"checkpoint in {p.out} (step {config.step}) is kept.")
         optimizer.step()
         seen += p.batch_size
         done = step + 1
