@@ -71,7 +71,7 @@ def assert_consistent(out: Path, preset: str = "myna-tiny") -> int:
     for k, v in expected.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     encoder, config, _ = checkpoint.load_encoder(out)
-    assert config["step"] == step
+    assert config.step == step
     return step
 
 
@@ -178,7 +178,7 @@ def _encoder_folder(folder: Path, recipe: str, preset: str) -> Path:
     r = cls(resolve(cls.Params, {"preset": preset}))
     torch.manual_seed(0)
     model = r.build_model()
-    config = checkpoint.complete_config(checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}), model.encoder)
+    config = checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {})
     checkpoint.save_model_folder(folder, model.encoder, config)
     return folder
 
@@ -236,9 +236,9 @@ def test_paper_sized_configs_validate_without_allocating():
         r = cls(resolve(cls.Params, {"preset": preset}))
         with torch.device("meta"):
             enc = r.build_model().encoder
-        config = checkpoint.complete_config(checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}), enc)
-        checkpoint.validate_config(config, f"{preset}/config.json")
-        assert config["architecture"] in ("simple-vit", "vit1d", "muse") and config["preset"] == preset
+        config = checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}).bound_to(enc)
+        checkpoint.validate_config(config.to_dict(), f"{preset}/config.json")
+        assert config.architecture in ("simple-vit", "vit1d", "muse") and config.preset == preset
 
 
 EMBEDDING_PATH = textwrap.dedent("""
@@ -320,7 +320,7 @@ def test_model_card_and_save_pretrained_round_trip(tmp_path):
     wave = np.random.default_rng(1).standard_normal(16000 * 5).astype(np.float32) * 0.1
     np.testing.assert_array_equal(again.embed(wave, sample_rate=16000), enc.embed(wave, sample_rate=16000))
     card = (tmp_path / "release" / "README.md").read_text()
-    n = enc.config["n_params"]
+    n = enc.config.n_params
     for text in ("`vit1d`", "vit1d-micro", f"{n:,}", "recipe: `contrastive`", "steps: 0", "| key | weighted_score | 0.43 |",
                  "output frame rate | 31.250 Hz", "receptive field"):
         assert text in card, text
@@ -378,7 +378,7 @@ def test_legacy_checkpoints_are_refused_with_the_upgrade_command_then_upgraded(t
     x = torch.rand(2, 128, 96)
     with torch.no_grad():
         torch.testing.assert_close(enc.frozen.encoder.embed(x), model.eval().encoder.embed(x), rtol=0, atol=0)
-    assert enc.config["provenance"]["recipe"] == "myna" and enc.config["step"] == 5
+    assert enc.config.provenance["recipe"] == "myna" and enc.config.step == 5
     if with_state:
         fresh = _legacy_model()
         assert checkpoint.load_weights(old, fresh) == 5
@@ -550,4 +550,4 @@ def test_a_folder_written_before_the_binding_loads_with_a_warning(tmp_path):
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     with pytest.warns(UserWarning, match="without checksums or a bound config.json.*re-save"):
         enc = mirkit.load_encoder(folder, device="cpu")
-    assert enc.config["architecture"] == "vit1d"
+    assert enc.config.architecture == "vit1d"

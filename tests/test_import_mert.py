@@ -34,7 +34,7 @@ def wave() -> np.ndarray:
 def test_every_layer_equals_the_reference_forward(tmp_path, variant, source):
     torch.set_num_threads(1)
     config = import_mert(FIX / source, tmp_path / "model")
-    assert config["feature_set"] == "wave24k" and config["args"]["pre_norm"] == (variant == "large")
+    assert config.feature_set == "wave24k" and config.args["pre_norm"] == (variant == "large")
     ref = load_file(str(FIX / f"mert-tiny-{variant}-outputs.safetensors"))
     enc = mirkit.load_encoder(tmp_path / "model", device="cpu").frozen.encoder
     frames = FrontEnd(PRESETS["wave24k"])(torch.from_numpy(wave())[None])     # (1, 75, 320)

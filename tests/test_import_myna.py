@@ -85,8 +85,8 @@ def test_myna_state_dict_converts_and_embeds_like_mirkits_own_model(tmp_path, va
     res = run_cli("import", "myna", str(src), "--variant", variant, "--out", str(tmp_path / "model"))
     assert res.exit_code == 0, res.output
     enc = mirkit.load_encoder(tmp_path / "model", device="cpu")
-    assert enc.config["architecture"] == "simple-vit" and enc.config["window_frames"] == WINDOW[variant]
-    assert enc.config["feature_set"] == "mel16k" and enc.config["provenance"]["variant"] == variant
+    assert enc.config.architecture == "simple-vit" and enc.config.window_frames == WINDOW[variant]
+    assert enc.config.feature_set == "mel16k" and enc.config.provenance["variant"] == variant
     own = own_model(variant, sd)
     x = torch.rand(3, 128, WINDOW[variant]) * 10          # mel power crops
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_released_sizes_are_recognised(tmp_path):
             sd[f"transformer.layers.{i}.{rest}"] = v
     torch.save(sd, tmp_path / "m.pth")
     config = import_myna(tmp_path / "m.pth", "base", tmp_path / "out")
-    assert config["preset"] == "myna-22m" and abs(config["n_params"] / 1e6 - 21.4) < 0.5
+    assert config.preset == "myna-22m" and abs(config.n_params / 1e6 - 21.4) < 0.5
 
 
 def test_unknown_keys_and_wrong_shapes_are_named(tmp_path):
@@ -175,4 +175,4 @@ def test_without_out_the_model_is_installed_and_loads_by_name(tmp_path, monkeypa
     assert (tmp_path / "home" / "models" / "myna-vertical" / "config.json").is_file()
     monkeypatch.chdir(tmp_path)
     enc = mirkit.load_encoder("myna-vertical", device="cpu")
-    assert enc.config["window_frames"] == 98 and enc.timing["frame_rate"] == pytest.approx(15.625)
+    assert enc.config.window_frames == 98 and enc.timing["frame_rate"] == pytest.approx(15.625)

@@ -364,8 +364,8 @@ def test_checkpoint_round_trip_is_self_contained(tmp_path) -> None:
     model = r.build_model()
     checkpoint.save(tmp_path, model, checkpoint.make_config(r, FEATURES[r.feature_set].to_dict(), 0, {}))
     encoder, config, _ = checkpoint.load_encoder(tmp_path)
-    assert config["args"]["mean"] == sources.tokens.attrs["mean"]
-    assert config["provenance"]["recipe_params"]["codebook_size"] == 16
+    assert config.args["mean"] == sources.tokens.attrs["mean"]
+    assert config.provenance["recipe_params"]["codebook_size"] == 16
     x = torch.from_numpy(np.stack([sources.features.arrays[0][:80].T]))
     model.eval()
     with torch.no_grad():

@@ -300,7 +300,7 @@ def test_callbacks_see_every_hook_and_cannot_change_training(tmp_path, tiny_corp
 
         def evaluate(self, run, step):
             self.calls.append(("evaluate", step))
-            assert run.config(step)["step"] == step
+            assert run.config(step).step == step
             return {"extra/norm": float(sum(p.detach().abs().sum() for p in run.model.encoder.parameters()))} \
                 if step % 2 == 0 else {}
 
