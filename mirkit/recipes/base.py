@@ -61,7 +61,10 @@ class Sources:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named model size: constructor arguments, a one-line description and the paper row it follows."""
+    """A recipe's view of a named size of :data:`mirkit.models.registry.SIZES` (the one table of sizes): the
+    size's constructor arguments plus the recipe-side ones (input bins, sequence length, class tokens, a
+    head's vocabulary), and a description in the recipe's terms. Build it with :meth:`of`, so the
+    arguments, the paper's count and ``cpu_sized`` are never restated."""
 
     model: dict[str, Any]
     description: str
@@ -69,12 +72,13 @@ class Preset:
     cpu_sized: bool = False
 
     @classmethod
-    def of(cls, size: str, **extra: Any) -> Preset:
+    def of(cls, size: str, description: str = "", **extra: Any) -> Preset:
         """The recipe preset of a named encoder size of :mod:`mirkit.models.registry` (``extra``:
-        recipe-side values kept with the preset, e.g. a head's vocabulary)."""
+        recipe-side values kept with the preset, e.g. a head's vocabulary; ``description``: the recipe's
+        wording, default the size's own)."""
         from mirkit.models.registry import SIZES
         s = SIZES[size]
-        return cls({**s.args, **extra}, s.description, s.paper_params, s.cpu_sized)
+        return cls({**s.args, **extra}, description or s.description, s.paper_params, s.cpu_sized)
 
 
 class PretrainModel(nn.Module):

@@ -139,11 +139,9 @@ class ContrastiveParams:
 def _presets(n_bins: int, max_len: int, n_cls: int, what: str) -> dict[str, Preset]:
     out = {}
     for name, size in VIT1D_SIZES.items():
-        cpu = name != "vit1d-tiny"
         desc = (f"ViT-1D {size['width']}/{size['depth']}/{size['heads']} ({what})"
-                + (", CPU-sized" if cpu else ", the papers' ViT-Tiny (~5.4 M)"))
-        out[name] = Preset(model={**size, "in_bins": n_bins, "max_len": max_len, "n_cls": n_cls},
-                           description=desc, cpu_sized=cpu)
+                + (", CPU-sized" if name != "vit1d-tiny" else ", the papers' ViT-Tiny (~5.4 M)"))
+        out[name] = Preset.of(name, description=desc, in_bins=n_bins, max_len=max_len, n_cls=n_cls)
     return out
 
 

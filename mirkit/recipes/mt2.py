@@ -174,10 +174,9 @@ class MT2Recipe(Recipe):
     name = "mt2"
     paper = "Kong et al., Multi-Class-Token Transformer for Multitask Self-supervised MIR (WASPAA 2025)"
     Params = MT2Params
-    presets = {name: Preset(model={**size, "in_bins": CROP_BINS, "max_len": SEGMENT_FRAMES, "n_cls": 2},
-                            description=(f"ViT-1D {size['width']}/{size['depth']}/{size['heads']} (2 class tokens, CQT 84)"
-                                         + (", CPU-sized" if name != "vit1d-tiny" else ", the papers' ViT-Tiny (~5.4 M)")),
-                            cpu_sized=name != "vit1d-tiny")
+    presets = {name: Preset.of(name, in_bins=CROP_BINS, max_len=SEGMENT_FRAMES, n_cls=2,
+                               description=(f"ViT-1D {size['width']}/{size['depth']}/{size['heads']} (2 class tokens, CQT 84)"
+                                            + (", CPU-sized" if name != "vit1d-tiny" else ", the papers' ViT-Tiny (~5.4 M)")))
                for name, size in VIT1D_SIZES.items()}
 
     feature_set = "cqt22k"
