@@ -43,7 +43,8 @@ gpu-check: install
 # $$MIRKIT_CACHE or ~/.cache/mirkit, never in git) and the pretrained-vs-random bench on it (docs/training.md)
 checkset: install
 	@command -v fluidsynth >/dev/null && test -f /usr/share/sounds/sf2/FluidR3_GM.sf2 || \
-		{ echo "needs: apt-get install -y fluidsynth fluid-soundfont-gm"; exit 2; }
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q fluidsynth fluid-soundfont-gm; } || \
+		{ echo "needs: apt-get install -y fluidsynth fluid-soundfont-gm (as root)"; exit 2; }
 	$(BIN)/python -c "import music21" 2>/dev/null || $(BIN)/python -m pip install -q -r bench/realmusic/requirements.txt
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/realmusic/build_checkset.py
 
