@@ -6,13 +6,13 @@ that would run code are refused by name."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cli_runner import invoke as run_cli
+from hostile import Payload
 from safetensors.torch import load_file
 
 import mirkit
@@ -97,18 +97,10 @@ def test_unknown_keys_wrong_shapes_and_bad_stats_are_named(tmp_path):
     assert res.exit_code == 2 and "melspec_2048_std" in res.text and "stats.json" in res.text
 
 
-class _Payload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickle_that_would_run_code_is_refused_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     obj = torch.load(WEIGHTS, weights_only=True)
-    torch.save({"state_dict": obj["state_dict"], "callbacks": _Payload(marker)}, tmp_path / "evil.pt")
+    torch.save({"state_dict": obj["state_dict"], "callbacks": Payload(marker)}, tmp_path / "evil.pt")
     res = run_cli("import", "musicfm", str(tmp_path / "evil.pt"), "--stats", str(STATS), "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "refused to load" in res.text and "weights_only" in res.text
     assert not marker.exists() and not (tmp_path / "o").exists()

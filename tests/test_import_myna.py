@@ -4,13 +4,11 @@ holding the same weights; unknown keys, wrong shapes and pickles that would run 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from cli_runner import invoke as run_cli
+from hostile import Payload
 
 import mirkit
 from mirkit.importers.myna import WINDOW, import_myna
@@ -145,20 +143,10 @@ def test_unknown_keys_and_wrong_shapes_are_named(tmp_path):
         import_myna(tmp_path / "missing.pth", "base", tmp_path / "o5")
 
 
-class _Payload:
-    """Unpickling this calls os.system: what a hostile checkpoint does."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickle_that_would_run_code_is_refused_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"model_state_dict": reference_state_dict("base"), "extra": _Payload(marker)}, evil)
+    torch.save({"model_state_dict": reference_state_dict("base"), "extra": Payload(marker)}, evil)
     res = run_cli("import", "myna", str(evil), "--variant", "base", "--out", str(tmp_path / "out"))
     assert res.exit_code != 0 and "refused to load" in res.text and "weights_only" in res.text
     assert not marker.exists() and not (tmp_path / "out").exists()

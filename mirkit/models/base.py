@@ -171,3 +171,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, need_weights: bool = False) -> tuple
         return torch.nn.functional.scaled_dot_product_attention(q, k, v), None
     weights = ((q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1)
     return weights.to(v.dtype) @ v, weights
+
+
+def multihead(q: Tensor, k: Tensor, v: Tensor, heads: int, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Attention over projected ``(batch, time, dim)`` queries, keys and values split into ``heads``; returns the
+    heads merged back to ``(batch, time, dim)`` (before the output projection) and the maps when wanted."""
+    b, t, d = q.shape
+
+    def split(y: Tensor) -> Tensor:
+        return y.reshape(b, y.shape[1], heads, -1).transpose(1, 2)
+
+    y, weights = attend(split(q), split(k), split(v), need_weights)
+    return y.transpose(1, 2).reshape(b, t, d), weights

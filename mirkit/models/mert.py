@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput, attend
+from mirkit.models.base import Encoder, EncoderOutput, multihead
 from mirkit.models.registry import register
 
 MERT_95M = dict(dim=768, depth=12, heads=12, units=3072, pre_norm=False)
@@ -114,14 +114,8 @@ class Attention(nn.Module):
         self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        b, t, d = x.shape
-
-        def split(y: Tensor) -> Tensor:
-            return y.reshape(b, t, self.heads, -1).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        y, weights = attend(q, k, v, need_weights)
-        return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), weights
+        y, weights = multihead(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, need_weights)
+        return self.out_proj(y), weights
 
 
 class FeedForward(nn.Module):

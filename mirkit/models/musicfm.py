@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput, attend
+from mirkit.models.base import Encoder, EncoderOutput, multihead
 from mirkit.models.registry import register
 
 
@@ -102,15 +102,9 @@ class SelfAttention(nn.Module):
         self.linear_out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        b, t, d = x.shape
         qk_in = rotate_input(x, self.heads, self.rotary_base)
-
-        def split(y: Tensor) -> Tensor:
-            return y.reshape(b, t, self.heads, -1).transpose(1, 2)
-
-        q, k, v = split(self.linear_q(qk_in)), split(self.linear_k(qk_in)), split(self.linear_v(x))
-        y, weights = attend(q, k, v, need_weights)
-        return self.linear_out(y.transpose(1, 2).reshape(b, t, d)), weights
+        y, weights = multihead(self.linear_q(qk_in), self.linear_k(qk_in), self.linear_v(x), self.heads, need_weights)
+        return self.linear_out(y), weights
 
 
 class ConvModule(nn.Module):
