@@ -95,6 +95,8 @@ def test_refusals_are_named(tmp_path):
     (src / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"config\.json: no such file"):
         import_mert(src, tmp_path / "o4")
+    res = run_cli("import", "mert", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o5"))
+    assert res.exit_code == 2 and f"{tmp_path / 'nowhere'}: no such file or folder" in res.text
 
 
 class FairseqTask:

@@ -46,6 +46,8 @@ def _looks_like_mert(keys: dict[str, Any]) -> bool:
 def find_files(path: str | Path, config: str | Path | None) -> tuple[Path, Path]:
     """``(weights file, config.json)`` from a downloaded folder or a weights file."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder (give the downloaded MERT folder or its weights file)")
     if path.is_dir():
         weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
         if weights is None:
