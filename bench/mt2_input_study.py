@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from memory_source import MemorySource  # noqa: E402
+from test_chroma_key import leaky  # noqa: E402
 from test_mt2 import _tonal_tracks  # noqa: E402
 
 from mirkit.data import store  # noqa: E402
@@ -32,23 +33,6 @@ from mirkit.data.manifest import read_manifest  # noqa: E402
 from mirkit.params import resolve  # noqa: E402
 from mirkit.recipes.base import Sources  # noqa: E402
 from mirkit.recipes.mt2 import MT2Params, MT2Recipe  # noqa: E402
-
-
-def stone_scale(power: np.ndarray) -> np.ndarray:
-    db = 10 * np.log10(power)
-    return (np.maximum(db, db.max() - 80) / 80 + 1).astype(np.float32)
-
-
-def with_leak(tracks: list[np.ndarray], leak: float) -> list[np.ndarray]:
-    """Spread ``leak`` of each bin's power to both neighbours (a CQT's adjacent-bin leakage)."""
-    out = []
-    for a in tracks:
-        p = np.power(10.0, 8.0 * (a.astype(np.float64) - 1.0))
-        q = p.copy()
-        q[:, 1:] += leak * p[:, :-1]
-        q[:, :-1] += leak * p[:, 1:]
-        out.append(stone_scale(q))
-    return out
 
 
 def sample_clips(features: str, manifest: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -60,7 +44,7 @@ def sample_clips(features: str, manifest: str) -> tuple[list[np.ndarray], list[n
 
 def tonal(floor: float, leak: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
     train, valid = _tonal_tracks(84, 48, seed=0, floor=floor), _tonal_tracks(18, 48, seed=1, floor=floor)
-    return (with_leak(train, leak), with_leak(valid, leak)) if leak else (train, valid)
+    return (leaky(train, leak), leaky(valid, leak)) if leak else (train, valid)
 
 
 def spectrum(args) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,7 +48,6 @@ class _Progress(Progress):
             self._plain_line(task_id)
 
     def _plain_line(self, task_id: Any) -> None:
-        import time
         task = self._tasks[task_id]
         if not task.total:
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,3 +183,17 @@ def multihead(q: Tensor, k: Tensor, v: Tensor, heads: int, need_weights: bool = 
 
     y, weights = attend(split(q), split(k), split(v), need_weights)
     return y.transpose(1, 2).reshape(b, t, d), weights
+
+
+class FeedForward(nn.Module):
+    """Linear -> activation -> Linear, with the wav2vec2-family module names (``intermediate_dense``,
+    ``output_dense``) that MERT's and MusicFM's published state dicts use."""
+
+    def __init__(self, dim: int, units: int, activation: Callable[[Tensor], Tensor] = nn.functional.gelu):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(dim, units)
+        self.output_dense = nn.Linear(units, dim)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output_dense(self.activation(self.intermediate_dense(x)))

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput, multihead
+from mirkit.models.base import Encoder, EncoderOutput, FeedForward, multihead
 from mirkit.models.registry import register
 
 MERT_95M = dict(dim=768, depth=12, heads=12, units=3072, pre_norm=False)
@@ -116,16 +116,6 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         y, weights = multihead(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, need_weights)
         return self.out_proj(y), weights
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, units: int):
-        super().__init__()
-        self.intermediate_dense = nn.Linear(dim, units)
-        self.output_dense = nn.Linear(units, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output_dense(nn.functional.gelu(self.intermediate_dense(x)))
 
 
 class Layer(nn.Module):

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from mirkit.models.base import Encoder, EncoderOutput, multihead
+from mirkit.models.base import Encoder, EncoderOutput, FeedForward, multihead
 from mirkit.models.registry import register
 
 
@@ -65,16 +65,6 @@ class Subsampling(nn.Module):
         h = self.conv(x.unsqueeze(1))                              # (b, c, f, t)
         b, c, f, t = h.shape
         return self.linear(h.permute(0, 3, 1, 2).reshape(b, t, c * f))
-
-
-class FFN(nn.Module):
-    def __init__(self, dim: int, units: int):
-        super().__init__()
-        self.intermediate_dense = nn.Linear(dim, units)
-        self.output_dense = nn.Linear(units, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.output_dense(nn.functional.silu(self.intermediate_dense(x)))
 
 
 def rotate_input(x: Tensor, heads: int, base: float) -> Tensor:
@@ -126,12 +116,12 @@ class ConformerLayer(nn.Module):
     def __init__(self, dim: int, heads: int, units: int, kernel_size: int, eps: float, rotary_base: float):
         super().__init__()
         self.ffn1_layer_norm = nn.LayerNorm(dim, eps=eps)
-        self.ffn1 = FFN(dim, units)
+        self.ffn1 = FeedForward(dim, units, nn.functional.silu)
         self.self_attn_layer_norm = nn.LayerNorm(dim, eps=eps)
         self.self_attn = SelfAttention(dim, heads, rotary_base)
         self.conv_module = ConvModule(dim, kernel_size, eps)
         self.ffn2_layer_norm = nn.LayerNorm(dim, eps=eps)
-        self.ffn2 = FFN(dim, units)
+        self.ffn2 = FeedForward(dim, units, nn.functional.silu)
         self.final_layer_norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
