@@ -48,7 +48,7 @@ checkset: install
 	$(BIN)/python -c "import music21" 2>/dev/null || $(BIN)/python -m pip install -q -r bench/realmusic/requirements.txt
 	PYTHONPATH=$(CURDIR) $(BIN)/python bench/realmusic/build_checkset.py
 
-RECIPES ?= mt2 myna contrastive muse-lq   # entries of bench/realmusic/cpu15.yaml (only mt2 is a 15-minute calibration)
+RECIPES ?= mt2 myna contrastive muse-lq   # each trains its training preset <recipe>-cpu15 (mirkit.train.presets)
 bench-realmusic: checkset
 	for r in $(RECIPES); do PYTHONPATH=$(CURDIR) $(BIN)/python bench/realmusic/bench_realmusic.py --cpu15 $$r || exit 1; done
 

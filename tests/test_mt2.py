@@ -305,15 +305,33 @@ def test_key_readout_calibrates_on_c_major_and_follows_transpositions():
     with torch.no_grad():
         head.weight.copy_(5 * torch.eye(12))
         head.bias.zero_()
-    readout = KeyReadout(ChromaOracle(), head, chunk_frames=64)   # calibrated on the synthetic C-major cadence
+    readout = KeyReadout.from_head(ChromaOracle(), head, chunk_frames=64)   # calibrated on the synthetic C-major cadence
     for tonic in (2, 9):
         k, name = readout.estimate(reference_features(tonic))
         assert (k, name) == (tonic, KEY_SIGNATURES[tonic])
     assert readout.estimate(reference_features(0))[0] == 0
-    fixed = KeyReadout(ChromaOracle(), head, chunk_frames=64, offset=(readout.offset + 3) % 12)
+    fixed = KeyReadout.from_head(ChromaOracle(), head, chunk_frames=64, offset=(readout.offset + 3) % 12)
     assert fixed.estimate(reference_features(0))[0] == 9                  # a given offset is used as is
-    with pytest.raises(ValueError, match="key head"):
+    with pytest.raises(ValueError, match="no key profiles"):
         KeyReadout.from_model(recipe_for(objectives="ntxent").build_model(), chunk_frames=16)
+
+
+def test_key_readout_reads_the_chroma_front_end_of_a_chroma_model(monkeypatch):
+    """With ``key_frontend: chroma`` the CPSD profile is the front end's logits, not a head on the class
+    token: the readout must read those (an oracle front end here: the crop's log chroma)."""
+    model = recipe_for(key_frontend="chroma").build_model()
+    assert model.key_head is None and model.has_key_profiles
+    oracle = ChromaOracle()
+    monkeypatch.setattr(model.encoder, "key_logits",
+                        lambda x: 5 * oracle.encode(x).cls_tokens(-1)[:, 0])
+    readout = KeyReadout.from_model(model, chunk_frames=64)
+    for tonic in (0, 4, 10):
+        assert readout.estimate(reference_features(tonic))[0] == tonic
+    frames = reference_features(7)
+    chunk = torch.from_numpy(frames[:64].T.copy())[None]
+    with torch.no_grad():
+        direct = model.profiles_of(chunk)[0].numpy()
+    np.testing.assert_allclose(readout.raw_profile(frames[:64]), direct, atol=1e-6)
 
 
 def test_frame_norm_is_part_of_the_encoder_and_its_stored_arguments():

@@ -8,6 +8,8 @@ clip embeddings (the mean of a clip's chunk embeddings) for each task:
 
 - ``key``: 24-class accuracy (the score's key, transposed with the rendering);
 - ``family``: 7-class accuracy (GM instrument family);
+- ``instrument``: 14-class accuracy (the GM program: two per family, e.g. flute vs recorder, so
+  unlike ``family`` it is not saturated by a random-init encoder);
 - ``tempo``: R^2 of the rendering BPM.
 
 Intervals: a paired percentile bootstrap over the test clips (2,000 resamples, 95 %) of
@@ -18,7 +20,7 @@ CPU budget: every stage runs as a child process with ``threads=1``; the pretrain
 (user + sys of that process, ``resource.getrusage(RUSAGE_CHILDREN)``) is what the budget counts.
 Wall time on a shared machine is not a budget.
 
-    python bench/realmusic/bench_realmusic.py --cpu15 mt2          # the entry of cpu15.yaml
+    python bench/realmusic/bench_realmusic.py --cpu15 mt2          # = mirkit pretrain --preset mt2-cpu15
     python bench/realmusic/bench_realmusic.py --recipe mt2 --steps 500 --lr 2e-3 --name mt2-linear-s500 \\
         --pooling cls --probe-every 250                                # any other setting
 
@@ -43,8 +45,10 @@ from build_checkset import default_out  # noqa: E402
 
 FEATURE_SET = {"myna": "mel16k", "contrastive": "mel16k-db", "mt2": "cqt22k", "muse-lq": "mel24k"}
 TASKS = {"key": {"type": "key", "label": "key"}, "family": {"type": "multiclass", "label": "family"},
-         "tempo": {"type": "regression", "label": "tempo"}}
+         "instrument": {"type": "multiclass", "label": "program"}, "tempo": {"type": "regression", "label": "tempo"}}
 N_BOOT, LEVEL = 2000, 0.95
+#: the extraction pooling each recipe's training preset is judged with (MT2: its key token, class token 1)
+EVAL_POOLING = {"mt2": "cls"}
 
 
 def cpu_children() -> float:
@@ -79,11 +83,12 @@ def clip_embeddings(url: str) -> tuple[np.ndarray, list[dict]]:
 
 
 def targets(task: str, tracks: list[dict]) -> tuple[np.ndarray, str]:
-    if task == "tempo":
-        return np.array([float(t["tempo"]) for t in tracks]), "regression"
+    column = TASKS[task]["label"]
+    if TASKS[task]["type"] == "regression":
+        return np.array([float(t[column]) for t in tracks]), "regression"
     from mirkit.eval.tasks import normalise_key
 
-    labels = [normalise_key(t["key"]) if task == "key" else str(t[task]) for t in tracks]
+    labels = [normalise_key(t[column]) if task == "key" else str(t[column]) for t in tracks]
     classes = sorted(set(labels))
     return np.array([classes.index(v) for v in labels]), "multiclass"
 
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkset", type=Path, default=default_out() / "manifest.csv")
     ap.add_argument("--work", type=Path, default=default_out().parent / "bench-realmusic")
     ap.add_argument("--cpu15", metavar="RECIPE", default=None,
-                    help="run RECIPE's `<recipe>-cpu15` setting from cpu15.yaml (preset, steps, lr, overrides)")
+                    help="train with the training preset `<RECIPE>-cpu15` (mirkit.train.presets; `mirkit models` lists them)")
     ap.add_argument("--recipe", choices=tuple(FEATURE_SET))
     ap.add_argument("--name", help="run name (folder under <work>/runs)")
     ap.add_argument("--preset", default=None)
@@ -146,18 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-every", type=int, default=None, help="online probes every N steps (curves)")
     ap.add_argument("--set", action="append", default=[], help="extra pretrain KEY=VALUE overrides")
     a = ap.parse_args(argv)
-    if a.cpu15:
-        import yaml
+    if a.cpu15:   # exactly what `mirkit pretrain --preset <recipe>-cpu15` trains
+        from mirkit.train.presets import TRAINING_PRESETS
 
-        table = yaml.safe_load((Path(__file__).parent / "cpu15.yaml").read_text())
-        if a.cpu15 not in table:
-            sys.exit(f"cpu15.yaml: no setting for recipe {a.cpu15!r} (has: {', '.join(table)})")
-        cfg = table[a.cpu15]
-        a.recipe, a.name = a.cpu15, a.name or f"{a.cpu15}-cpu15"
-        a.preset, a.steps, a.lr = cfg.get("preset"), cfg["steps"], cfg.get("lr")
-        a.batch_size, a.pooling = cfg.get("batch_size"), a.pooling or cfg.get("pooling")
-        a.probe_every = a.probe_every or cfg.get("probe_every")
-        a.set = [f"recipe_params.{a.recipe}.{k}={v}" for k, v in (cfg.get("recipe_params") or {}).items()] + a.set
+        name = a.cpu15 if a.cpu15.endswith("-cpu15") else f"{a.cpu15}-cpu15"
+        if name not in TRAINING_PRESETS:
+            sys.exit(f"no training preset {name!r} (has: {', '.join(TRAINING_PRESETS)})")
+        tp = TRAINING_PRESETS[name]
+        a.recipe, a.name, a.preset, a.steps = tp.recipe, a.name or name, name, tp.steps
+        a.pooling = a.pooling or EVAL_POOLING.get(tp.recipe)
+        a.probe_every = a.probe_every or max(tp.steps // 5, 1)
     if not (a.recipe and a.name and a.steps):
         ap.error("give --cpu15 RECIPE, or --recipe, --name and --steps")
     if not a.checkset.exists():
@@ -181,9 +184,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"quantizer={work}/quantizer.safetensors", "--set", f"metrics={work}/tokens.json",
                       "--set", "threads=1"], log)
         (tokens / ".done").write_text("")
-    sets = [f"features={store}", f"tokens={tokens}", f"manifest={a.checkset}", f"steps={a.steps}",
-            f"out={rd}/model", f"log={rd}/live", f"summary={rd}/summary.json", "threads=1", "device=cpu",
-            f"online_probe.manifest={a.checkset}"]
+    sets = [f"features={store}", f"tokens={tokens}", f"manifest={a.checkset}", f"out={rd}/model",
+            f"log={rd}/live", f"summary={rd}/summary.json", "threads=1", "device=cpu",
+            f"online_probe.manifest={a.checkset}"] + [f"steps={a.steps}"] * (not a.cpu15)   # a preset sets its steps
     sets += [f"lr={a.lr}"] * (a.lr is not None) + [f"batch_size={a.batch_size}"] * (a.batch_size is not None)
     sets += [f"online_probe.every={a.probe_every}"] * (a.probe_every is not None)
     import yaml

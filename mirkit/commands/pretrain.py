@@ -36,6 +36,9 @@ held-out loss on `val_split` every `val_every` steps: `dvc plots show`, `dvc exp
 Multi-GPU / multi-node: `torchrun --nproc-per-node N -m mirkit pretrain` (DDP; contrastive negatives span the
 global batch).
 
+A training preset (`--preset myna-cpu15`; `mirkit models` lists them) sets recipe, model size, steps, lr
+and recipe settings measured to learn on real music within 15 CPU minutes; `--set` still overrides it.
+
 Example: mirkit pretrain --set recipe=mt2 --set preset=vit1d-micro --set steps=50
 """
 
@@ -45,17 +48,25 @@ def register(app: typer.Typer) -> None:
     def pretrain(
         params: Path = typer.Option(P.DEFAULT_PARAMS, "--params", help="params file; section `pretrain` is read"),
         recipe: str | None = typer.Option(None, help="recipe name (overrides pretrain.recipe)"),
-        preset: str | None = typer.Option(None, help="model preset (overrides pretrain.preset)"),
+        preset: str | None = typer.Option(None, help="model preset (`vit1d-micro`) or training preset (`mt2-cpu15`); "
+                                                     "overrides pretrain.preset"),
         resume: bool = typer.Option(False, "--resume", help="continue from the checkpoint in `out`"),
         set_: list[str] | None = typer.Option(None, "--set", help="override one value: KEY=VALUE, KEY.SUB=VALUE or SECTION.KEY=VALUE; mappings merge (KEY:=VALUE replaces)"),
     ) -> None:
         from mirkit.train.loop import PretrainParams, make_recipe, train
+        from mirkit.train.presets import expand
         ov = overrides(set_)
         ov.update({k: v for k, v in {"recipe": recipe, "preset": preset}.items() if v is not None})
+        named = (next((ov[k] for k in ("preset", "pretrain.preset") if k in ov), None)
+                 or P.load_yaml_section(params, "pretrain").get("preset"))
+        ov, training_preset = expand(named, ov)
         p = P.load(PretrainParams, "pretrain", params, ov)
         r = make_recipe(p)
         hooks = callbacks_for(p)          # validates pretrain.online_probe before any work
         print_params("pretrain", p)
+        if training_preset is not None:
+            console.print(f"[dim]training preset {named}: {training_preset.overrides()} "
+                          f"(measured: {training_preset.measured})[/dim]")
         console.print(f"[dim]{r.name} recipe parameters: {r.params_dict()}[/dim]")
         with progress() as bar:
             task = bar.add_task(f"pretrain {r.name}", total=p.steps, info="")

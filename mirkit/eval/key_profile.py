@@ -15,6 +15,7 @@ the argmax on the C-major reference. Twelve classes: a major key and its relativ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -66,27 +67,34 @@ def reference_features(tonic: int = 0, feature_set: str = "cqt22k") -> np.ndarra
 
 
 # --- profiles --------------------------------------------------------------------------------
+#: ``(batch, bins, frames)`` inputs -> ``(batch, 12)`` softmax key profiles
+Profiles = Callable[[torch.Tensor], torch.Tensor]
+
+
+def head_profiles(encoder: Encoder, key_head: nn.Module, key_token: int = 0) -> Profiles:
+    """Profiles of a linear key head on class token ``key_token`` (MT2's token 1)."""
+    def profiles(x: torch.Tensor) -> torch.Tensor:
+        cls = encoder.encode(x, layers=(-1,)).cls_tokens(-1)[:, key_token]
+        return torch.softmax(key_head(cls).float(), dim=-1)
+    return profiles
+
+
 @torch.no_grad()
-def chunk_profiles(encoder: Encoder, key_head: nn.Module, frames: np.ndarray, chunk_frames: int,
-                   key_token: int = 0, batch_size: int = 32) -> torch.Tensor:
-    """``(n_chunks, 12)`` softmax profiles of non-overlapping chunks of ``(n_frames, bins)`` frames.
+def chunk_profiles(profiles: Profiles, frames: np.ndarray, chunk_frames: int,
+                   device: torch.device | str = "cpu", batch_size: int = 32) -> torch.Tensor:
+    """``(n_chunks, 12)`` profiles of non-overlapping chunks of ``(n_frames, bins)`` frames.
 
     A trailing partial chunk counts when it is at least half a chunk (or the only one).
     """
     x = torch.as_tensor(np.asarray(frames, dtype=np.float32)).T          # (bins, frames)
-    device = next(key_head.parameters()).device
     n = x.shape[1]
     starts = list(range(0, max(n - chunk_frames, 0) + 1, chunk_frames))
     tail = starts[-1] + chunk_frames if n > chunk_frames else n
     chunks = [x[:, s:s + chunk_frames] for s in starts if s + chunk_frames <= n]
     if n - tail >= chunk_frames // 2 or not chunks:
         chunks.append(x[:, tail:] if chunks else x)
-    profiles = []
-    for group in _same_length_batches(chunks, batch_size):
-        out = encoder.encode(torch.stack(group).to(device), layers=(-1,))
-        logits = key_head(out.cls_tokens(-1)[:, key_token])
-        profiles.append(torch.softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(profiles)
+    return torch.cat([profiles(torch.stack(group).to(device)).float().cpu()
+                      for group in _same_length_batches(chunks, batch_size)])
 
 
 def _same_length_batches(chunks: list[torch.Tensor], size: int):
@@ -101,19 +109,20 @@ def _same_length_batches(chunks: list[torch.Tensor], size: int):
 
 @dataclass
 class KeyReadout:
-    """Calibrated key-signature estimates from an encoder and its 12-way key head.
+    """Calibrated key-signature estimates from a model's 12-way key profiles.
 
+    ``profiles``: inputs to profiles (:func:`head_profiles` for a linear key head; an MT2 model's own
+    ``profiles_of`` through :meth:`from_model`, which also covers the chroma key front end).
     ``offset``: profile index that means C major / A minor; ``None`` calibrates on ``reference``
     frames, or on the synthesised C-major cadence when no reference is given.
     """
 
-    encoder: Encoder
-    key_head: nn.Module
+    profiles: Profiles
     chunk_frames: int
     offset: int | None = None
     reference: np.ndarray | None = None
-    key_token: int = 0
     feature_set: str = "cqt22k"
+    device: torch.device | str = "cpu"
 
     def __post_init__(self) -> None:
         if self.offset is None:
@@ -121,16 +130,23 @@ class KeyReadout:
             self.offset = int(np.argmax(self.raw_profile(ref)))
 
     @classmethod
+    def from_head(cls, encoder: Encoder, key_head: nn.Module, chunk_frames: int, key_token: int = 0,
+                  **kwargs: Any) -> KeyReadout:
+        """From an encoder and a linear key head on its class token ``key_token``."""
+        device = next(key_head.parameters()).device
+        return cls(head_profiles(encoder, key_head, key_token), chunk_frames, device=device, **kwargs)
+
+    @classmethod
     def from_model(cls, model: Any, chunk_frames: int, **kwargs: Any) -> KeyReadout:
-        """From a trained :class:`mirkit.recipes.mt2.MT2Model` (uses its ``key_head``)."""
-        if getattr(model, "key_head", None) is None:
-            raise InputError("this model has no key head (trained without the CPSD objective)")
-        return cls(model.encoder, model.key_head, chunk_frames, key_token=model.key_token, **kwargs)
+        """From a trained :class:`mirkit.recipes.mt2.MT2Model`: its linear key head, or its chroma key
+        front end (``key_frontend: chroma``), whichever produced the CPSD profiles in training."""
+        if not getattr(model, "has_key_profiles", False):
+            raise InputError("this model has no key profiles (trained without the CPSD objective)")
+        return cls(model.profiles_of, chunk_frames, device=next(model.parameters()).device, **kwargs)
 
     def raw_profile(self, frames: np.ndarray) -> np.ndarray:
         """Uncalibrated profile: chunk profiles averaged over the track."""
-        return chunk_profiles(self.encoder, self.key_head, frames, self.chunk_frames,
-                              self.key_token).mean(dim=0).numpy()
+        return chunk_profiles(self.profiles, frames, self.chunk_frames, self.device).mean(dim=0).numpy()
 
     def profile(self, frames: np.ndarray) -> np.ndarray:
         """Calibrated profile: index k = :data:`KEY_SIGNATURES` [k]."""

@@ -107,16 +107,26 @@ class MT2Model(PretrainModel):
         self.key_token = 0
         self.contrastive_token = 1 if objectives == "both" else 0
 
-    def key_profiles(self, cls_tokens: Tensor, x: Tensor | None = None) -> Tensor:
+    def key_profiles(self, cls_tokens: Tensor | None, x: Tensor | None = None) -> Tensor:
         """``(batch, 12)`` softmax profiles from ``(batch, n_cls, width)`` class tokens, or, with a
         chroma front end, from its equivariant logits of the input ``x``."""
         if self.chroma and isinstance(self.encoder, ChromaKeyViT1D):
             if x is None:
                 raise ValueError("a chroma key front end needs the input")
             return torch.softmax(self.encoder.key_logits(x).float(), dim=-1)
-        if self.key_head is None:
+        if self.key_head is None or cls_tokens is None:
             raise RuntimeError(f"objectives={self.objectives!r}: this model has no key head")
         return torch.softmax(self.key_head(cls_tokens[:, self.key_token]).float(), dim=-1)
+
+    @property
+    def has_key_profiles(self) -> bool:
+        """Whether the model was trained with CPSD (a linear key head or the chroma front end)."""
+        return self.key_head is not None or self.chroma
+
+    def profiles_of(self, x: Tensor) -> Tensor:
+        """``(batch, 12)`` key profiles of inputs ``x`` (``(batch, bins, frames)``), as CPSD trained them."""
+        cls = None if self.chroma else self.encoder.encode(x, layers=(-1,)).cls_tokens(-1)
+        return self.key_profiles(cls, x)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = batch["view1"].shape[0]

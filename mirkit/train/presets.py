@@ -1,0 +1,65 @@
+"""Training presets: a model size plus the steps, learning rate and recipe settings measured to learn.
+
+A model preset (``myna-small``, ``vit1d-micro``: :data:`mirkit.models.registry.SIZES`) names an encoder
+size only. A *training* preset (``myna-cpu15``) names a whole pretraining setting: the recipe, its
+model size, steps, lr, batch and recipe parameters, chosen on the real-music check set
+(``bench/realmusic``, docs/training.md) as the largest pretrained-minus-random-init gain within a
+budget of 15 minutes of one CPU thread (pretrain process CPU time on the 2-core machine type this
+project is built on; a faster CPU fits more steps in 15 minutes, so the *steps* are the preset, not the
+minutes). Each carries the measurement that chose it.
+
+``mirkit pretrain --preset myna-cpu15`` (or ``pretrain.preset: myna-cpu15`` in params.yaml, or
+``dvc exp run -S pretrain.preset=myna-cpu15``) applies one: its values replace params.yaml's, and a
+``--set`` on the command line still replaces those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirkit.params import ParamsError
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    """One measured pretraining setting (see the module docstring)."""
+
+    recipe: str
+    size: str                      # model preset, :data:`mirkit.models.registry.SIZES`
+    steps: int
+    lr: float
+    recipe_params: dict[str, Any] = field(default_factory=dict)
+    measured: str = ""             # what the check set showed, with the CPU it took
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``pretrain`` keys this preset sets, in :func:`mirkit.params.apply_overrides` form."""
+        out: dict[str, Any] = {"recipe": self.recipe, "preset": self.size, "steps": self.steps, "lr": self.lr}
+        out.update({f"recipe_params.{self.recipe}.{k}": v for k, v in self.recipe_params.items()})
+        return out
+
+
+#: every training preset, by name (``mirkit models`` lists them)
+TRAINING_PRESETS: dict[str, TrainingPreset] = {
+    "mt2-cpu15": TrainingPreset(
+        "mt2", "vit1d-micro", steps=500, lr=2e-3, recipe_params={"key_frontend": "chroma"},
+        measured="449 CPU s; held-out CPSD 3.00 -> 0.29 (plateau 2.78); key token vs random init on key "
+                 "+0.280 [+0.159, +0.402]"),
+}
+
+
+def expand(preset: str | None, overrides: dict[str, Any]) -> tuple[dict[str, Any], TrainingPreset | None]:
+    """Command-line ``overrides`` with the training preset named by ``preset`` (the effective
+    ``pretrain.preset``) spliced in under them; unchanged when ``preset`` is not a training preset.
+
+    A ``recipe`` given on the command line must be the preset's own (a Myna setting cannot train MT2).
+    """
+    tp = TRAINING_PRESETS.get(preset or "")
+    if tp is None:
+        return overrides, None
+    given = next((v for k, v in overrides.items() if k in ("recipe", "pretrain.recipe")), None)
+    if given is not None and given != tp.recipe:
+        raise ParamsError(f"pretrain.preset={preset}: a training preset of recipe '{tp.recipe}', "
+                          f"but pretrain.recipe={given} was given")
+    rest = {k: v for k, v in overrides.items() if k not in ("preset", "pretrain.preset")}
+    return {**tp.overrides(), **rest}, tp
