@@ -60,3 +60,23 @@ def test_a_small_build_has_score_labels_and_is_reused(tmp_path):
     stamp = (tmp_path / first["path"]).stat().st_mtime_ns
     build_checkset.build(tmp_path, 4.0, 2.0, 16000, 0, build_checkset.DEFAULT_SF2, 3)
     assert (tmp_path / first["path"]).stat().st_mtime_ns == stamp   # cached clips are not rendered again
+
+
+def test_curves_table_reads_the_online_probes_of_a_run(tmp_path):
+    import curves
+
+    rd = tmp_path / "runs" / "r1"
+    for rel, header, rows in (("probe/key/weighted_score.tsv", "weighted_score", [(0, 0.5), (100, 0.6), (200, 0.7)]),
+                              ("probe/tempo/r2.tsv", "r2", [(0, 0.1), (200, 0.0)]),
+                              ("val/loss.tsv", "loss", [(0, 2.0), (100, 1.0), (200, 0.5)])):
+        path = rd / "live" / "plots" / "metrics" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"step\t{header}\n" + "".join(f"{s}\t{v}\n" for s, v in rows))
+    (rd / "result.json").write_text('{"name": "r1", "recipe": "myna", "pretrain_cpu_s": 120.0, "steps": 200}')
+    run = curves.run_curves(rd)
+    assert run["probe"]["key"] == ("weighted_score", [0.0, 100.0, 200.0], [0.5, 0.6, 0.7])
+    table = curves.markdown([run]).splitlines()
+    assert table[2] == "| r1 | key (weighted_score) | 0: 0.500, 100: 0.600, 200: 0.700 | +0.200 |"
+    assert table[3] == "| r1 | tempo (r2) | 0: 0.100, 200: 0.000 | -0.100 |"
+    curves.draw([run], tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
