@@ -20,7 +20,7 @@ def test_every_training_preset_builds_its_recipe_with_its_settings(name):
     p = resolve(PretrainParams, {"recipe": "myna", "preset": name}, ov, "pretrain")
     recipe = make_recipe(p)
     assert got is tp and recipe.name == tp.recipe and recipe.params.preset == tp.size
-    assert (p.steps, p.lr) == (tp.steps, tp.lr)
+    assert (p.steps, p.lr, p.batch_size) == (tp.steps, tp.lr, tp.batch_size)
     for key, value in tp.recipe_params.items():
         assert getattr(recipe.params, key) == value
 
@@ -67,3 +67,11 @@ def test_pretrain_refuses_a_training_preset_of_another_recipe(tmp_path):
                                       "--set", f"out={tmp_path / 'run'}"])
     assert result.exit_code == 2 and "pretrain.preset=mt2-cpu15" in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_models_lists_every_training_preset():
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    for name, tp in TRAINING_PRESETS.items():
+        line = next(ln for ln in result.output.splitlines() if f" {name} " in ln)
+        assert tp.size in line and f" {tp.steps} " in line

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         out_console.print(table("papers", ["recipe", "follows"], papers.items()))
         from mirkit.train.presets import TRAINING_PRESETS
         out_console.print(table("training presets (mirkit pretrain --preset NAME; docs/training.md)",
-                                ["name", "recipe", "model preset", "steps", "lr", "recipe settings", "measured"],
-                                [(n, t.recipe, t.size, str(t.steps), f"{t.lr:g}",
+                                ["name", "recipe", "model preset", "steps", "batch", "lr", "recipe settings", "measured"],
+                                [(n, t.recipe, t.size, str(t.steps), str(t.batch_size), f"{t.lr:g}",
                                   ", ".join(f"{k}: {v}" for k, v in t.recipe_params.items()) or "-", t.measured)
                                  for n, t in TRAINING_PRESETS.items()]))

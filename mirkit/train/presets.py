@@ -29,12 +29,14 @@ class TrainingPreset:
     size: str                      # model preset, :data:`mirkit.models.registry.SIZES`
     steps: int
     lr: float
+    batch_size: int = 32
     recipe_params: dict[str, Any] = field(default_factory=dict)
     measured: str = ""             # what the check set showed, with the CPU it took
 
     def overrides(self) -> dict[str, Any]:
         """The ``pretrain`` keys this preset sets, in :func:`mirkit.params.apply_overrides` form."""
-        out: dict[str, Any] = {"recipe": self.recipe, "preset": self.size, "steps": self.steps, "lr": self.lr}
+        out: dict[str, Any] = {"recipe": self.recipe, "preset": self.size, "steps": self.steps, "lr": self.lr,
+                               "batch_size": self.batch_size}
         out.update({f"recipe_params.{self.recipe}.{k}": v for k, v in self.recipe_params.items()})
         return out
 
