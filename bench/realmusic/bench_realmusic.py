@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=default_out().parent / "bench-realmusic")
     ap.add_argument("--cpu15", metavar="RECIPE", default=None,
                     help="train with the training preset `<RECIPE>-cpu15` (mirkit.train.presets; `mirkit models` lists them)")
+    ap.add_argument("--rescore", nargs="+", metavar="NAME", help="probe finished runs again (current code and tasks)")
     ap.add_argument("--recipe", choices=tuple(FEATURE_SET))
     ap.add_argument("--name", help="run name (folder under <work>/runs)")
     ap.add_argument("--preset", default=None)
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe-every", type=int, default=None, help="online probes every N steps (curves)")
     ap.add_argument("--set", action="append", default=[], help="extra pretrain KEY=VALUE overrides")
     a = ap.parse_args(argv)
+    if a.rescore:
+        return rescore(a.work.resolve(), a.rescore)
     if a.cpu15:   # exactly what `mirkit pretrain --preset <recipe>-cpu15` trains
         from mirkit.train.presets import TRAINING_PRESETS
 
@@ -216,10 +219,27 @@ def main(argv: list[str] | None = None) -> None:
                        + [f"{t}_{k}" for t in TASKS for k in ("pre", "rnd", "lo", "hi")])
         w.writerow([a.name, a.recipe, a.steps, a.lr, a.pooling, " ".join(a.set), round(cpu, 1)]
                    + [round(res[t][k], 3) for t in TASKS for k in ("pretrained", "random", "lo", "hi")])
-    print(f"{a.name}: pretrain {cpu / 60:.1f} CPU min")
+    report(a.name, cpu, res)
+
+
+def report(name: str, cpu: float, res: dict[str, dict[str, float]]) -> None:
+    print(f"{name}: pretrain {cpu / 60:.1f} CPU min")
     for t, r in res.items():
-        print(f"  {t:7s} pretrained {r['pretrained']:.3f}  random {r['random']:.3f}  "
+        print(f"  {t:10s} pretrained {r['pretrained']:.3f}  random {r['random']:.3f}  "
               f"gain {r['gain']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]  (n={r['n_test']})")
+
+
+def rescore(work: Path, names: list[str]) -> None:
+    """Probe finished runs again with the current probe code and tasks (their stores are kept), so that
+    runs made at different times are compared by one yardstick; updates each ``result.json``."""
+    for name in names:
+        rd = work / "runs" / name
+        if not (rd / "result.json").exists():
+            sys.exit(f"{rd}: no finished run to rescore")
+        result = json.loads((rd / "result.json").read_text())
+        result["probe"] = compare(f"{rd}/pretrained.zarr", f"{rd}/random.zarr")
+        (rd / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        report(name, result["pretrain_cpu_s"], result["probe"])
 
 
 if __name__ == "__main__":
