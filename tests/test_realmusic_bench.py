@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import shutil
 import sys
@@ -72,11 +73,18 @@ def test_curves_table_reads_the_online_probes_of_a_run(tmp_path):
         path = rd / "live" / "plots" / "metrics" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"step\t{header}\n" + "".join(f"{s}\t{v}\n" for s, v in rows))
-    (rd / "result.json").write_text('{"name": "r1", "recipe": "myna", "pretrain_cpu_s": 120.0, "steps": 200}')
+    gain = {"pretrained": 0.7, "random": 0.5, "gain": 0.2, "lo": 0.1, "hi": 0.3}
+    (rd / "result.json").write_text(json.dumps({"name": "r1", "recipe": "myna", "pretrain_cpu_s": 120.0, "steps": 200,
+                                                "probe": {"key": gain, "family": {**gain, "gain": 0.0},
+                                                          "tempo": {**gain, "gain": -1.0}}}))
+    (rd / "params.yaml").write_text("pretrain: {lr: 0.0005, batch_size: 32}\n")
     run = curves.run_curves(rd)
     assert run["probe"]["key"] == ("weighted_score", [0.0, 100.0, 200.0], [0.5, 0.6, 0.7])
     table = curves.markdown([run]).splitlines()
     assert table[2] == "| r1 | key (weighted_score) | 0: 0.500, 100: 0.600, 200: 0.700 | +0.200 |"
     assert table[3] == "| r1 | tempo (r2) | 0: 0.100, 200: 0.000 | -0.100 |"
+    row = curves.gains_markdown([run]).splitlines()[2]
+    assert row.startswith("| r1 | 200 | 32 | 0.0005 | - | 2.0 min | 0.700 / 0.500, +0.200 [+0.100, +0.300] |")
+    assert row.endswith("| +0.100 |")                                    # mean of key and family; tempo apart
     curves.draw([run], tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0

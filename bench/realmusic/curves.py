@@ -8,8 +8,9 @@ different recipes share one 15-minute axis.
 
     python bench/realmusic/curves.py myna-cpu15 contrastive-cpu15 --png docs/img/cpu15_curves.png
 
-prints one markdown table (a row per run and task: the online-probe score at each logged step, and
-its change from step 0) and draws the figure.
+prints two markdown tables (a row per run: its test gains over the random-init twin with paired
+intervals; a row per run and task: the online-probe score at each logged step and its change from
+step 0) and draws the figure.
 """
 from __future__ import annotations
 
@@ -26,9 +27,14 @@ TASK_ORDER = ("key", "family", "instrument", "tempo")
 
 def run_curves(rd: Path) -> dict:
     """``{"cpu_s", "steps", "probe": {task: (metric, steps, values)}, "val": (steps, values)}`` of one run."""
+    import yaml
+
     from mirkit.train.live import read_curves
 
     result = json.loads((rd / "result.json").read_text())
+    section = yaml.safe_load((rd / "params.yaml").read_text())["pretrain"] if (rd / "params.yaml").exists() else {}
+    for key in ("lr", "batch_size"):       # the run's params.yaml holds what a run did not override
+        result[key] = result.get(key) or section.get(key)
     curves = read_curves(rd / "live")
     probe = {}
     for name, (steps, values) in curves.items():
@@ -37,7 +43,32 @@ def run_curves(rd: Path) -> dict:
             probe[parts[1]] = (parts[2], steps, values)
     return {"name": result["name"], "recipe": result["recipe"], "cpu_s": result["pretrain_cpu_s"],
             "steps": result["steps"] or max(s for _, s, _ in probe.values())[-1],
-            "probe": probe, "val": curves.get("val/loss")}
+            "probe": probe, "val": curves.get("val/loss"), "result": result}
+
+
+def accuracy_gain(result: dict) -> float:
+    """The selection score of docs/training.md: the mean test gain over the accuracy tasks (key, family,
+    instrument); tempo's R^2 is reported beside it, not averaged in (another scale, and negative for
+    most random-init twins)."""
+    gains = [v["gain"] for t, v in result["probe"].items() if t != "tempo"]
+    return sum(gains) / len(gains)
+
+
+def gains_markdown(runs: list[dict]) -> str:
+    """One row per run: its setting, pretrain CPU and each task's test gain with its paired interval."""
+    tasks = [t for t in TASK_ORDER if t in runs[0]["result"]["probe"]]
+    lines = ["| run | steps | batch | lr | settings | pretrain CPU | " + " | ".join(tasks) + " | mean accuracy gain |",
+             "|---|---|---|---|---|---|" + "---|" * len(tasks) + "---|"]
+    for r in runs:
+        res = r["result"]
+        cells = [f"{res['probe'][t]['pretrained']:.3f} / {res['probe'][t]['random']:.3f}, "
+                 f"{res['probe'][t]['gain']:+.3f} [{res['probe'][t]['lo']:+.3f}, {res['probe'][t]['hi']:+.3f}]"
+                 for t in tasks]
+        settings = " ".join(x.split(".", 2)[-1] for x in res.get("set") or []) or "-"
+        lines.append(f"| {r['name']} | {res['steps']} | {res['batch_size']} | {res['lr']:g} | "
+                     f"{settings} | {res['pretrain_cpu_s'] / 60:.1f} min | " + " | ".join(cells)
+                     + f" | {accuracy_gain(res):+.3f} |")
+    return "\n".join(lines)
 
 
 def markdown(runs: list[dict]) -> str:
@@ -90,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         sys.exit(f"no finished run named {', '.join(missing)} under {a.work / 'runs'}")
     runs = [run_curves(a.work / "runs" / n) for n in a.runs]
+    print(gains_markdown(runs) + "\n")
     print(markdown(runs))
     if a.png:
         draw(runs, a.png)
