@@ -64,7 +64,8 @@ def gains_markdown(runs: list[dict]) -> str:
         cells = [f"{res['probe'][t]['pretrained']:.3f} / {res['probe'][t]['random']:.3f}, "
                  f"{res['probe'][t]['gain']:+.3f} [{res['probe'][t]['lo']:+.3f}, {res['probe'][t]['hi']:+.3f}]"
                  for t in tasks]
-        settings = " ".join(x.split(".", 2)[-1] for x in res.get("set") or []) or "-"
+        settings = " ".join(([f"preset={res['preset']}"] if res.get("preset") else [])
+                            + [x.split(".", 2)[-1] for x in res.get("set") or []]) or "-"
         lines.append(f"| {r['name']} | {res['steps']} | {res['batch_size']} | {res['lr']:g} | "
                      f"{settings} | {res['pretrain_cpu_s'] / 60:.1f} min | " + " | ".join(cells)
                      + f" | {accuracy_gain(res):+.3f} |")
