@@ -43,11 +43,20 @@ class TrainingPreset:
 
 #: every training preset, by name (``mirkit models`` lists them)
 TRAINING_PRESETS: dict[str, TrainingPreset] = {
+    "myna-cpu15": TrainingPreset(
+        "myna", "myna-small", steps=3600, lr=5e-4,
+        measured="302 CPU s (7,200 to 9,000 steps, or batch 64, lose key while timbre holds); vs random init: "
+                 "family +0.134 [+0.049, +0.220], instrument +0.146 [+0.061, +0.232], key +0.110 [-0.012, "
+                 "+0.220] (not clear)"),
     "contrastive-cpu15": TrainingPreset(
         "contrastive", "vit1d-micro", steps=1000, lr=5e-4,
         measured="171 CPU s (longer runs lose key: 2,000 and 4,500 steps, and vit1d-mini, gain less); vs random "
                  "init: instrument +0.085 [+0.012, +0.171], tempo R^2 +0.214 [+0.057, +0.414], key +0.037 "
                  "[-0.073, +0.146] (not clear)"),
+    "muse-lq-cpu15": TrainingPreset(
+        "muse-lq", "brn-sum-tiny", steps=1800, lr=1e-3, recipe_params={"crop_frames": 200},
+        measured="864 CPU s; no gain clear of zero (key +0.049 [-0.049, +0.146], family +0.037 [+0.000, "
+                 "+0.085]); the best of the settings tried, none of which gains clearly in 15 CPU minutes"),
     "mt2-cpu15": TrainingPreset(
         "mt2", "vit1d-micro", steps=900, lr=2e-3, recipe_params={"key_frontend": "chroma"},
         measured="828 CPU s; held-out CPSD 3.00 -> 0.27 (plateau 2.78); key token vs random init, key accuracy "
