@@ -107,7 +107,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, secti
     Keys may carry the section prefix (``pretrain.steps``, DVC's ``-S`` form) and dots into
     mappings (``recipe_params.myna.mask_ratio``); mapping values merge into the existing mapping
     (``recipe_params={myna: {mask_ratio: 0.5}}`` keeps myna's other keys) unless the key ends in
-    ``:`` (``runs:={mine: ...}``, from ``--set runs:={...}``), which replaces it."""
+    ``:`` (``runs:={mine: ...}``, from ``--set runs:={...}``; ``recipe_params.myna:={...}``), which
+    replaces it."""
     out = dict(raw)
     fields = set(fields)
     for key, value in (overrides or {}).items():
@@ -119,11 +120,23 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None, secti
             prefix = f"{section}." if section else ""
             raise ParamsError(f"{prefix}{path[0]}: unknown parameter{_suggest(path[0], fields)} "
                               f"(known: {', '.join(sorted(fields))})")
-        for part in reversed(path[1:]):
-            value = {part: value}
         if len(path) > 1 and path[0] in out and not isinstance(out[path[0]], dict):
             raise ParamsError(f"{'.'.join(path)}: {path[0]} is not a mapping")
-        out[path[0]] = value if replace and len(path) == 1 else _merge(out.get(path[0]), value)
+        if replace:
+            out[path[0]] = _replace_at(out.get(path[0]), path[1:], value)
+            continue
+        for part in reversed(path[1:]):
+            value = {part: value}
+        out[path[0]] = _merge(out.get(path[0]), value)
+    return out
+
+
+def _replace_at(base: Any, path: list[str], value: Any) -> Any:
+    """``base`` with the value at the dotted ``path`` replaced by ``value`` (not merged into it)."""
+    if not path:
+        return value
+    out = dict(base) if isinstance(base, dict) else {}
+    out[path[0]] = _replace_at(out.get(path[0]), path[1:], value)
     return out
 
 

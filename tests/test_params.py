@@ -157,3 +157,11 @@ def test_stage_help_lists_every_key_with_its_help(stage):
         if f.metadata.get("help"):
             assert " ".join(f.metadata["help"].split())[:40] in text, f.name
     assert "threads = " in text and ("busy 2-core machine" in text or "shared machine" in text)
+
+
+def test_a_nested_replace_override_replaces_the_mapping_and_later_keys_merge_into_it():
+    from mirkit.params import apply_overrides
+    raw = {"recipe_params": {"myna": {"mask_ratio": 0.5, "loss": "infonce"}, "mt2": {"c": 3}}}
+    out = apply_overrides(raw, {"recipe_params.myna:": {"patch": "square"}, "recipe_params.myna.loss": "sogclr"})
+    assert out["recipe_params"] == {"myna": {"patch": "square", "loss": "sogclr"}, "mt2": {"c": 3}}
+    assert raw["recipe_params"]["myna"] == {"mask_ratio": 0.5, "loss": "infonce"}   # the input is not changed

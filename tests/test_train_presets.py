@@ -43,12 +43,13 @@ def test_pretrain_trains_the_preset_named_on_the_command_line_or_in_params(tmp_p
     params = tmp_path / "params.yaml"
     section = {"recipe": "myna", "features": tiny_corpus["features"], "tokens": tiny_corpus["tokens"],
                "out": str(run), "log": str(tmp_path / "live"), "summary": str(tmp_path / "summary.json"),
-               "steps": 600, "batch_size": 4, "warmup_steps": 0, "checkpoint_every": 100,
-               "recipe_params": {"mt2": {"segment_frames": 16}}}
+               "steps": 600, "batch_size": 4, "warmup_steps": 0, "checkpoint_every": 100, "weight_decay": 0.3,
+               "recipe_params": {"mt2": {"segment_frames": 16, "ntxent_weight": 0.5}}}
     if where == "params":
         section["preset"] = "mt2-cpu15"
     params.write_text(yaml.safe_dump({"pretrain": section}))
-    args = ["pretrain", "--params", str(params), "--set", "steps=2"] + (["--preset", "mt2-cpu15"] if where == "option" else [])
+    args = ["pretrain", "--params", str(params), "--set", "steps=2", "--set", "warmup_steps=0",
+            "--set", "recipe_params.mt2.segment_frames=16"] + (["--preset", "mt2-cpu15"] if where == "option" else [])
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "training preset mt2-cpu15" in result.output
@@ -57,7 +58,10 @@ def test_pretrain_trains_the_preset_named_on_the_command_line_or_in_params(tmp_p
     assert config["provenance"]["recipe"] == "mt2" and config["preset"] == "vit1d-micro"
     assert config["architecture"] == "vit1d-chroma"                       # the preset's key_frontend: chroma
     assert trained["lr"] == TRAINING_PRESETS["mt2-cpu15"].lr                 # the preset's lr over params.yaml's
-    assert trained["recipe_params"]["mt2"]["segment_frames"] == 16          # params.yaml's other keys kept
+    assert trained["weight_decay"] == 0.01 and trained["warmup_steps"] == 0  # the preset's schedule; --set wins
+    mt2 = config["provenance"]["recipe_params"]
+    assert mt2["segment_frames"] == 16 and mt2["key_frontend"] == "chroma"  # --set over the preset
+    assert mt2["ntxent_weight"] == 1.0                                     # params.yaml's recipe keys replaced
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2                                          # --set steps=2 beat the preset's 500
 

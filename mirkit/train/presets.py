@@ -9,8 +9,8 @@ project is built on; a faster CPU fits more steps in 15 minutes, so the *steps* 
 minutes). Each carries the measurement that chose it.
 
 ``mirkit pretrain --preset myna-cpu15`` (or ``pretrain.preset: myna-cpu15`` in params.yaml, or
-``dvc exp run -S pretrain.preset=myna-cpu15``) applies one: its values replace params.yaml's, and a
-``--set`` on the command line still replaces those.
+``dvc exp run -S pretrain.preset=myna-cpu15``) applies one: its values (recipe parameters, optimiser and
+schedule included) replace params.yaml's, and a ``--set`` on the command line still replaces those.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirkit.params import ParamsError
+
+#: the optimiser and schedule every preset was measured with (params.yaml's at the time); a preset sets
+#: them too, so it trains the same thing from any params file (``--params none`` included)
+MEASURED_WITH: dict[str, Any] = {"optimizer": "adamw", "warmup_steps": 20, "min_lr_ratio": 0.01,
+                                 "weight_decay": 0.01, "betas": [0.9, 0.98], "grad_clip": 1.0}
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,12 @@ class TrainingPreset:
     measured: str = ""             # what the check set showed, with the CPU it took
 
     def overrides(self) -> dict[str, Any]:
-        """The ``pretrain`` keys this preset sets, in :func:`mirkit.params.apply_overrides` form."""
-        out: dict[str, Any] = {"recipe": self.recipe, "preset": self.size, "steps": self.steps, "lr": self.lr,
-                               "batch_size": self.batch_size}
-        out.update({f"recipe_params.{self.recipe}.{k}": v for k, v in self.recipe_params.items()})
-        return out
+        """The ``pretrain`` keys this preset sets, in :func:`mirkit.params.apply_overrides` form: the
+        recipe's parameters are *replaced* (the recipe's defaults plus the preset's), so a params.yaml
+        with other recipe settings still trains what was measured."""
+        return {"recipe": self.recipe, "preset": self.size, "steps": self.steps, "lr": self.lr,
+                "batch_size": self.batch_size, **MEASURED_WITH,
+                f"recipe_params.{self.recipe}:": dict(self.recipe_params)}
 
 
 #: every training preset, by name (``mirkit models`` lists them)
