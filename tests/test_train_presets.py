@@ -35,6 +35,8 @@ def test_command_line_values_win_over_the_preset_and_a_foreign_recipe_is_refused
     with pytest.raises(ParamsError, match=f"training preset of recipe '{tp.recipe}'.*recipe={other}"):
         expand(name, {"recipe": other})
     assert expand("vit1d-micro", {"steps": 3}) == ({"steps": 3}, None)     # a model preset passes through
+    with pytest.raises(ParamsError, match="mt2-cpu16: neither a model preset nor a training preset; did you mean 'mt2-cpu15'"):
+        expand("mt2-cpu16", {})
 
 
 @pytest.mark.parametrize("where", ["option", "params"])

@@ -15,6 +15,7 @@ schedule included) replace params.yaml's, and a ``--set`` on the command line st
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,12 @@ def expand(preset: str | None, overrides: dict[str, Any]) -> tuple[dict[str, Any
     """
     tp = TRAINING_PRESETS.get(preset or "")
     if tp is None:
+        from mirkit.models.registry import SIZES
+        if preset and preset not in SIZES:
+            close = difflib.get_close_matches(preset, [*TRAINING_PRESETS, *SIZES], n=1)
+            raise ParamsError(f"pretrain.preset={preset}: neither a model preset nor a training preset"
+                              + (f"; did you mean '{close[0]}'?" if close else "")
+                              + f" (training presets: {', '.join(TRAINING_PRESETS)}; model presets: `mirkit models`)")
         return overrides, None
     given = next((v for k, v in overrides.items() if k in ("recipe", "pretrain.recipe")), None)
     if given is not None and given != tp.recipe:
